@@ -1,0 +1,66 @@
+"""Self-describing model folders.
+
+A folder holds ``model.json`` (architecture, labels, tokenizer settings, library versions), the tokenizer's
+``tokenizer.json`` and ``vocab.json``, and either ``model.pt`` (PyTorch weights) or ``model.onnx``. The service
+and the MLflow model need nothing else. This module imports no torch: the torch half lives in models.py.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "model.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+_VERSIONED = ("torch", "onnx", "onnxruntime", "spacy", "numpy", "quantflow")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``model.json`` says about the folder's model."""
+
+    labels: list[str]
+    config: dict[str, Any]
+    variant: str = "torch-fp32"
+    metrics: dict[str, float] | None = None
+    versions: dict[str, str] | None = None
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "labels": self.labels,
+            "config": self.config,
+            "variant": self.variant,
+            "metrics": self.metrics or {},
+            "versions": self.versions or library_versions(),
+        }
+        (folder / MANIFEST).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: not a model folder (no {MANIFEST}); run the train step first")
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files from one folder to another (a model folder carries its own tokenizer)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(src / name, dst / name)

