@@ -1,0 +1,104 @@
+"""The ``quantflow`` command: thin, each command parses its arguments and calls one thing.
+
+This module is the top layer (it imports flows and steps, lazily so that ``--help`` stays instant); nothing in
+the core imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from quantflow.errors import QuantflowError
+
+app = typer.Typer(help="Retrain, compress and ship a text classifier.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml of the project")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: --set train.epochs=2")]
+
+
+def _setup() -> None:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["train.epochs=2"]`` → ``{"train.epochs": 2}`` (values parsed as YAML)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, e.g. train.epochs=2 (got: {pair!r})", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _fail(exc: QuantflowError) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
+        root: Annotated[Path, typer.Option(help="project folder (holds dvc.yaml)")] = Path(".")) -> None:
+    """Run the nightly flow once: ingest → … → compress, dvc commit + push, register in MLflow."""
+    _setup()
+    from flows.nightly import nightly_retrain, render_summary
+
+    try:
+        summary = nightly_retrain(root=str(root), params_file=str(params), overrides=parse_overrides(set_))
+    except QuantflowError as exc:
+        _fail(exc)
+    print(render_summary(summary))
+    reg = summary.registered
+    print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
+    print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
+
+
+@app.command()
+def stage(name: Annotated[str, typer.Argument(help="ingest, validate, split, preprocess, train, evaluate, compress")],
+          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Run one step as dvc.yaml does (no Prefect): `dvc repro` calls this."""
+    _setup()
+    from quantflow.layout import Layout
+    from quantflow.params import load_params
+    from tasks.stages import run_stage
+
+    try:
+        loaded = load_params(params, parse_overrides(set_))
+        run_stage(name, loaded, Layout.of(loaded, Path(".")))
+    except QuantflowError as exc:
+        _fail(exc)
+    except ValueError as exc:
+        if "unknown stage" not in str(exc):
+            raise
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+
+
+@app.command()
+def ui(port: int = 5000, host: str = "127.0.0.1",
+       root: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
+    """Open the MLflow UI on the embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/)."""
+    _setup()
+    project = root.resolve()
+    backend = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    args = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
+            "--backend-store-uri", backend, "--artifacts-destination", str(project / "mlartifacts")]
+    print(f"MLflow UI on http://{host}:{port}  (store: {backend}); Ctrl-C stops it")
+    os.execv(sys.executable, args)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,55 @@
+"""Where every step reads and writes, derived once from ``params.paths`` and the project folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantflow.params import Params
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Absolute paths of one project folder; ``dvc.yaml`` templates the same paths from params.yaml."""
+
+    root: Path
+    raw: Path
+    split_dir: Path
+    features_dir: Path
+    tokenizer_dir: Path
+    model_dir: Path
+    variants_dir: Path
+    reports_dir: Path
+    expectations_dir: Path
+
+    @classmethod
+    def of(cls, params: Params, root: Path) -> Layout:
+        root = root.resolve()
+        paths = params.paths
+        return cls(
+            root=root,
+            raw=params.raw_path(root),
+            split_dir=root / paths.split_dir,
+            features_dir=root / paths.features_dir,
+            tokenizer_dir=root / paths.tokenizer_dir,
+            model_dir=root / paths.model_dir,
+            variants_dir=root / paths.variants_dir,
+            reports_dir=root / paths.reports_dir,
+            expectations_dir=root / "expectations",
+        )
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.reports_dir / "validation"
+
+    @property
+    def split_stats(self) -> Path:
+        return self.reports_dir / "split.json"
+
+    @property
+    def train_history(self) -> Path:
+        return self.reports_dir / "train_history.json"
+
+    @property
+    def compression_report(self) -> Path:
+        return self.reports_dir / "compression.json"

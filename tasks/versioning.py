@@ -1,0 +1,104 @@
+"""Data versions and lineage: record the steps' outputs in ``dvc.lock``, push them, and describe the commit.
+
+The flow runs the step functions in process; ``dvc commit`` then writes the same ``dvc.lock`` that
+``dvc repro`` would, so ``dvc status`` is clean afterwards and a later ``dvc repro`` is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+
+from quantflow.errors import QuantflowError
+
+logger = logging.getLogger(__name__)
+
+
+class VersioningError(QuantflowError):
+    """git or DVC refused: the message carries the command and its output."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    git_commit: str
+    git_dirty: bool
+    dvc_lock_sha256: str
+
+    def tags(self) -> dict[str, str]:
+        return {"git_commit": self.git_commit, "git_dirty": str(self.git_dirty).lower(),
+                "dvc_lock_sha256": self.dvc_lock_sha256}
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for DVC and the stage commands it runs: this interpreter's scripts first on PATH."""
+    scripts = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+
+
+def run_tool(args: list[str], root: Path) -> str:
+    """Run a command in ``root``; a non-zero exit becomes a VersioningError with the command's output."""
+    done = subprocess.run(args, cwd=root, env=tool_env(), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise VersioningError(f"`{' '.join(args)}` failed in {root} (exit {done.returncode}):\n"
+                              f"{(done.stderr or done.stdout).strip()}")
+    return done.stdout
+
+
+def dvc(args: list[str], root: Path) -> str:
+    return run_tool([sys.executable, "-m", "dvc", *args], root)
+
+
+def require_dvc_repo(root: Path) -> None:
+    if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
+        raise VersioningError(f"{root}: not a DVC project (need .dvc/ and dvc.yaml); run `dvc init` there first")
+
+
+def commit_outputs(root: Path) -> str:
+    """Write ``dvc.lock`` for every stage from the outputs on disk and put them in the DVC cache."""
+    dvc(["commit", "--force", "--quiet"], root)
+    return file_sha256(root / "dvc.lock")
+
+
+def push_data(root: Path) -> None:
+    """Copy the cached outputs to the default DVC remote (a local folder by default, S3 when configured)."""
+    dvc(["push", "--quiet"], root)
+
+
+def restore_outputs(root: Path, targets: list[Path]) -> None:
+    """Put tracked outputs back to what ``dvc.lock`` records (after bad data was written over them)."""
+    if not (root / "dvc.lock").is_file():
+        for target in targets:
+            target.unlink(missing_ok=True)
+        return
+    dvc(["checkout", "--force", "--quiet", *[str(t.relative_to(root)) for t in targets]], root)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "none"
+
+
+def lineage(root: Path) -> Lineage:
+    """The git commit the run used (and whether tracked files differed from it) and the dvc.lock digest."""
+    try:
+        commit = run_tool(["git", "rev-parse", "HEAD"], root).strip()
+        dirty = bool(run_tool(["git", "status", "--porcelain", "--untracked-files=no"], root).strip())
+    except VersioningError:
+        commit, dirty = "none", True
+    return Lineage(commit, dirty, file_sha256(root / "dvc.lock"))
+
+
+@task(name="dvc-commit")
+def commit_outputs_task(root: Path) -> str:
+    return commit_outputs(root)
+
+
+@task(name="dvc-push", retries=3, retry_delay_seconds=[2, 10, 30])
+def push_data_task(root: Path) -> None:
+    push_data(root)

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny, local, deterministic data; no network."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}.items():
+    os.environ.setdefault(_key, _value)
+
+NEWS_WORDS = "国务院 经济 发展 会议 代表 政府 改革 人民 建设 工作 记者 报道 全国 企业 中央".split()
+REVIEW_WORDS = "质量 不错 喜欢 推荐 失望 便宜 物流 服务 好评 差评 酒店 房间 这本书 值得 买了".split()
+
+
+def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:
+    return ["".join(rng.choices(words, k=rng.randint(3, 12))) + rng.choice("。！，") for _ in range(n)]
+
+
+@pytest.fixture
+def tiny_frame() -> pd.DataFrame:
+    """300 news-like and comment-like texts from two disjoint vocabularies: easy to learn, fast to train."""
+    rng = random.Random(7)
+    news, comments = make_texts(NEWS_WORDS, 150, rng), make_texts(REVIEW_WORDS, 150, rng)
+    return pd.DataFrame({"text": news + comments, "label": ["news"] * 150 + ["comment"] * 150})
+
+
+@pytest.fixture
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
