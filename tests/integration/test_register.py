@@ -1,0 +1,235 @@
+"""The register step against a real ``mlflow server``: run, model version, aliases, gate, pyfunc round trip.
+
+The project state is fake but real: a tiny TextCNN trained for a few steps on synthetic Chinese texts and
+exported to ONNX, hand-written reports, a test split. Only the numbers in the reports are made up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+import pytest
+import torch
+
+from quantflow.bundle import Manifest
+from quantflow.errors import QuantflowError
+from quantflow.models import ModelConfig, build_model
+from quantflow.onnx_model import OnnxClassifier
+from quantflow.params import Params
+from quantflow.text import Tokenizer, TokenizerConfig, build_vocab
+from tasks.register import CHALLENGER, STAGING, RegisterResult, register
+from tests.mlflow_server import ServerProcess, mlflow_server, mlflow_server_process  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["news", "comment"]
+CHARS = {"news": "国家经济发展政府会议人民代表工作改革", "comment": "很好不错满意喜欢质量服务推荐失望价格"}
+FP32_ACCURACY = 0.99
+MakeProject = Callable[..., Path]
+
+
+def synthetic_split(per_class: int = 30) -> pd.DataFrame:
+    rng = random.Random(0)
+    rows = [("".join(rng.choices(CHARS[label], k=rng.randint(4, 12))), label)
+            for label in LABELS for _ in range(per_class)]
+    return pd.DataFrame({"text": [t for t, _ in rows], "label": [lb for _, lb in rows],
+                         "key": [f"k{i}" for i in range(len(rows))]})
+
+
+def train_tiny(tokenizer: Tokenizer, cfg: ModelConfig, split: pd.DataFrame) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = torch.from_numpy(tokenizer.encode(split["text"].tolist()))  # (N, T)
+    target = torch.tensor([LABELS.index(lb) for lb in split["label"]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(20):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids), target).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def build_variant(folder: Path, split: pd.DataFrame) -> None:
+    """tokenizer + TextCNN → folder/{model.onnx, model.json, tokenizer.json, vocab.json}."""
+    tok_cfg = TokenizerConfig(max_len=32, min_len=3)
+    vocab = build_vocab(Tokenizer(tok_cfg, {"<pad>": 0, "<unk>": 1}).iter_tokens(split["text"]), 1, 100)
+    tokenizer = Tokenizer(tok_cfg, vocab)
+    cfg = ModelConfig(arch="textcnn", vocab_size=len(vocab), num_classes=len(LABELS), embed_dim=8,
+                      num_filters=4, kernel_sizes=(2, 3), dropout=0.0, max_len=32)
+    model = train_tiny(tokenizer, cfg, split)
+    folder.mkdir(parents=True)
+    example = torch.from_numpy(tokenizer.encode(split["text"].tolist()[:2]))  # (2, T)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=32)
+    torch.onnx.export(model, (example,), str(folder / "model.onnx"), dynamo=True, external_data=False,
+                      input_names=["ids"], output_names=["logits"], dynamic_shapes=({0: batch, 1: seq},))
+    Manifest(labels=LABELS, config=cfg.to_dict(), variant="onnx-int8").save(folder)
+    tokenizer.save(folder)
+
+
+def scores(value: float) -> dict:
+    per_class = {lb: {"precision": value, "recall": value, "f1": value, "support": 30} for lb in LABELS}
+    return {"accuracy": value, "macro_f1": value, "macro_precision": value, "macro_recall": value,
+            "per_class": per_class}
+
+
+def write_reports(reports: Path, int8_accuracy: float) -> None:
+    (reports / "plots").mkdir(parents=True)
+    (reports / "validation").mkdir()
+    metrics = {"fp32": scores(FP32_ACCURACY), "baseline": scores(0.97)}
+    (reports / "metrics.json").write_text(json.dumps(metrics))
+    history = [{"epoch": e, "train_loss": 1 / e, "val_accuracy": 0.9 + e / 100, "val_macro_f1": 0.9 + e / 200}
+               for e in (1, 2, 3)]
+    (reports / "train_history.json").write_text(json.dumps(history))
+    variants = {name: {"path": f"artifacts/variants/{name}/model.onnx", "accuracy": acc, "macro_f1": acc,
+                       "size_bytes": size, "accuracy_drop": round(FP32_ACCURACY - acc, 6)}
+                for name, acc, size in (("fp32", FP32_ACCURACY, 4000), ("int8", int8_accuracy, 1000))}
+    compression = {"chosen": "int8", "parity": {"max_abs_diff": 1e-6, "atol": 1e-4, "samples": 60},
+                   "size_ratio": 0.25, "variants": variants}
+    (reports / "compression.json").write_text(json.dumps(compression))
+    (reports / "plots" / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (reports / "validation" / "raw_dataset.json").write_text('{"success": true}')
+
+
+@pytest.fixture(scope="session")
+def variant_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("template") / "int8"
+    build_variant(folder, synthetic_split())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def make_project(tmp_path_factory: pytest.TempPathFactory, variant_template: Path) -> MakeProject:
+    """A project root with the int8 variant, the reports (int8 accuracy as given) and the test split."""
+
+    def make(int8_accuracy: float = 0.985) -> Path:
+        root = tmp_path_factory.mktemp("project")
+        shutil.copytree(variant_template, root / "artifacts" / "variants" / "int8")
+        write_reports(root / "reports", int8_accuracy)
+        (root / "data" / "split").mkdir(parents=True)
+        synthetic_split().to_parquet(root / "data" / "split" / "test.parquet")
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return Params().with_overrides({"register.model_name": "quantflow-test-register",
+                                    "register.experiment": "quantflow-test-register"})
+
+
+@pytest.fixture(scope="module")
+def first(mlflow_server_process: ServerProcess, variant_template: Path, mlflow_server: str,  # noqa: F811
+          make_project: MakeProject, params: Params) -> Iterator[RegisterResult]:
+    """Version 1: passes the gate, so it becomes the champion behind @staging. (The argument order lets the
+    server start while the ONNX template is exported.)"""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        yield register(params, make_project(), tags={"git_commit": "0123abc"})
+
+
+@pytest.fixture
+def client(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:  # noqa: F811
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    return mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+
+
+def test_first_version_gets_both_aliases_and_gate_tags(first: RegisterResult,
+                                                        client: mlflow.MlflowClient) -> None:
+    assert (first.version, first.promoted) == ("1", True)
+    assert first.tracking_uri.startswith("http://127.0.0.1:")
+    assert client.get_registered_model(first.model_name).aliases == {CHALLENGER: "1", STAGING: "1"}
+    version = client.get_model_version(first.model_name, "1")
+    assert version.tags["gate.passed"] == "true"
+    assert version.tags["gate.max_drop.value"] == "0.005"
+    assert version.tags["gate.max_drop.threshold"] == "0.01"
+    assert version.tags["gate.min_f1.passed"] == "true"
+    assert version.tags["gate.champion.passed"] == "true"
+    assert version.tags["git_commit"] == "0123abc"
+    assert "Gate: passed" in version.description
+
+
+def test_run_holds_params_curves_metrics_and_reports(first: RegisterResult, client: mlflow.MlflowClient,
+                                                     params: Params) -> None:
+    run = client.get_run(first.run_id)
+    assert run.data.params["train.lr"] == "0.002"
+    assert run.data.tags["params_digest"] == params.digest()
+    assert run.data.tags["gate.passed"] == "true"
+    assert run.data.metrics["fp32_accuracy"] == FP32_ACCURACY
+    assert run.data.metrics["onnx_int8_size_bytes"] == 1000
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_macro_f1")] == [1, 2, 3]
+    assert {a.path for a in client.list_artifacts(first.run_id)} >= {"reports", "gate.json"}
+    assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
+
+
+def test_staging_model_predicts_raw_text(first: RegisterResult, client: mlflow.MlflowClient,
+                                         variant_template: Path) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{first.model_name}@{STAGING}")
+    texts = ["国家经济发展，政府工作改革。", "质量很好，服务不错！", "  ＮＥＷＳ 会议 "]
+    out = model.predict(pd.DataFrame({"text": texts}))
+    assert list(out.columns) == ["label", "proba_news", "proba_comment"]
+    assert out["label"].tolist() == OnnxClassifier(variant_template).predict(texts)
+    assert out["label"].tolist()[:2] == ["news", "comment"]
+    assert out[["proba_news", "proba_comment"]].sum(axis=1).round(5).eq(1).all()
+    # a bare list reaches QuantflowModel.predict only unwrapped: pyfunc's schema check wants a "text" column
+    python_model = model.unwrap_python_model()
+    assert python_model.predict(None, texts)["label"].tolist() == out["label"].tolist()
+
+
+def test_worse_candidate_stays_challenger(first: RegisterResult, client: mlflow.MlflowClient,
+                                          make_project: MakeProject, params: Params) -> None:
+    result = register(params, make_project(int8_accuracy=0.9))
+    assert not result.promoted and result.version != first.version
+    aliases = client.get_registered_model(first.model_name).aliases
+    assert aliases == {CHALLENGER: result.version, STAGING: first.version}
+    tags = client.get_model_version(first.model_name, result.version).tags
+    assert (tags["gate.passed"], tags["gate.max_drop.passed"]) == ("false", "false")
+    assert tags["gate.max_drop.value"] == "0.09"
+    assert tags["gate.champion.passed"] == "true"  # re-evaluated on the same split: same model, same score
+    assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_drop failed"
+
+
+def test_changed_label_set_fails_the_champion_check(first: RegisterResult, client: mlflow.MlflowClient,
+                                                    make_project: MakeProject, params: Params) -> None:
+    root = make_project()
+    folder = root / "artifacts" / "variants" / "int8"
+    manifest = Manifest.load(folder)
+    Manifest(labels=["positive", "negative"], config=manifest.config, variant=manifest.variant).save(folder)
+    result = register(params, root)
+    champion = next(c for c in result.gate["checks"] if c["name"] == "champion")
+    assert not champion["passed"] and "not comparable" in champion["detail"]
+    assert client.get_registered_model(first.model_name).aliases[STAGING] == first.version
+
+
+@pytest.mark.parametrize("missing", ["reports/compression.json", "artifacts/variants/int8/model.onnx"])
+def test_missing_input_raises_before_anything_is_logged(first: RegisterResult, client: mlflow.MlflowClient,
+                                                         make_project: MakeProject, params: Params,
+                                                         missing: str) -> None:
+    root = make_project()
+    (root / missing).unlink()
+    versions = len(client.search_model_versions(f"name = '{first.model_name}'"))
+    experiment = client.get_experiment_by_name(params.register.experiment)
+    runs = len(client.search_runs([experiment.experiment_id]))
+    with pytest.raises(QuantflowError, match=missing.rsplit("/", 1)[-1]):
+        register(params, root)
+    assert len(client.search_model_versions(f"name = '{first.model_name}'")) == versions
+    assert len(client.search_runs([experiment.experiment_id])) == runs
+
+
+def test_embedded_sqlite_default(make_project: MakeProject, params: Params,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = make_project()
+    result = register(params, root)
+    assert result.tracking_uri == f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    assert (result.version, result.promoted) == ("1", True)
+    assert any((root / "mlartifacts").rglob("model.onnx"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri's write to os.environ is undone
