@@ -55,8 +55,9 @@ def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
 
 
 @flow(name="nightly_retrain", log_prints=False)
-def nightly_retrain(root: str = ".", params_file: str = "params.yaml",
-                    overrides: dict[str, Any] | None = None) -> RunSummary:
+def nightly_retrain(
+    root: str = ".", params_file: str = "params.yaml", overrides: dict[str, Any] | None = None
+) -> RunSummary:
     """Retrain on the configured dataset, compress, version the data and register the chosen variant."""
     project = Path(root).resolve()
     params = load_params(project / params_file, overrides)
@@ -66,12 +67,25 @@ def nightly_retrain(root: str = ".", params_file: str = "params.yaml",
     run_steps(summary, params, layout)
     summary.timed("dvc commit", commit_outputs_task, project)
     summary.timed("dvc push", push_data_task, project)
-    tags = {**lineage(project).tags(), "prefect_flow_run_id": str(flow_run.id or "none"),
-            "prefect_flow_run_name": str(flow_run.name or "none")}
+    tags = {
+        **lineage(project).tags(),
+        "prefect_flow_run_id": str(flow_run.id or "none"),
+        "prefect_flow_run_name": str(flow_run.name or "none"),
+    }
     summary.registered = summary.timed("register", register_task, params, project, tags)
-    create_markdown_artifact(markdown=render_summary(summary), key="nightly-retrain-summary",
-                             description="metrics, compression, gate decision and step timings")
-    get_run_logger().info("%s", render_summary(summary))
+    create_markdown_artifact(
+        markdown=render_summary(summary),
+        key="nightly-retrain-summary",
+        description="metrics, compression, gate decision and step timings",
+    )
+    reg = summary.registered
+    get_run_logger().info(
+        "registered %s v%s: %s (%.0f s)",
+        reg.model_name,
+        reg.version,
+        "promoted to @staging" if reg.promoted else "not promoted",
+        summary.total_seconds,
+    )
     return summary
 
 
@@ -80,17 +94,24 @@ def render_summary(summary: RunSummary) -> str:
     metrics = summary.results["evaluate"].metrics
     compression = summary.results["compress"]
     reg = summary.registered
-    lines = [f"## nightly_retrain on `{summary.dataset}`", "",
-             "| model | accuracy | macro-F1 | size |", "|---|---|---|---|",
-             f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | |",
-             f"| TF-IDF + LR baseline | {metrics['baseline']['accuracy']:.4f} "
-             f"| {metrics['baseline']['macro_f1']:.4f} | |"]
+    lines = [
+        f"## nightly_retrain on `{summary.dataset}`",
+        "",
+        "| model | accuracy | macro-F1 | size |",
+        "|---|---|---|---|",
+        f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | |",
+        f"| TF-IDF + LR baseline | {metrics['baseline']['accuracy']:.4f} "
+        f"| {metrics['baseline']['macro_f1']:.4f} | |",
+    ]
     for name, variant in compression.variants.items():
-        lines.append(f"| ONNX {name} | {variant['accuracy']:.4f} | {variant['macro_f1']:.4f} "
-                     f"| {variant['size_bytes'] / 1e6:.2f} MB |")
+        lines.append(
+            f"| ONNX {name} | {variant['accuracy']:.4f} | {variant['macro_f1']:.4f} "
+            f"| {variant['size_bytes'] / 1e6:.2f} MB |"
+        )
     verdict = "promoted to @staging" if reg.promoted else "NOT promoted (staging unchanged)"
-    lines += ["", f"Registered **{reg.model_name} v{reg.version}** ({compression.chosen}): {verdict}. "
-              f"Gate: {reg.gate.get('verdict', '')}", "", "| step | seconds |", "|---|---|"]
+    lines += ["", f"Registered **{reg.model_name} v{reg.version}** ({compression.chosen}): {verdict}.", ""]
+    lines += [f"- {'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in reg.gate["checks"]]
+    lines += ["", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary.timings.items()]
     lines += [f"| **total** | **{summary.total_seconds:.1f}** |"]
     return "\n".join(lines)

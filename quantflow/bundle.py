@@ -39,7 +39,9 @@ class Manifest:
             "metrics": self.metrics or {},
             "versions": self.versions or library_versions(),
         }
-        (folder / MANIFEST).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / MANIFEST).write_text(
+            json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:

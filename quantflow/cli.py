@@ -17,11 +17,18 @@ import yaml
 
 from quantflow.errors import QuantflowError
 
-app = typer.Typer(help="Retrain, compress and ship a text classifier.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Retrain, compress and ship a text classifier.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-             "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "GIT_PYTHON_REFRESH": "quiet",
+    # the first start of the local Prefect API migrates its database: 20 s is not always enough
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml of the project")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: --set train.epochs=2")]
@@ -30,8 +37,11 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a para
 def _setup() -> None:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -40,7 +50,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, e.g. train.epochs=2 (got: {pair!r})", param_hint="--set")
+            raise typer.BadParameter(
+                f"expected KEY=VALUE, e.g. train.epochs=2 (got: {pair!r})", param_hint="--set"
+            )
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -51,8 +63,11 @@ def _fail(exc: QuantflowError) -> None:
 
 
 @app.command()
-def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
-        root: Annotated[Path, typer.Option(help="project folder (holds dvc.yaml)")] = Path(".")) -> None:
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    root: Annotated[Path, typer.Option(help="project folder (holds dvc.yaml)")] = Path("."),
+) -> None:
     """Run the nightly flow once: ingest → … → compress, dvc commit + push, register in MLflow."""
     _setup()
     from flows.nightly import nightly_retrain, render_summary
@@ -68,8 +83,13 @@ def run(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None,
 
 
 @app.command()
-def stage(name: Annotated[str, typer.Argument(help="ingest, validate, split, preprocess, train, evaluate, compress")],
-          params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+def stage(
+    name: Annotated[
+        str, typer.Argument(help="ingest, validate, split, preprocess, train, evaluate, compress")
+    ],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
     """Run one step as dvc.yaml does (no Prefect): `dvc repro` calls this."""
     _setup()
     from quantflow.layout import Layout
@@ -88,14 +108,31 @@ def stage(name: Annotated[str, typer.Argument(help="ingest, validate, split, pre
 
 
 @app.command()
-def ui(port: int = 5000, host: str = "127.0.0.1",
-       root: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
+def ui(
+    port: int = 5000,
+    host: str = "127.0.0.1",
+    root: Annotated[Path, typer.Option(help="project folder")] = Path("."),
+) -> None:
     """Open the MLflow UI on the embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/)."""
     _setup()
     project = root.resolve()
     backend = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    args = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
-            "--backend-store-uri", backend, "--artifacts-destination", str(project / "mlartifacts")]
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(project / "mlartifacts"),
+    ]
     print(f"MLflow UI on http://{host}:{port}  (store: {backend}); Ctrl-C stops it")
     os.execv(sys.executable, args)
 

@@ -124,12 +124,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     try:
         return ARCHITECTURES[cfg.arch](cfg)
     except KeyError:
-        raise ValueError(f"unknown model architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+        raise ValueError(
+            f"unknown model architecture {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}"
+        ) from None
 
 
-
-def save_model(folder: Path, model: nn.Module, cfg: ModelConfig, labels: list[str], tokenizer_dir: Path,
-               metrics: dict[str, float] | None = None) -> None:
+def save_model(
+    folder: Path,
+    model: nn.Module,
+    cfg: ModelConfig,
+    labels: list[str],
+    tokenizer_dir: Path,
+    metrics: dict[str, float] | None = None,
+) -> None:
     """Write ``model.pt`` (state dict), ``model.json`` and the tokenizer files into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "model.pt")

@@ -74,7 +74,9 @@ class Tokenizer:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "tokenizer.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        (folder / "vocab.json").write_text(
+            json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, folder: Path) -> Tokenizer:

@@ -76,7 +76,9 @@ class QuantflowModel(mlflow.pyfunc.PythonModel):
         logger.info("loaded %s (labels: %s)", folder, self._classifier.labels)
 
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext | None, model_input: pd.DataFrame,
+        self,
+        context: mlflow.pyfunc.PythonModelContext | None,
+        model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Raw texts (DataFrame ``text`` column, Series or list of strings) → labels and probabilities.

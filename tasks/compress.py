@@ -142,8 +142,15 @@ def export_onnx(model: nn.Module, cfg: ModelConfig, out_path: Path) -> Path:
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=cfg.max_len)
     with _quiet_exporter():
         program = torch.onnx.export(
-            model.eval(), (_example_ids(cfg),), None, dynamo=True, verbose=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch, 1: seq},),
+            model.eval(),
+            (_example_ids(cfg),),
+            None,
+            dynamo=True,
+            verbose=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch, 1: seq},),
         )
     proto = program.model_proto
     _strip_debug_info(proto)
@@ -186,8 +193,13 @@ def check_parity(model: nn.Module, onnx_dir: Path, texts: Sequence[str], atol: f
             f"compress.parity_atol = {atol:.3g} (on {len(texts)} test texts); the export is wrong (look for "
             "export-unfriendly ops in the model), or raise compress.parity_atol if the gap is numerical noise"
         )
-    logger.info("compress: parity ok on %d texts, max |diff| %.3g <= %.3g (%.2f s)", len(texts), diff, atol,
-                time.perf_counter() - start)
+    logger.info(
+        "compress: parity ok on %d texts, max |diff| %.3g <= %.3g (%.2f s)",
+        len(texts),
+        diff,
+        atol,
+        time.perf_counter() - start,
+    )
     return diff
 
 
@@ -205,8 +217,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, ops: Sequence[str], weight_ty
         # unknown shape), and its graph optimizer changes nothing here but stamps ~8 unused opset domains
         quant_pre_process(fp32_path, prepared, skip_optimization=True, skip_symbolic_shape=True)
         quantize_dynamic(
-            prepared, out_path, op_types_to_quantize=list(ops), weight_type=WEIGHT_TYPES[weight_type],
-            per_channel=False, extra_options={"MatMulConstBOnly": True},  # attention's q·k stays fp32
+            prepared,
+            out_path,
+            op_types_to_quantize=list(ops),
+            weight_type=WEIGHT_TYPES[weight_type],
+            per_channel=False,
+            extra_options={"MatMulConstBOnly": True},  # attention's q·k stays fp32
         )
     return out_path
 
@@ -237,16 +253,26 @@ def evaluate_onnx(folder: Path, texts: Sequence[str], labels: Sequence[str]) -> 
     }
 
 
-def write_variant_folder(folder: Path, source: Manifest, model_dir: Path, name: str,
-                         metrics: dict[str, float] | None = None) -> None:
+def write_variant_folder(
+    folder: Path, source: Manifest, model_dir: Path, name: str, metrics: dict[str, float] | None = None
+) -> None:
     """model.json (the source model's labels and config, this variant's name and metrics) + the tokenizer."""
     variant = VARIANT_NAMES[name]
     Manifest(labels=source.labels, config=source.config, variant=variant, metrics=metrics).save(folder)
     copy_tokenizer(model_dir, folder)
 
 
-def evaluate_variants(folders: dict[str, Path], source: Manifest, model_dir: Path, texts: Sequence[str],
-                      labels: Sequence[str]) -> dict[str, dict]:
+def _shown(path: Path) -> str:
+    """Relative to the working folder (the project root under DVC and `quantflow run`): the same on every machine."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def evaluate_variants(
+    folders: dict[str, Path], source: Manifest, model_dir: Path, texts: Sequence[str], labels: Sequence[str]
+) -> dict[str, dict]:
     """Score each folder (fp32 first: the reference for ``accuracy_drop``); metrics go into model.json too."""
     variants: dict[str, dict] = {}
     for name, folder in folders.items():
@@ -254,16 +280,26 @@ def evaluate_variants(folders: dict[str, Path], source: Manifest, model_dir: Pat
             metrics = evaluate_onnx(folder, texts, labels)
         reference = variants[FP32]["accuracy"] if variants else metrics["accuracy"]
         size = (folder / MODEL_FILE).stat().st_size
-        variants[name] = {"path": (folder / MODEL_FILE).as_posix(), **metrics, "size_bytes": size,
-                          "accuracy_drop": round(reference - metrics["accuracy"], 6)}
+        variants[name] = {
+            "path": _shown(folder / MODEL_FILE),
+            **metrics,
+            "size_bytes": size,
+            "accuracy_drop": round(reference - metrics["accuracy"], 6),
+        }
         write_variant_folder(folder, source, model_dir, name, {**metrics, "size_bytes": size})
-        logger.info("compress: %s accuracy %.4f, macro-F1 %.4f, %d bytes", name, metrics["accuracy"],
-                    metrics["macro_f1"], size)
+        logger.info(
+            "compress: %s accuracy %.4f, macro-F1 %.4f, %d bytes",
+            name,
+            metrics["accuracy"],
+            metrics["macro_f1"],
+            size,
+        )
     return variants
 
 
-def write_report(report_path: Path, variants: dict[str, dict], diff: float, settings: CompressParams,
-                 samples: int) -> None:
+def write_report(
+    report_path: Path, variants: dict[str, dict], diff: float, settings: CompressParams, samples: int
+) -> None:
     """reports/compression.json: no timestamps or machine paths, so DVC sees a change only if one happened."""
     report = {
         "chosen": CHOSEN,
@@ -278,24 +314,31 @@ def write_report(report_path: Path, variants: dict[str, dict], diff: float, sett
 # --- the step -----------------------------------------------------------------------------------------------
 
 
-def build_variants(settings: CompressParams, model_dir: Path, folders: dict[str, Path],
-                   parity_texts: Sequence[str]) -> tuple[Manifest, float]:
+def build_variants(
+    settings: CompressParams, model_dir: Path, folders: dict[str, Path], parity_texts: Sequence[str]
+) -> tuple[Manifest, float]:
     """Write the fp32 and int8 folders; returns the source manifest and the fp32 parity gap."""
     model, cfg, source = load_model(model_dir)
     with _timed("compress: exporting fp32 to %s", folders[FP32] / MODEL_FILE):
         export_onnx(model, cfg, folders[FP32] / MODEL_FILE)
     write_variant_folder(folders[FP32], source, model_dir, FP32)
     diff = check_parity(model, folders[FP32], parity_texts, settings.parity_atol)
-    with _timed("compress: quantizing int8 (%s, %s weights)", ",".join(settings.quantize_ops),
-                settings.weight_type):
-        quantize_int8(folders[FP32] / MODEL_FILE, folders[INT8] / MODEL_FILE, settings.quantize_ops,
-                      settings.weight_type)
+    with _timed(
+        "compress: quantizing int8 (%s, %s weights)", ",".join(settings.quantize_ops), settings.weight_type
+    ):
+        quantize_int8(
+            folders[FP32] / MODEL_FILE,
+            folders[INT8] / MODEL_FILE,
+            settings.quantize_ops,
+            settings.weight_type,
+        )
     write_variant_folder(folders[INT8], source, model_dir, INT8)
     return source, diff
 
 
-def compress(params: Params, model_dir: Path, test_path: Path, variants_dir: Path,
-             report_path: Path) -> CompressResult:
+def compress(
+    params: Params, model_dir: Path, test_path: Path, variants_dir: Path, report_path: Path
+) -> CompressResult:
     """Export ``model_dir`` to ONNX fp32, check parity with PyTorch, quantize to int8, score both on the test
     split and write ``report_path``. Raises ParityError when the export does not match PyTorch."""
     settings = params.compress
@@ -305,14 +348,18 @@ def compress(params: Params, model_dir: Path, test_path: Path, variants_dir: Pat
     source, diff = build_variants(settings, model_dir, folders, parity_texts)
     variants = evaluate_variants(folders, source, model_dir, texts, labels)
     write_report(report_path, variants, diff, settings, len(parity_texts))
-    logger.info("compress: int8 is %.1f%% of fp32's size, accuracy drop %.4f; report in %s",
-                100 * variants[INT8]["size_bytes"] / variants[FP32]["size_bytes"],
-                variants[INT8]["accuracy_drop"], report_path)
+    logger.info(
+        "compress: int8 is %.1f%% of fp32's size, accuracy drop %.4f; report in %s",
+        100 * variants[INT8]["size_bytes"] / variants[FP32]["size_bytes"],
+        variants[INT8]["accuracy_drop"],
+        report_path,
+    )
     return CompressResult(variants=variants, chosen=CHOSEN, parity_max_abs_diff=diff, report_path=report_path)
 
 
 @task(name="compress")
-def compress_task(params: Params, model_dir: Path, test_path: Path, variants_dir: Path,
-                  report_path: Path) -> CompressResult:
+def compress_task(
+    params: Params, model_dir: Path, test_path: Path, variants_dir: Path, report_path: Path
+) -> CompressResult:
     """The Prefect face of :func:`compress`."""
     return compress(params, model_dir, test_path, variants_dir, report_path)

@@ -33,21 +33,36 @@ class EvaluateResult:
 def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
     """Accuracy, macro precision/recall/F1 and the same per class."""
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
     per_class = {
-        label: {"precision": round(float(p[i]), 6), "recall": round(float(r[i]), 6),
-                "f1": round(float(f[i]), 6), "support": int(s[i])}
+        label: {
+            "precision": round(float(p[i]), 6),
+            "recall": round(float(r[i]), 6),
+            "f1": round(float(f[i]), 6),
+            "support": int(s[i]),
+        }
         for i, label in enumerate(labels)
     }
-    return {"accuracy": round(float(accuracy_score(y_true, y_pred)), 6), "macro_precision": round(float(mp), 6),
-            "macro_recall": round(float(mr), 6), "macro_f1": round(float(mf), 6), "per_class": per_class}
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 6),
+        "macro_precision": round(float(mp), 6),
+        "macro_recall": round(float(mr), 6),
+        "macro_f1": round(float(mf), 6),
+        "per_class": per_class,
+    }
 
 
 def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, params: EvaluateParams, seed: int) -> list[str]:
     """Character 1..n-gram TF-IDF + logistic regression: the bar a neural model has to clear."""
-    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, params.baseline_ngram_max),
-                                 max_features=params.baseline_max_features, sublinear_tf=True,
-                                 preprocessor=clean_text)
+    vectorizer = TfidfVectorizer(
+        analyzer="char",
+        ngram_range=(1, params.baseline_ngram_max),
+        max_features=params.baseline_max_features,
+        sublinear_tf=True,
+        preprocessor=clean_text,
+    )
     classifier = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
     classifier.fit(vectorizer.fit_transform(train["text"]), train["label"])
     return classifier.predict(vectorizer.transform(test["text"])).tolist()
@@ -62,8 +77,15 @@ def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], titl
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
     ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="actual", title=title)
+    ax.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="actual",
+        title=title,
+    )
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
     fig.tight_layout()
@@ -72,8 +94,9 @@ def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], titl
     plt.close(fig)
 
 
-def evaluate(params: EvaluateParams, model_dir: Path, features_dir: Path, split_dir: Path, reports_dir: Path,
-             seed: int) -> EvaluateResult:
+def evaluate(
+    params: EvaluateParams, model_dir: Path, features_dir: Path, split_dir: Path, reports_dir: Path, seed: int
+) -> EvaluateResult:
     """Write ``metrics.json`` (model and baseline), ``predictions.csv`` and the confusion matrix plot."""
     model, _, manifest = load_model(model_dir)
     labels = manifest.labels
@@ -82,21 +105,30 @@ def evaluate(params: EvaluateParams, model_dir: Path, features_dir: Path, split_
     y_pred = [labels[i] for i in predict_logits(model, ids).argmax(axis=1)]
     train_df, test_df = (pd.read_parquet(split_dir / f"{s}.parquet") for s in ("train", "test"))
     baseline_pred = tfidf_baseline(train_df, test_df, params, seed)
-    metrics = {"test_rows": len(y_true), "fp32": classification_metrics(y_true, y_pred, labels),
-               "baseline": classification_metrics(test_df["label"].tolist(), baseline_pred, labels)}
+    metrics = {
+        "test_rows": len(y_true),
+        "fp32": classification_metrics(y_true, y_pred, labels),
+        "baseline": classification_metrics(test_df["label"].tolist(), baseline_pred, labels),
+    }
     reports_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = reports_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(reports_dir / "predictions.csv", index=False)
     plot_path = reports_dir / "plots" / "confusion_matrix.png"
     plot_confusion(y_true, y_pred, labels, f"{manifest.config['arch']} on the test split", plot_path)
-    logger.info("evaluate: %s accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f",
-                manifest.config["arch"], metrics["fp32"]["accuracy"], metrics["fp32"]["macro_f1"],
-                metrics["baseline"]["accuracy"], metrics["baseline"]["macro_f1"])
+    logger.info(
+        "evaluate: %s accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f",
+        manifest.config["arch"],
+        metrics["fp32"]["accuracy"],
+        metrics["fp32"]["macro_f1"],
+        metrics["baseline"]["accuracy"],
+        metrics["baseline"]["macro_f1"],
+    )
     return EvaluateResult(metrics, metrics_path, plot_path)
 
 
 @task(name="evaluate")
-def evaluate_task(params: EvaluateParams, model_dir: Path, features_dir: Path, split_dir: Path,
-                  reports_dir: Path, seed: int) -> EvaluateResult:
+def evaluate_task(
+    params: EvaluateParams, model_dir: Path, features_dir: Path, split_dir: Path, reports_dir: Path, seed: int
+) -> EvaluateResult:
     return evaluate(params, model_dir, features_dir, split_dir, reports_dir, seed)

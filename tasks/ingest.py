@@ -77,7 +77,9 @@ def read_user_file(path: Path, text_column: str, label_column: str) -> pd.DataFr
     frame = _read_table(path, kind)
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
-        fields = ", ".join(f"{c!r} (ingest.{'text' if c == text_column else 'label'}_column)" for c in missing)
+        fields = ", ".join(
+            f"{c!r} (ingest.{'text' if c == text_column else 'label'}_column)" for c in missing
+        )
         raise DataError(f"{path}: missing column {fields}; the file has columns {list(frame.columns)}")
     if frame.empty:
         raise DataError(f"{path}: the file has a header but no rows")

@@ -39,8 +39,9 @@ def label_order(train_labels: pd.Series, allowed: tuple[str, ...] | None) -> lis
     return list(allowed) if allowed else sorted(train_labels.unique().tolist())
 
 
-def encode_split(tokenizer: Tokenizer, tokens: list[list[str]], labels: pd.Series, label_index: dict[str, int],
-                 out: Path) -> float:
+def encode_split(
+    tokenizer: Tokenizer, tokens: list[list[str]], labels: pd.Series, label_index: dict[str, int], out: Path
+) -> float:
     """Write ``ids`` (N, max_len) and ``y`` (N,) to ``out``; returns the share of unknown tokens."""
     rows = [tokenizer.ids(t) for t in tokens]
     ids = pad_batch(rows, tokenizer.config.max_len)
@@ -51,8 +52,13 @@ def encode_split(tokenizer: Tokenizer, tokens: list[list[str]], labels: pd.Serie
     return unknown / total if total else 0.0
 
 
-def preprocess(params: PreprocessParams, split_dir: Path, features_dir: Path, tokenizer_dir: Path,
-               labels: tuple[str, ...] | None = None) -> PreprocessResult:
+def preprocess(
+    params: PreprocessParams,
+    split_dir: Path,
+    features_dir: Path,
+    tokenizer_dir: Path,
+    labels: tuple[str, ...] | None = None,
+) -> PreprocessResult:
     """Tokenize every split with one tokenizer, save it and the encoded arrays."""
     frames = {name: pd.read_parquet(split_dir / f"{name}.parquet") for name in SPLITS}
     config = TokenizerConfig(params.language, params.segmenter, params.lowercase, params.max_len)
@@ -64,12 +70,17 @@ def preprocess(params: PreprocessParams, split_dir: Path, features_dir: Path, to
     label_index = {label: i for i, label in enumerate(label_list)}
     features_dir.mkdir(parents=True, exist_ok=True)
     oov = {
-        name: encode_split(tokenizer, tokens[name], frames[name]["label"], label_index,
-                           features_dir / f"{name}.npz")
+        name: encode_split(
+            tokenizer, tokens[name], frames[name]["label"], label_index, features_dir / f"{name}.npz"
+        )
         for name in SPLITS
     }
-    (features_dir / "labels.json").write_text(json.dumps(label_list, ensure_ascii=False) + "\n", encoding="utf-8")
-    logger.info("preprocess: vocab %d, labels %s, unknown-token rate %s", len(tokenizer.vocab), label_list, oov)
+    (features_dir / "labels.json").write_text(
+        json.dumps(label_list, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    logger.info(
+        "preprocess: vocab %d, labels %s, unknown-token rate %s", len(tokenizer.vocab), label_list, oov
+    )
     return PreprocessResult(features_dir, tokenizer_dir, len(tokenizer.vocab), label_list, oov)
 
 
@@ -79,6 +90,11 @@ def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray
 
 
 @task(name="preprocess")
-def preprocess_task(params: PreprocessParams, split_dir: Path, features_dir: Path, tokenizer_dir: Path,
-                    labels: tuple[str, ...] | None = None) -> PreprocessResult:
+def preprocess_task(
+    params: PreprocessParams,
+    split_dir: Path,
+    features_dir: Path,
+    tokenizer_dir: Path,
+    labels: tuple[str, ...] | None = None,
+) -> PreprocessResult:
     return preprocess(params, split_dir, features_dir, tokenizer_dir, labels)

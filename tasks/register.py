@@ -133,8 +133,10 @@ def _read_test_split(path: Path) -> tuple[list[str], list[str]]:
     frame = pd.read_parquet(path)
     missing = {"text", "label"} - set(frame.columns)
     if missing or frame.empty:
-        raise RegisterError(f"{path}: need a non-empty split with columns text and label "
-                            f"(got {len(frame)} rows, columns {list(frame.columns)})")
+        raise RegisterError(
+            f"{path}: need a non-empty split with columns text and label "
+            f"(got {len(frame)} rows, columns {list(frame.columns)})"
+        )
     return frame["text"].astype(str).tolist(), frame["label"].astype(str).tolist()
 
 
@@ -144,8 +146,10 @@ def load_inputs(params: Params, root: Path) -> Inputs:
     metrics = _read_json(reports / "metrics.json")
     history = _read_json(reports / "train_history.json")
     if not isinstance(history, list) or not all(isinstance(row, dict) and "epoch" in row for row in history):
-        raise RegisterError(f"{reports / 'train_history.json'}: expected a list of {{'epoch': ...}} rows; "
-                            "rerun the train step")
+        raise RegisterError(
+            f"{reports / 'train_history.json'}: expected a list of {{'epoch': ...}} rows; "
+            "rerun the train step"
+        )
     compression = _read_json(reports / "compression.json")
     _lookup(metrics, ("fp32", "accuracy"), reports / "metrics.json")
     variant = str(_lookup(compression, ("chosen",), reports / "compression.json"))
@@ -224,8 +228,13 @@ def absolute_checks(inputs: Inputs, rp: RegisterParams) -> list[Check]:
     drop = round(fp32 - float(scores["accuracy"]), 6)
     f1 = float(scores["macro_f1"])
     return [
-        Check("max_drop", drop, rp.max_drop, drop <= rp.max_drop,
-              f"{inputs.variant} accuracy {float(scores['accuracy']):.4f} vs fp32 PyTorch {fp32:.4f}"),
+        Check(
+            "max_drop",
+            drop,
+            rp.max_drop,
+            drop <= rp.max_drop,
+            f"{inputs.variant} accuracy {float(scores['accuracy']):.4f} vs fp32 PyTorch {fp32:.4f}",
+        ),
         Check("min_f1", f1, rp.min_f1, f1 >= rp.min_f1, f"{inputs.variant} macro-F1 on the test split"),
     ]
 
@@ -251,19 +260,35 @@ def champion_predictions(name: str, texts: list[str]) -> pd.DataFrame:
     return model.predict(pd.DataFrame({TEXT_COLUMN: texts}))
 
 
-def champion_check(name: str, version: str, inputs: Inputs, candidate_labels: list[str],
-                   candidate_acc: float, tolerance: float) -> Check:
+def champion_check(
+    name: str,
+    version: str,
+    inputs: Inputs,
+    candidate_labels: list[str],
+    candidate_acc: float,
+    tolerance: float,
+) -> Check:
     out = champion_predictions(name, inputs.texts)
-    champion_labels = sorted(c[len(PROBA_PREFIX):] for c in out.columns if c.startswith(PROBA_PREFIX))
+    champion_labels = sorted(c[len(PROBA_PREFIX) :] for c in out.columns if c.startswith(PROBA_PREFIX))
     if champion_labels != sorted(candidate_labels):
-        return Check("champion", round(candidate_acc, 6), None, False,
-                     f"champion v{version} predicts labels {champion_labels}, the candidate "
-                     f"{sorted(candidate_labels)}: not comparable; move @{STAGING} by hand if that is "
-                     "intended")
+        return Check(
+            "champion",
+            round(candidate_acc, 6),
+            None,
+            False,
+            f"champion v{version} predicts labels {champion_labels}, the candidate "
+            f"{sorted(candidate_labels)}: not comparable; move @{STAGING} by hand if that is "
+            "intended",
+        )
     champion_acc = accuracy(out["label"].astype(str).tolist(), inputs.labels)
     threshold = round(champion_acc - tolerance, 6)
-    return Check("champion", round(candidate_acc, 6), threshold, candidate_acc >= threshold,
-                 f"champion v{version} scores {champion_acc:.4f} on today's {len(inputs.texts)} test texts")
+    return Check(
+        "champion",
+        round(candidate_acc, 6),
+        threshold,
+        candidate_acc >= threshold,
+        f"champion v{version} scores {champion_acc:.4f} on today's {len(inputs.texts)} test texts",
+    )
 
 
 def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams) -> dict[str, Any]:
@@ -273,16 +298,31 @@ def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: Registe
     candidate_acc = accuracy(candidate.predict(inputs.texts), inputs.labels)
     version = staging_version(client, name)
     if version is None:
-        checks.append(Check("champion", round(candidate_acc, 6), None, True,
-                            f"no version behind @{STAGING} yet: promoted if the other checks pass"))
+        checks.append(
+            Check(
+                "champion",
+                round(candidate_acc, 6),
+                None,
+                True,
+                f"no version behind @{STAGING} yet: promoted if the other checks pass",
+            )
+        )
     else:
-        checks.append(champion_check(name, version, inputs, candidate.labels, candidate_acc,
-                                     rp.champion_tolerance))
+        checks.append(
+            champion_check(name, version, inputs, candidate.labels, candidate_acc, rp.champion_tolerance)
+        )
     passed = all(c.passed for c in checks)
-    verdict = f"promoted to @{STAGING}" if passed else f"held at @{CHALLENGER}: " + ", ".join(
-        c.name for c in checks if not c.passed) + " failed"
-    return {"passed": passed, "verdict": verdict, "checks": [asdict(c) for c in checks],
-            "candidate_test_accuracy": round(candidate_acc, 6)}
+    verdict = (
+        f"promoted to @{STAGING}"
+        if passed
+        else f"held at @{CHALLENGER}: " + ", ".join(c.name for c in checks if not c.passed) + " failed"
+    )
+    return {
+        "passed": passed,
+        "verdict": verdict,
+        "checks": [asdict(c) for c in checks],
+        "candidate_test_accuracy": round(candidate_acc, 6),
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -302,16 +342,21 @@ def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
 
 
 def gate_markdown(gate: dict[str, Any], variant: str, digest: str) -> str:
-    rows = [f"| {c['name']} | {_fmt(c['value'])} | {_fmt(c['threshold'])} | "
-            f"{'pass' if c['passed'] else '**fail**'} | {c['detail']} |" for c in gate["checks"]]
-    return "\n".join([
-        f"**Gate: {'passed' if gate['passed'] else 'failed'}** ({gate['verdict']}). "
-        f"ONNX variant `{variant}`, params digest `{digest}`.",
-        "",
-        "| check | value | threshold | result | detail |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
+    rows = [
+        f"| {c['name']} | {_fmt(c['value'])} | {_fmt(c['threshold'])} | "
+        f"{'pass' if c['passed'] else '**fail**'} | {c['detail']} |"
+        for c in gate["checks"]
+    ]
+    return "\n".join(
+        [
+            f"**Gate: {'passed' if gate['passed'] else 'failed'}** ({gate['verdict']}). "
+            f"ONNX variant `{variant}`, params digest `{digest}`.",
+            "",
+            "| check | value | threshold | result | detail |",
+            "|---|---|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -380,8 +425,14 @@ def log_pyfunc(inputs: Inputs, labels: list[str]) -> ModelInfo:
     )
 
 
-def log_run(client: mlflow.MlflowClient, experiment_id: str, params: Params, inputs: Inputs,
-            gate: dict[str, Any], run_tags: dict[str, str]) -> tuple[str, ModelInfo]:
+def log_run(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    params: Params,
+    inputs: Inputs,
+    gate: dict[str, Any],
+    run_tags: dict[str, str],
+) -> tuple[str, ModelInfo]:
     """One run: flattened params, learning curves, final metrics, reports, gate and the pyfunc model."""
     labels = Manifest.load(inputs.variant_dir).labels
     run_name = f"register-{inputs.variant}-{params.digest()[:8]}"
@@ -399,8 +450,14 @@ def log_run(client: mlflow.MlflowClient, experiment_id: str, params: Params, inp
 # --- registry -----------------------------------------------------------------------------------------------
 
 
-def register_version(client: mlflow.MlflowClient, name: str, info: ModelInfo,
-                     version_tags: dict[str, str], description: str, passed: bool) -> ModelVersion:
+def register_version(
+    client: mlflow.MlflowClient,
+    name: str,
+    info: ModelInfo,
+    version_tags: dict[str, str],
+    description: str,
+    passed: bool,
+) -> ModelVersion:
     """A new version with tags and description; alias ``challenger`` always, ``staging`` only if it passed."""
     version = mlflow.register_model(info.model_uri, name, tags=version_tags)
     client.update_model_version(name, version.version, description=description)
@@ -428,12 +485,26 @@ def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> 
         gate = run_gate(client, name, inputs, params.register)
         all_tags = {**base_tags, **gate_tags(gate)}
         run_id, info = log_run(client, experiment_id, params, inputs, gate, all_tags)
-        version = register_version(client, name, info, all_tags,
-                                   gate_markdown(gate, inputs.variant, params.digest()), gate["passed"])
-    logger.info("register: %s v%s (run %s): %s, in %.1f s on %s", name, version.version, run_id,
-                gate["verdict"], time.perf_counter() - started, uri)
-    return RegisterResult(run_id=run_id, model_name=name, version=str(version.version),
-                          promoted=bool(gate["passed"]), gate=gate, tracking_uri=uri)
+        version = register_version(
+            client, name, info, all_tags, gate_markdown(gate, inputs.variant, params.digest()), gate["passed"]
+        )
+    logger.info(
+        "register: %s v%s (run %s): %s, in %.1f s on %s",
+        name,
+        version.version,
+        run_id,
+        gate["verdict"],
+        time.perf_counter() - started,
+        uri,
+    )
+    return RegisterResult(
+        run_id=run_id,
+        model_name=name,
+        version=str(version.version),
+        promoted=bool(gate["passed"]),
+        gate=gate,
+        tracking_uri=uri,
+    )
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:

@@ -78,7 +78,9 @@ def split(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) 
     stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info(
         "split: %d rows in, %d duplicates and %d conflicting rows dropped → train %d, val %d, test %d",
-        counts["rows_in"], counts["duplicates_dropped"], counts["conflict_rows_dropped"],
+        counts["rows_in"],
+        counts["duplicates_dropped"],
+        counts["conflict_rows_dropped"],
         *(per_split[s]["rows"] for s in SPLITS),
     )
     return SplitResult(paths=paths, stats=stats)

@@ -23,10 +23,29 @@ def stage_args(name: str, params: Params, layout: Layout) -> tuple[Any, ...]:
         "validate": lambda: (p, lay.raw, lay.validation_dir, lay.expectations_dir),
         "split": lambda: (p.split, lay.raw, lay.split_dir, lay.split_stats),
         "preprocess": lambda: (p.preprocess, lay.split_dir, lay.features_dir, lay.tokenizer_dir, p.labels),
-        "train": lambda: (p.train, lay.features_dir, lay.tokenizer_dir, lay.model_dir, lay.train_history, p.seed),
-        "evaluate": lambda: (p.evaluate, lay.model_dir, lay.features_dir, lay.split_dir, lay.reports_dir, p.seed),
-        "compress": lambda: (p, lay.model_dir, lay.split_dir / "test.parquet", lay.variants_dir,
-                             lay.compression_report),
+        "train": lambda: (
+            p.train,
+            lay.features_dir,
+            lay.tokenizer_dir,
+            lay.model_dir,
+            lay.train_history,
+            p.seed,
+        ),
+        "evaluate": lambda: (
+            p.evaluate,
+            lay.model_dir,
+            lay.features_dir,
+            lay.split_dir,
+            lay.reports_dir,
+            p.seed,
+        ),
+        "compress": lambda: (
+            p,
+            lay.model_dir,
+            lay.split_dir / "test.parquet",
+            lay.variants_dir,
+            lay.compression_report,
+        ),
     }
     if name not in wiring:
         raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(STAGES)}")

@@ -56,15 +56,29 @@ def predict_logits(model: nn.Module, ids: np.ndarray, batch_size: int = 512) -> 
 
 def model_config(params: TrainParams, vocab_size: int, num_classes: int, max_len: int) -> ModelConfig:
     return ModelConfig(
-        arch=params.model, vocab_size=vocab_size, num_classes=num_classes, embed_dim=params.embed_dim,
-        num_filters=params.num_filters, kernel_sizes=tuple(params.kernel_sizes), dropout=params.dropout,
-        layers=params.transformer_layers, heads=params.transformer_heads, ff_dim=params.transformer_ff_dim,
+        arch=params.model,
+        vocab_size=vocab_size,
+        num_classes=num_classes,
+        embed_dim=params.embed_dim,
+        num_filters=params.num_filters,
+        kernel_sizes=tuple(params.kernel_sizes),
+        dropout=params.dropout,
+        layers=params.transformer_layers,
+        heads=params.transformer_heads,
+        ff_dim=params.transformer_ff_dim,
         max_len=max_len,
     )
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, ids: np.ndarray, y: np.ndarray,
-                batch_size: int, rng: np.random.Generator, desc: str) -> float:
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ids: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    desc: str,
+) -> float:
     """One pass over shuffled batches; returns the mean training loss."""
     model.train()
     order = rng.permutation(len(ids))
@@ -79,23 +93,33 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, ids: np.ndar
     return total / len(ids)
 
 
-def fit(model: nn.Module, params: TrainParams, data: dict[str, tuple[np.ndarray, np.ndarray]],
-        seed: int) -> tuple[list[dict], dict[str, torch.Tensor], int]:
+def fit(
+    model: nn.Module, params: TrainParams, data: dict[str, tuple[np.ndarray, np.ndarray]], seed: int
+) -> tuple[list[dict], dict[str, torch.Tensor], int]:
     """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(seed)
     (train_ids, train_y), (val_ids, val_y) = data["train"], data["val"]
     history, best_state, best_epoch, best_f1 = [], {}, 0, -1.0
     for epoch in range(1, params.epochs + 1):
-        loss = train_epoch(model, optimizer, train_ids, train_y, params.batch_size, rng,
-                           f"epoch {epoch}/{params.epochs}")
+        loss = train_epoch(
+            model, optimizer, train_ids, train_y, params.batch_size, rng, f"epoch {epoch}/{params.epochs}"
+        )
         pred = predict_logits(model, val_ids).argmax(axis=1)
-        row = {"epoch": epoch, "train_loss": round(loss, 6),
-               "val_accuracy": round(float(accuracy_score(val_y, pred)), 6),
-               "val_macro_f1": round(float(f1_score(val_y, pred, average="macro")), 6)}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(loss, 6),
+            "val_accuracy": round(float(accuracy_score(val_y, pred)), 6),
+            "val_macro_f1": round(float(f1_score(val_y, pred, average="macro")), 6),
+        }
         history.append(row)
-        logger.info("train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f",
-                    epoch, loss, row["val_accuracy"], row["val_macro_f1"])
+        logger.info(
+            "train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f",
+            epoch,
+            loss,
+            row["val_accuracy"],
+            row["val_macro_f1"],
+        )
         if row["val_macro_f1"] > best_f1:
             best_f1, best_epoch = row["val_macro_f1"], epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -105,8 +129,14 @@ def fit(model: nn.Module, params: TrainParams, data: dict[str, tuple[np.ndarray,
     return history, best_state, best_epoch
 
 
-def train(params: TrainParams, features_dir: Path, tokenizer_dir: Path, model_dir: Path, history_path: Path,
-          seed: int) -> TrainResult:
+def train(
+    params: TrainParams,
+    features_dir: Path,
+    tokenizer_dir: Path,
+    model_dir: Path,
+    history_path: Path,
+    seed: int,
+) -> TrainResult:
     """Train on ``features_dir`` and save the best epoch's model as a self-describing folder."""
     seed_everything(seed, params.threads)
     data = {name: load_features(features_dir, name) for name in ("train", "val")}
@@ -114,19 +144,35 @@ def train(params: TrainParams, features_dir: Path, tokenizer_dir: Path, model_di
     vocab_size = len(json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8")))
     cfg = model_config(params, vocab_size, len(labels), max_len=data["train"][0].shape[1])
     model = build_model(cfg)
-    logger.info("train: %s with %d parameters on %d texts", cfg.arch,
-                sum(p.numel() for p in model.parameters()), len(data["train"][0]))
+    logger.info(
+        "train: %s with %d parameters on %d texts",
+        cfg.arch,
+        sum(p.numel() for p in model.parameters()),
+        len(data["train"][0]),
+    )
     history, best_state, best_epoch = fit(model, params, data, seed)
     model.load_state_dict(best_state)
     best = history[best_epoch - 1]
-    save_model(model_dir, model, cfg, labels, tokenizer_dir,
-               metrics={"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]})
+    save_model(
+        model_dir,
+        model,
+        cfg,
+        labels,
+        tokenizer_dir,
+        metrics={"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
+    )
     history_path.parent.mkdir(parents=True, exist_ok=True)
     history_path.write_text(json.dumps(history, indent=2) + "\n")
     return TrainResult(model_dir, history, best_epoch, best["val_macro_f1"])
 
 
 @task(name="train")
-def train_task(params: TrainParams, features_dir: Path, tokenizer_dir: Path, model_dir: Path,
-               history_path: Path, seed: int) -> TrainResult:
+def train_task(
+    params: TrainParams,
+    features_dir: Path,
+    tokenizer_dir: Path,
+    model_dir: Path,
+    history_path: Path,
+    seed: int,
+) -> TrainResult:
     return train(params, features_dir, tokenizer_dir, model_dir, history_path, seed)

@@ -32,22 +32,31 @@ class Lineage:
     dvc_lock_sha256: str
 
     def tags(self) -> dict[str, str]:
-        return {"git_commit": self.git_commit, "git_dirty": str(self.git_dirty).lower(),
-                "dvc_lock_sha256": self.dvc_lock_sha256}
+        return {
+            "git_commit": self.git_commit,
+            "git_dirty": str(self.git_dirty).lower(),
+            "dvc_lock_sha256": self.dvc_lock_sha256,
+        }
 
 
 def tool_env() -> dict[str, str]:
     """The environment for DVC and the stage commands it runs: this interpreter's scripts first on PATH."""
     scripts = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def run_tool(args: list[str], root: Path) -> str:
     """Run a command in ``root``; a non-zero exit becomes a VersioningError with the command's output."""
     done = subprocess.run(args, cwd=root, env=tool_env(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise VersioningError(f"`{' '.join(args)}` failed in {root} (exit {done.returncode}):\n"
-                              f"{(done.stderr or done.stdout).strip()}")
+        raise VersioningError(
+            f"`{' '.join(args)}` failed in {root} (exit {done.returncode}):\n"
+            f"{(done.stderr or done.stdout).strip()}"
+        )
     return done.stdout
 
 
@@ -57,7 +66,9 @@ def dvc(args: list[str], root: Path) -> str:
 
 def require_dvc_repo(root: Path) -> None:
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
-        raise VersioningError(f"{root}: not a DVC project (need .dvc/ and dvc.yaml); run `dvc init` there first")
+        raise VersioningError(
+            f"{root}: not a DVC project (need .dvc/ and dvc.yaml); run `dvc init` there first"
+        )
 
 
 def commit_outputs(root: Path) -> str:

@@ -9,12 +9,48 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-for _key, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}.items():
+for _key, _value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "GIT_PYTHON_REFRESH": "quiet",
+}.items():
     os.environ.setdefault(_key, _value)
 
-NEWS_WORDS = "国务院 经济 发展 会议 代表 政府 改革 人民 建设 工作 记者 报道 全国 企业 中央".split()
-REVIEW_WORDS = "质量 不错 喜欢 推荐 失望 便宜 物流 服务 好评 差评 酒店 房间 这本书 值得 买了".split()
+NEWS_WORDS = [
+    "国务院",
+    "经济",
+    "发展",
+    "会议",
+    "代表",
+    "政府",
+    "改革",
+    "人民",
+    "建设",
+    "工作",
+    "记者",
+    "报道",
+    "全国",
+    "企业",
+    "中央",
+]
+REVIEW_WORDS = [
+    "质量",
+    "不错",
+    "喜欢",
+    "推荐",
+    "失望",
+    "便宜",
+    "物流",
+    "服务",
+    "好评",
+    "差评",
+    "酒店",
+    "房间",
+    "这本书",
+    "值得",
+    "买了",
+]
 
 
 def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:

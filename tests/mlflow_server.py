@@ -45,10 +45,20 @@ def free_port() -> int:
 
 def server_command(folder: Path, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
     ]
 
 
@@ -87,8 +97,9 @@ def stop(proc: subprocess.Popen) -> None:
         try:
             proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            logger.warning("mlflow server %d ignored SIGTERM for %.0f s: killing its group", proc.pid,
-                           STOP_TIMEOUT_S)
+            logger.warning(
+                "mlflow server %d ignored SIGTERM for %.0f s: killing its group", proc.pid, STOP_TIMEOUT_S
+            )
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT_S)
     with contextlib.suppress(ProcessLookupError):  # raised when the whole group is gone: the normal case
@@ -113,8 +124,13 @@ def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     log_path = folder / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            server_command(folder, port), cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            server_command(folder, port),
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     try:
         yield ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
@@ -127,6 +143,11 @@ def mlflow_server(mlflow_server_process: ServerProcess) -> str:
     """The http URI of a fresh, healthy ``mlflow server`` (sqlite + local proxied artifacts)."""
     server = mlflow_server_process
     seconds = wait_until_healthy(server.proc, server.uri, server.log_path)
-    logger.info("mlflow server pid %d ready on %s after %.1f s of waiting (log: %s)", server.proc.pid,
-                server.uri, seconds, server.log_path)
+    logger.info(
+        "mlflow server pid %d ready on %s after %.1f s of waiting (log: %s)",
+        server.proc.pid,
+        server.uri,
+        seconds,
+        server.log_path,
+    )
     return server.uri

@@ -38,10 +38,18 @@ MakeProject = Callable[..., Path]
 
 def synthetic_split(per_class: int = 30) -> pd.DataFrame:
     rng = random.Random(0)
-    rows = [("".join(rng.choices(CHARS[label], k=rng.randint(4, 12))), label)
-            for label in LABELS for _ in range(per_class)]
-    return pd.DataFrame({"text": [t for t, _ in rows], "label": [lb for _, lb in rows],
-                         "key": [f"k{i}" for i in range(len(rows))]})
+    rows = [
+        ("".join(rng.choices(CHARS[label], k=rng.randint(4, 12))), label)
+        for label in LABELS
+        for _ in range(per_class)
+    ]
+    return pd.DataFrame(
+        {
+            "text": [t for t, _ in rows],
+            "label": [lb for _, lb in rows],
+            "key": [f"k{i}" for i in range(len(rows))],
+        }
+    )
 
 
 def train_tiny(tokenizer: Tokenizer, cfg: ModelConfig, split: pd.DataFrame) -> torch.nn.Module:
@@ -62,22 +70,43 @@ def build_variant(folder: Path, split: pd.DataFrame) -> None:
     tok_cfg = TokenizerConfig(max_len=32, min_len=3)
     vocab = build_vocab(Tokenizer(tok_cfg, {"<pad>": 0, "<unk>": 1}).iter_tokens(split["text"]), 1, 100)
     tokenizer = Tokenizer(tok_cfg, vocab)
-    cfg = ModelConfig(arch="textcnn", vocab_size=len(vocab), num_classes=len(LABELS), embed_dim=8,
-                      num_filters=4, kernel_sizes=(2, 3), dropout=0.0, max_len=32)
+    cfg = ModelConfig(
+        arch="textcnn",
+        vocab_size=len(vocab),
+        num_classes=len(LABELS),
+        embed_dim=8,
+        num_filters=4,
+        kernel_sizes=(2, 3),
+        dropout=0.0,
+        max_len=32,
+    )
     model = train_tiny(tokenizer, cfg, split)
     folder.mkdir(parents=True)
     example = torch.from_numpy(tokenizer.encode(split["text"].tolist()[:2]))  # (2, T)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=32)
-    torch.onnx.export(model, (example,), str(folder / "model.onnx"), dynamo=True, external_data=False,
-                      input_names=["ids"], output_names=["logits"], dynamic_shapes=({0: batch, 1: seq},))
+    torch.onnx.export(
+        model,
+        (example,),
+        str(folder / "model.onnx"),
+        dynamo=True,
+        external_data=False,
+        input_names=["ids"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch, 1: seq},),
+    )
     Manifest(labels=LABELS, config=cfg.to_dict(), variant="onnx-int8").save(folder)
     tokenizer.save(folder)
 
 
 def scores(value: float) -> dict:
     per_class = {lb: {"precision": value, "recall": value, "f1": value, "support": 30} for lb in LABELS}
-    return {"accuracy": value, "macro_f1": value, "macro_precision": value, "macro_recall": value,
-            "per_class": per_class}
+    return {
+        "accuracy": value,
+        "macro_f1": value,
+        "macro_precision": value,
+        "macro_recall": value,
+        "per_class": per_class,
+    }
 
 
 def write_reports(reports: Path, int8_accuracy: float) -> None:
@@ -85,14 +114,27 @@ def write_reports(reports: Path, int8_accuracy: float) -> None:
     (reports / "validation").mkdir()
     metrics = {"fp32": scores(FP32_ACCURACY), "baseline": scores(0.97)}
     (reports / "metrics.json").write_text(json.dumps(metrics))
-    history = [{"epoch": e, "train_loss": 1 / e, "val_accuracy": 0.9 + e / 100, "val_macro_f1": 0.9 + e / 200}
-               for e in (1, 2, 3)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_accuracy": 0.9 + e / 100, "val_macro_f1": 0.9 + e / 200}
+        for e in (1, 2, 3)
+    ]
     (reports / "train_history.json").write_text(json.dumps(history))
-    variants = {name: {"path": f"artifacts/variants/{name}/model.onnx", "accuracy": acc, "macro_f1": acc,
-                       "size_bytes": size, "accuracy_drop": round(FP32_ACCURACY - acc, 6)}
-                for name, acc, size in (("fp32", FP32_ACCURACY, 4000), ("int8", int8_accuracy, 1000))}
-    compression = {"chosen": "int8", "parity": {"max_abs_diff": 1e-6, "atol": 1e-4, "samples": 60},
-                   "size_ratio": 0.25, "variants": variants}
+    variants = {
+        name: {
+            "path": f"artifacts/variants/{name}/model.onnx",
+            "accuracy": acc,
+            "macro_f1": acc,
+            "size_bytes": size,
+            "accuracy_drop": round(FP32_ACCURACY - acc, 6),
+        }
+        for name, acc, size in (("fp32", FP32_ACCURACY, 4000), ("int8", int8_accuracy, 1000))
+    }
+    compression = {
+        "chosen": "int8",
+        "parity": {"max_abs_diff": 1e-6, "atol": 1e-4, "samples": 60},
+        "size_ratio": 0.25,
+        "variants": variants,
+    }
     (reports / "compression.json").write_text(json.dumps(compression))
     (reports / "plots" / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (reports / "validation" / "raw_dataset.json").write_text('{"success": true}')
@@ -122,13 +164,19 @@ def make_project(tmp_path_factory: pytest.TempPathFactory, variant_template: Pat
 
 @pytest.fixture(scope="module")
 def params() -> Params:
-    return Params().with_overrides({"register.model_name": "quantflow-test-register",
-                                    "register.experiment": "quantflow-test-register"})
+    return Params().with_overrides(
+        {"register.model_name": "quantflow-test-register", "register.experiment": "quantflow-test-register"}
+    )
 
 
 @pytest.fixture(scope="module")
-def first(mlflow_server_process: ServerProcess, variant_template: Path, mlflow_server: str,  # noqa: F811
-          make_project: MakeProject, params: Params) -> Iterator[RegisterResult]:
+def first(
+    mlflow_server_process: ServerProcess,  # noqa: F811
+    variant_template: Path,
+    mlflow_server: str,  # noqa: F811
+    make_project: MakeProject,
+    params: Params,
+) -> Iterator[RegisterResult]:
     """Version 1: passes the gate, so it becomes the champion behind @staging. (The argument order lets the
     server start while the ONNX template is exported.)"""
     with pytest.MonkeyPatch.context() as mp:
@@ -142,8 +190,9 @@ def client(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> mlflow.Mlflow
     return mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
 
 
-def test_first_version_gets_both_aliases_and_gate_tags(first: RegisterResult,
-                                                        client: mlflow.MlflowClient) -> None:
+def test_first_version_gets_both_aliases_and_gate_tags(
+    first: RegisterResult, client: mlflow.MlflowClient
+) -> None:
     assert (first.version, first.promoted) == ("1", True)
     assert first.tracking_uri.startswith("http://127.0.0.1:")
     assert client.get_registered_model(first.model_name).aliases == {CHALLENGER: "1", STAGING: "1"}
@@ -157,8 +206,9 @@ def test_first_version_gets_both_aliases_and_gate_tags(first: RegisterResult,
     assert "Gate: passed" in version.description
 
 
-def test_run_holds_params_curves_metrics_and_reports(first: RegisterResult, client: mlflow.MlflowClient,
-                                                     params: Params) -> None:
+def test_run_holds_params_curves_metrics_and_reports(
+    first: RegisterResult, client: mlflow.MlflowClient, params: Params
+) -> None:
     run = client.get_run(first.run_id)
     assert run.data.params["train.lr"] == "0.002"
     assert run.data.tags["params_digest"] == params.digest()
@@ -170,8 +220,9 @@ def test_run_holds_params_curves_metrics_and_reports(first: RegisterResult, clie
     assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
 
 
-def test_staging_model_predicts_raw_text(first: RegisterResult, client: mlflow.MlflowClient,
-                                         variant_template: Path) -> None:
+def test_staging_model_predicts_raw_text(
+    first: RegisterResult, client: mlflow.MlflowClient, variant_template: Path
+) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{first.model_name}@{STAGING}")
     texts = ["国家经济发展，政府工作改革。", "质量很好，服务不错！", "  ＮＥＷＳ 会议 "]
     out = model.predict(pd.DataFrame({"text": texts}))
@@ -184,8 +235,9 @@ def test_staging_model_predicts_raw_text(first: RegisterResult, client: mlflow.M
     assert python_model.predict(None, texts)["label"].tolist() == out["label"].tolist()
 
 
-def test_worse_candidate_stays_challenger(first: RegisterResult, client: mlflow.MlflowClient,
-                                          make_project: MakeProject, params: Params) -> None:
+def test_worse_candidate_stays_challenger(
+    first: RegisterResult, client: mlflow.MlflowClient, make_project: MakeProject, params: Params
+) -> None:
     result = register(params, make_project(int8_accuracy=0.9))
     assert not result.promoted and result.version != first.version
     aliases = client.get_registered_model(first.model_name).aliases
@@ -197,8 +249,9 @@ def test_worse_candidate_stays_challenger(first: RegisterResult, client: mlflow.
     assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_drop failed"
 
 
-def test_changed_label_set_fails_the_champion_check(first: RegisterResult, client: mlflow.MlflowClient,
-                                                    make_project: MakeProject, params: Params) -> None:
+def test_changed_label_set_fails_the_champion_check(
+    first: RegisterResult, client: mlflow.MlflowClient, make_project: MakeProject, params: Params
+) -> None:
     root = make_project()
     folder = root / "artifacts" / "variants" / "int8"
     manifest = Manifest.load(folder)
@@ -210,9 +263,13 @@ def test_changed_label_set_fails_the_champion_check(first: RegisterResult, clien
 
 
 @pytest.mark.parametrize("missing", ["reports/compression.json", "artifacts/variants/int8/model.onnx"])
-def test_missing_input_raises_before_anything_is_logged(first: RegisterResult, client: mlflow.MlflowClient,
-                                                         make_project: MakeProject, params: Params,
-                                                         missing: str) -> None:
+def test_missing_input_raises_before_anything_is_logged(
+    first: RegisterResult,
+    client: mlflow.MlflowClient,
+    make_project: MakeProject,
+    params: Params,
+    missing: str,
+) -> None:
     root = make_project()
     (root / missing).unlink()
     versions = len(client.search_model_versions(f"name = '{first.model_name}'"))
@@ -224,8 +281,9 @@ def test_missing_input_raises_before_anything_is_logged(first: RegisterResult, c
     assert len(client.search_runs([experiment.experiment_id])) == runs
 
 
-def test_embedded_sqlite_default(make_project: MakeProject, params: Params,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_sqlite_default(
+    make_project: MakeProject, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = make_project()
     result = register(params, root)

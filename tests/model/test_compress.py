@@ -51,10 +51,27 @@ def synthetic_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 def tiny_config(arch: str, vocab_size: int) -> ModelConfig:
     if arch == "textcnn":
-        return ModelConfig(arch="textcnn", vocab_size=vocab_size, num_classes=len(LABELS), embed_dim=16,
-                           num_filters=8, kernel_sizes=(2, 3), dropout=0.1, max_len=64)
-    return ModelConfig(arch="transformer", vocab_size=vocab_size, num_classes=len(LABELS), embed_dim=16,
-                       layers=1, heads=2, ff_dim=32, dropout=0.1, max_len=64)
+        return ModelConfig(
+            arch="textcnn",
+            vocab_size=vocab_size,
+            num_classes=len(LABELS),
+            embed_dim=16,
+            num_filters=8,
+            kernel_sizes=(2, 3),
+            dropout=0.1,
+            max_len=64,
+        )
+    return ModelConfig(
+        arch="transformer",
+        vocab_size=vocab_size,
+        num_classes=len(LABELS),
+        embed_dim=16,
+        layers=1,
+        heads=2,
+        ff_dim=32,
+        dropout=0.1,
+        max_len=64,
+    )
 
 
 def train_a_little(model: nn.Module, ids: np.ndarray, labels: list[str], steps: int = 40) -> nn.Module:
@@ -100,14 +117,20 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
     cfg = tiny_config(arch, len(vocab))
     model = train_a_little(build_model(cfg), tokenizer.encode(train_texts), train_labels)
     save_model(root / "model", model, cfg, LABELS, root / "tokenizer")
-    pd.DataFrame({"text": test_texts, "label": test_labels, "key": [f"k{i}" for i in range(len(test_texts))]}
-                 ).to_parquet(root / "test.parquet")
+    pd.DataFrame(
+        {"text": test_texts, "label": test_labels, "key": [f"k{i}" for i in range(len(test_texts))]}
+    ).to_parquet(root / "test.parquet")
     return model, tokenizer, test_texts
 
 
 def run_compress(root: Path) -> CompressResult:
-    return compress(Params(), root / "model", root / "test.parquet", root / "variants",
-                    root / "reports" / "compression.json")
+    return compress(
+        Params(),
+        root / "model",
+        root / "test.parquet",
+        root / "variants",
+        root / "reports" / "compression.json",
+    )
 
 
 @pytest.fixture(scope="module", params=["textcnn", "transformer"])
@@ -151,8 +174,12 @@ def test_fp32_padding_does_not_change_logits(setup: Setup) -> None:
 
 
 def test_fp32_folder_is_self_contained(setup: Setup) -> None:
-    assert sorted(p.name for p in setup.fp32.iterdir()) == ["model.json", "model.onnx", "tokenizer.json",
-                                                             "vocab.json"]
+    assert sorted(p.name for p in setup.fp32.iterdir()) == [
+        "model.json",
+        "model.onnx",
+        "tokenizer.json",
+        "vocab.json",
+    ]
     model = onnx.load(setup.fp32 / "model.onnx", load_external_data=False)
     assert not any(onnx.external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     assert [i.name for i in model.graph.input] == ["ids"]
@@ -230,8 +257,9 @@ def test_trained_model_beats_chance(setup: Setup) -> None:
     assert setup.result.variants["fp32"]["accuracy"] > 1 / len(LABELS) + 0.1
 
 
-def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            setup: Setup) -> None:
+def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setup: Setup
+) -> None:
     if setup.arch != "textcnn":
         pytest.skip("one architecture is enough: a run costs seconds")
     monkeypatch.chdir(setup.root)
@@ -239,8 +267,10 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(tmp_path: Path, mon
     report = json.loads(Path("again.json").read_text())
     assert report["variants"]["int8"]["path"] == "again/int8/model.onnx"
     for name in ("fp32", "int8"):  # deterministic: same bytes wherever the outputs go
-        assert Path(f"again/{name}/model.onnx").read_bytes() == (setup.root / "variants" / name /
-                                                                 "model.onnx").read_bytes()
+        assert (
+            Path(f"again/{name}/model.onnx").read_bytes()
+            == (setup.root / "variants" / name / "model.onnx").read_bytes()
+        )
     assert result.variants["int8"]["accuracy"] == setup.result.variants["int8"]["accuracy"]
 
 

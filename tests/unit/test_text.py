@@ -46,8 +46,13 @@ def test_preprocess_builds_vocab_on_train_only(tmp_path: Path, tiny_frame: pd.Da
     tiny.loc[0, "text"] = "独一无二的词汇只在这里"
     tiny.to_parquet(tmp_path / "raw.parquet")
     result = split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
-    out = preprocess(PreprocessParams(min_freq=1, max_len=16), tmp_path / "split", tmp_path / "feat",
-                     tmp_path / "tok", labels=("news", "comment"))
+    out = preprocess(
+        PreprocessParams(min_freq=1, max_len=16),
+        tmp_path / "split",
+        tmp_path / "feat",
+        tmp_path / "tok",
+        labels=("news", "comment"),
+    )
     train_chars = {c for t in pd.read_parquet(result.paths["train"])["text"] for c in clean_text(t)}
     vocab = Tokenizer.load(tmp_path / "tok").vocab
     assert set(vocab) - {PAD, UNK} <= train_chars

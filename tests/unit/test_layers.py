@@ -1,0 +1,30 @@
+"""Imports point down only: the core never pulls in a step, a flow, Prefect or MLflow."""
+
+import subprocess
+import sys
+
+import pytest
+
+CORE = [
+    "quantflow.params",
+    "quantflow.text",
+    "quantflow.models",
+    "quantflow.bundle",
+    "quantflow.onnx_model",
+    "quantflow.layout",
+    "quantflow.errors",
+]
+FORBIDDEN = ["prefect", "mlflow", "tasks", "flows", "serving", "quantflow.cli"]
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_imports_nothing_above_it(module: str) -> None:
+    probe = f"import sys, {module}; print(','.join(m for m in {FORBIDDEN!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"{module} imports {done.stdout.strip()}"
+
+
+def test_tokenizer_and_onnx_inference_import_no_model_code() -> None:
+    probe = "import sys, quantflow.onnx_model; print('quantflow.models' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
