@@ -133,6 +133,9 @@ def ui(
         "--artifacts-destination",
         str(project / "mlartifacts"),
     ]
+    # no background job runner (it starts ~7 consumer processes) and no AI gateway: a UI over the store
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_AI_GATEWAY", "false")
     print(f"MLflow UI on http://{host}:{port}  (store: {backend}); Ctrl-C stops it")
     os.execv(sys.executable, args)
 
