@@ -1,6 +1,8 @@
-"""Text cleaning, spaCy tokenization and the vocabulary: shared by training and serving.
+"""Text cleaning, tokenization and the vocabulary: shared by training and serving.
 
-This module imports neither torch nor the model code, so the service can load a tokenizer without them.
+This module imports neither torch nor the model code, so the service can load a tokenizer without them. The
+Chinese char segmenter is pure Python (token for token spaCy's); other segmenters load spaCy on first use, and
+spaCy imports thinc, which imports torch when it is installed.
 """
 
 from __future__ import annotations
@@ -53,13 +55,20 @@ class Tokenizer:
             raise ValueError(f"vocabulary must map {PAD!r} to 0 and {UNK!r} to 1")
         self.config = config
         self.vocab = vocab
-        self._nlp = make_nlp(config.language, config.segmenter)
+        # spaCy (which pulls thinc, and thinc torch) only for segmenters that need it: zh "char" is pure Python
+        self._nlp = None if is_char_segmenter(config) else make_nlp(config.language, config.segmenter)
 
     def tokens(self, text: str) -> list[str]:
-        return [t.text for t in self._nlp.make_doc(clean_text(text, self.config.lowercase)) if not t.is_space]
+        cleaned = clean_text(text, self.config.lowercase)
+        if self._nlp is None:
+            return char_tokens(cleaned)
+        return [t.text for t in self._nlp.make_doc(cleaned) if not t.is_space]
 
     def iter_tokens(self, texts: Iterable[str], batch_size: int = 1000) -> Iterator[list[str]]:
         cleaned = (clean_text(t, self.config.lowercase) for t in texts)
+        if self._nlp is None:
+            yield from map(char_tokens, cleaned)
+            return
         for doc in self._nlp.pipe(cleaned, batch_size=batch_size):
             yield [t.text for t in doc if not t.is_space]
 
@@ -83,6 +92,20 @@ class Tokenizer:
         config = TokenizerConfig(**json.loads((folder / "tokenizer.json").read_text()))
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         return cls(config, vocab)
+
+
+def is_char_segmenter(config: TokenizerConfig) -> bool:
+    return config.language == "zh" and config.segmenter == "char"
+
+
+def char_tokens(cleaned: str) -> list[str]:
+    """spaCy's ``blank("zh")`` char segmenter without spaCy: one token per code point, whitespace dropped.
+
+    spaCy splits the text with ``list(text)``, folds whitespace into ``Token.whitespace_`` or whitespace-only
+    tokens (``is_space`` is ``str.isspace``), which ``Tokenizer.tokens`` drops: what is left is exactly this.
+    ``tests/unit/test_text.py`` checks the equality on thousands of real texts.
+    """
+    return [ch for ch in cleaned if not ch.isspace()]
 
 
 def make_nlp(language: str, segmenter: str) -> Any:
