@@ -140,5 +140,62 @@ def ui(
     os.execv(sys.executable, args)
 
 
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir", help="a local variant folder (model.onnx + model.json) instead of the registry"
+    ),
+]
+
+
+@app.command()
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model_dir: ModelDirOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address (default: serve.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: serve.port)")] = None,
+    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+) -> None:
+    """Serve the model behind serve.alias (default @staging) over REST: /predict, /explain, /model, /metrics."""
+    _setup()
+    from quantflow.params import load_params
+    from serving.server import build_service, run
+
+    try:
+        loaded = load_params(params, parse_overrides(set_))
+    except QuantflowError as exc:
+        _fail(exc)
+    service = build_service(loaded, root, model_dir)
+    run(service, host or loaded.serve.host, port or loaded.serve.port)
+
+
+@app.command()
+def predict(
+    input_: Annotated[Path, typer.Option("--input", help="CSV, Parquet or JSONL with a text column")],
+    output: Annotated[
+        Path, typer.Option("--output", help="where to write the predictions (.csv/.parquet/.jsonl)")
+    ],
+    text_column: Annotated[str, typer.Option(help="the column holding the texts")] = "text",
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model_dir: ModelDirOpt = None,
+    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+) -> None:
+    """Batch prediction with the served model (same resolution and inference code as `quantflow serve`)."""
+    _setup()
+    from quantflow.params import load_params
+    from serving.batch import predict_file
+    from serving.server import load_model
+
+    try:
+        model = load_model(load_params(params, parse_overrides(set_)), root, model_dir)
+        out = predict_file(model, input_, output, text_column)
+    except (QuantflowError, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    print(f"{len(out)} predictions by {model.name} v{model.version} ({model.variant}) -> {output}")
+
+
 if __name__ == "__main__":
     app()

@@ -138,6 +138,22 @@ class RegisterParams(_Section):
     champion_tolerance: float = Field(default=0.005, ge=0, le=1)
 
 
+class ServeParams(_Section):
+    """``quantflow serve`` and ``quantflow predict``: where the model comes from and what a request may hold."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    model_name: str | None = None  # null: the registered name, register.model_name or quantflow-<dataset>
+    alias: str = "staging"
+    poll_interval_s: float = Field(default=30.0, ge=0)  # 0: never look for a new version
+    cache_dir: Path = Path(".cache/serving")
+    threads: int = Field(default=1, ge=1)  # ORT intra-op threads per request
+    max_texts: int = Field(default=64, ge=1)
+    max_chars: int = Field(default=2000, ge=1)
+    long_texts: Literal["reject", "truncate"] = "reject"
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+
 with warnings.catch_warnings():
     # "register" is also ABCMeta.register; as a field it is only ever read on instances, where it wins.
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -153,6 +169,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams = EvaluateParams()
         compress: CompressParams = CompressParams()
         register: RegisterParams = RegisterParams()
+        serve: ServeParams = ServeParams()
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

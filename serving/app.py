@@ -1,0 +1,291 @@
+"""The REST service: a lean ASGI path for ``POST /predict`` and ``POST /explain``, FastAPI for the rest.
+
+Why not FastAPI routes for the hot path: per request, FastAPI's routing, dependency solving and response
+validation cost more than the 40 µs int8 model (DESIGN.md: FastAPI + ORT ~3,800 req/s vs ~11,400 for a bare
+ASGI app). The lean path reads the body with a size limit, parses it with orjson, checks it by hand with
+messages that name the bad value, and runs the model on the event loop (small requests) or in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from quantflow.params import ServeParams
+from serving.model import ServedModel
+from serving.reload import ModelSlot
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+INLINE_CHARS = 4000  # requests with more text than this run in a thread, not on the event loop
+DRAIN_FACTOR = 16  # an oversized body is read (and dropped) up to this many times the limit, then cut off
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class BadRequest(Exception):
+    """A request the service refuses: ``status`` is the 4xx code, the message says what to send instead."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Metrics:
+    """Prometheus metrics in a registry of the app's own (two apps in one process do not collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "quantflow_requests",
+            "Requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "quantflow_request_seconds",
+            "Request latency in the service",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.texts = Counter("quantflow_texts", "Texts classified", registry=self.registry)
+        self.model = Gauge(
+            "quantflow_model_info",
+            "The served model (value 1)",
+            ["name", "version", "variant"],
+            registry=self.registry,
+        )
+        self.version = Gauge("quantflow_model_version", "Registry version served", registry=self.registry)
+        self.swaps = Counter("quantflow_model_swaps", "Model versions loaded", registry=self.registry)
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        child = self._children.get((endpoint, status))
+        if child is None:  # .labels() looks up a dict under a lock: do it once per pair
+            child = self._children[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        child.inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def swapped(self, model: ServedModel) -> None:
+        self.model.clear()
+        self.model.labels(model.name, model.version, model.variant).set(1)
+        if model.version.isdigit():
+            self.version.set(int(model.version))
+        self.swaps.inc()
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or 413 once it passes ``limit`` bytes (read on and dropped, so the client gets the
+    answer instead of a broken pipe, up to ``DRAIN_FACTOR`` times the limit)."""
+    declared = dict(scope["headers"]).get(b"content-length")
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client went away")
+        body = message.get("body", b"")
+        size += len(body)
+        more = message.get("more_body", False)
+        if size <= limit:
+            chunks.append(body)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        raise BadRequest(
+            413,
+            f"request body is {int(declared) if declared else size} bytes, over serve.max_body_bytes ({limit}): "
+            "send fewer or shorter texts per request",
+        )
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            400, f"request body is not valid UTF-8 (byte {exc.start}): encode the JSON as UTF-8"
+        ) from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(400, f'request body is not valid JSON ({exc}): send {{"texts": ["..."]}}') from None
+
+
+def check_text(text: Any, where: str, params: ServeParams) -> str:
+    if not isinstance(text, str):
+        raise BadRequest(422, f"{where} must be a string (got {type(text).__name__}: {str(text)[:50]!r})")
+    if len(text) > params.max_chars:
+        if params.long_texts == "truncate":
+            return text[: params.max_chars]
+        raise BadRequest(
+            422,
+            f"{where} has {len(text)} characters, over serve.max_chars ({params.max_chars}): shorten it, "
+            "or set serve.long_texts: truncate",
+        )
+    return text
+
+
+def predict_texts(payload: Any, params: ServeParams) -> list[str]:
+    """``{"texts": [...]}`` → the texts, checked against the limits; each kind of bad input says what is wrong."""
+    if not isinstance(payload, dict) or "texts" not in payload:
+        got = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise BadRequest(422, f'body needs a "texts" field: {{"texts": ["..."]}} (got: {got})')
+    texts = payload["texts"]
+    if not isinstance(texts, list):
+        raise BadRequest(422, f'"texts" must be a list of strings (got {type(texts).__name__})')
+    if not texts:
+        raise BadRequest(422, '"texts" is empty: send at least one text')
+    if len(texts) > params.max_texts:
+        raise BadRequest(
+            422,
+            f'"texts" holds {len(texts)} texts, over serve.max_texts ({params.max_texts}): split the request',
+        )
+    return [check_text(t, f"texts[{i}]", params) for i, t in enumerate(texts)]
+
+
+def explain_text(payload: Any, params: ServeParams) -> str:
+    if not isinstance(payload, dict) or "text" not in payload:
+        got = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise BadRequest(422, f'body needs a "text" field: {{"text": "..."}} (got: {got})')
+    return check_text(payload["text"], '"text"', params)
+
+
+async def send_json(send: Send, status: int, data: Any) -> None:
+    body = orjson.dumps(data)
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Service:
+    """The ASGI app: lean handlers for the model endpoints, the FastAPI ``control`` app for everything else."""
+
+    def __init__(self, params: ServeParams, slot: ModelSlot) -> None:
+        self.params = params
+        self.slot = slot
+        self.metrics = Metrics()
+        slot.on_swap = self.metrics.swapped
+        if slot.current is not None:
+            self.metrics.swapped(slot.current)
+        self.control = control_app(self)
+        self._lean = {"/predict": self._predict, "/explain": self._explain}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self._lean.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.control(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status, data = await self._answer(scope, receive, handler)
+        await send_json(send, status, data)
+        self.metrics.observe(scope["path"], status, time.perf_counter() - started)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, handler: Callable[[Any, ServedModel], Awaitable[Any]]
+    ) -> tuple[int, Any]:
+        model = self.slot.current  # read once: a swap mid-request does not change the answering version
+        try:
+            if scope["method"] != "POST":
+                raise BadRequest(405, f"{scope['path']} takes POST with a JSON body (got {scope['method']})")
+            if model is None:
+                return 503, {
+                    "error": f"no model loaded yet ({self.slot.last_error or 'loading'}); see /ready"
+                }
+            payload = parse_json(await read_body(scope, receive, self.params.max_body_bytes))
+            return 200, await handler(payload, model)
+        except BadRequest as exc:
+            return exc.status, {"error": str(exc)}
+        except ConnectionAbortedError:
+            return 499, {"error": "client closed the connection"}
+        except Exception as exc:  # noqa: BLE001 (answer 500 and keep serving; the traceback goes to the log)
+            logger.exception("%s failed", scope["path"])
+            return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
+
+    async def _predict(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+        texts = predict_texts(payload, self.params)
+        if sum(map(len, texts)) <= INLINE_CHARS:
+            predictions = model.predict(texts)
+        else:
+            predictions = await asyncio.to_thread(model.predict, texts)
+        self.metrics.texts.inc(len(texts))
+        return {
+            "model": {"name": model.name, "version": model.version, "variant": model.variant},
+            "predictions": predictions,
+        }
+
+    async def _explain(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+        text = explain_text(payload, self.params)
+        explanation = await asyncio.to_thread(model.explain, text)
+        return {
+            "model": {"name": model.name, "version": model.version, "variant": model.variant},
+            **explanation,
+        }
+
+
+def control_app(service: Service) -> FastAPI:
+    """Health, readiness, model card and metrics; its lifespan runs the alias poller."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.slot.poll(service.params.poll_interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="quantflow",
+        summary="Text classification with the model behind an MLflow alias",
+        lifespan=lifespan,
+    )
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """The process is up (says nothing about the model: see /ready)."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        """200 once a model is loaded; 503 with the last load error before that."""
+        model = service.slot.current
+        if model is None:
+            return JSONResponse({"ready": False, "error": service.slot.last_error}, status_code=503)
+        return JSONResponse({"ready": True, "version": model.version})
+
+    @app.get("/model")
+    def model_card() -> JSONResponse:
+        """Name, version, alias, variant, labels and metrics of the model answering now."""
+        model = service.slot.current
+        if model is None:
+            return JSONResponse({"error": "no model loaded yet; see /ready"}, status_code=503)
+        return JSONResponse(model.describe())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
