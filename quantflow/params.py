@@ -123,11 +123,34 @@ class EvaluateParams(_Section):
     baseline_max_features: int = Field(default=200_000, ge=100)
 
 
+VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
+QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv"]
+
+
 class CompressParams(_Section):
+    """The compress step: which variants, how each is made, how they are measured and which one ships."""
+
+    variants: list[Literal[VARIANTS]] = list(VARIANTS)  # fp32 is always built: the reference
     parity_samples: int = Field(default=64, ge=1)
     parity_atol: float = Field(default=1e-4, gt=0)
-    quantize_ops: list[Literal["Gather", "Gemm", "MatMul", "Conv"]] = ["Gather", "Gemm", "MatMul"]
+    # int8-dynamic
+    quantize_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv"]
     weight_type: Literal["uint8", "int8"] = "uint8"
+    # int8-static (also the int8 step of pruned-int8 and slim-int8)
+    static_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv"]
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_samples: int = Field(default=512, ge=1)
+    # pruned-int8 and slim-int8
+    sparsity: float = Field(default=0.5, ge=0, lt=1)
+    filter_keep: float = Field(default=0.5, gt=0, le=1)
+    finetune_epochs: int = Field(default=1, ge=0)
+    finetune_lr: float = Field(default=0.0005, gt=0)
+    # measurement (one process, interleaved) and the choice
+    latency_texts: int = Field(default=300, ge=10)
+    throughput_texts: int = Field(default=640, ge=64)
+    rounds: int = Field(default=1, ge=1)
+    policy: Literal["fastest", "smallest"] = "fastest"
+    max_drop_pp: float = Field(default=0.3, ge=0, le=100)
 
 
 class RegisterParams(_Section):
@@ -136,6 +159,19 @@ class RegisterParams(_Section):
     max_drop: float = Field(default=0.01, ge=0, le=1)
     min_f1: float = Field(default=0.8, ge=0, le=1)
     champion_tolerance: float = Field(default=0.005, ge=0, le=1)
+    # the paired test against the champion (tasks/stats.py): "better" or "not_worse"
+    champion_rule: Literal["better", "not_worse"] = "not_worse"
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    # optional ceilings, checked when compression.json reports the figure for the chosen variant
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_size_bytes: int | None = Field(default=None, gt=0)
+    # faults: registry calls retried with exponential backoff; a promotion lock older than this is stale
+    retries: int = Field(default=4, ge=0)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    lock_timeout_s: float = Field(default=300.0, gt=0)
+    # `quantflow reproduce`: largest absolute difference allowed between a recorded and a rebuilt metric
+    reproduce_tolerance: float = Field(default=0.002, ge=0)
 
 
 class ServeParams(_Section):

@@ -2,8 +2,14 @@
 
 Every new version gets the alias ``challenger``; it also gets ``staging`` when the gate passes: the variant's
 accuracy trails the fp32 PyTorch model by at most ``register.max_drop``, its macro-F1 reaches
-``register.min_f1``, and (once a version holds ``staging``) it scores within ``register.champion_tolerance``
-of that champion, re-evaluated on today's test split. Aliases only: registry stages are deprecated.
+``register.min_f1``, its latency and size stay under the optional ceilings, and (once a version holds
+``staging``) a paired test on today's test split against that champion (tasks/stats.py) satisfies
+``register.champion_rule``. Aliases only: registry stages are deprecated. Alias moves are serialized and
+recorded by tasks/promotion.py; every registry call is retried with backoff.
+
+A version is created ``pending`` and carries its gate tags from the start; the model card, the aliases and
+finally ``quantflow.state=complete`` follow, so a run killed half-way leaves a version no alias points at,
+which the next run marks ``abandoned``.
 
 Tracking goes to ``MLFLOW_TRACKING_URI`` when set (e.g. an ``mlflow server``), else to the embedded default
 ``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlartifacts/``.
@@ -28,7 +34,6 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.entities import Metric
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -41,14 +46,33 @@ from quantflow.errors import QuantflowError
 from quantflow.onnx_model import MODEL_FILE, OnnxClassifier
 from quantflow.params import Params, RegisterParams
 from serving.pyfunc import ARTIFACT_KEY, PROBA_PREFIX, TEXT_COLUMN, QuantflowModel, model_signature
+from tasks.promotion import (
+    CHALLENGER,
+    COMPLETE,
+    OWNER_TAG,
+    PENDING,
+    STAGING,
+    STATE_TAG,
+    PromotionError,
+    Retry,
+    move_challenger,
+    move_staging,
+    no_inner_http_retries,
+    owner_id,
+    repair,
+    retrying,
+)
+from tasks.stats import compare_paired, judge
 
 logger = logging.getLogger(__name__)
 
-CHALLENGER, STAGING = "challenger", "staging"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+LINEAGE_DIR = "lineage"  # run artifact folder: dvc.lock
 MODEL_NAME = "model"  # the LoggedModel's name inside the run
 # pinned from the running environment: inferring requirements costs log_model 5-7 s
 PINNED = ("mlflow", "onnxruntime", "numpy", "pandas", "spacy")
+# compression.json keys a variant's latency may be reported under (compress writes one of them)
+LATENCY_KEYS = ("latency_ms", "latency_ms_p50", "latency_p50_ms", "p50_ms")
 # which step writes each input, for error messages
 PRODUCERS = {"metrics.json": "evaluate", "train_history.json": "train", "compression.json": "compress"}
 _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
@@ -66,6 +90,7 @@ class RegisterResult:
     promoted: bool
     gate: dict  # {"passed", "verdict", "checks": [{"name", "value", "threshold", "passed", "detail"}...]}
     tracking_uri: str
+    outcome: str = ""  # the verdict, or why a passing candidate was still not promoted
 
 
 @dataclass(frozen=True)
@@ -222,12 +247,12 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str, artifact_dir: Path
 
 
 def absolute_checks(inputs: Inputs, rp: RegisterParams) -> list[Check]:
-    """Accuracy drop versus the fp32 PyTorch model, and the variant's own macro-F1."""
+    """Accuracy drop versus the fp32 PyTorch model (metrics.json), the variant's macro-F1, optional ceilings."""
     fp32 = float(inputs.metrics["fp32"]["accuracy"])
     scores = inputs.compression["variants"][inputs.variant]
     drop = round(fp32 - float(scores["accuracy"]), 6)
     f1 = float(scores["macro_f1"])
-    return [
+    checks = [
         Check(
             "max_drop",
             drop,
@@ -237,6 +262,26 @@ def absolute_checks(inputs: Inputs, rp: RegisterParams) -> list[Check]:
         ),
         Check("min_f1", f1, rp.min_f1, f1 >= rp.min_f1, f"{inputs.variant} macro-F1 on the test split"),
     ]
+    latency = next((float(scores[k]) for k in LATENCY_KEYS if isinstance(scores.get(k), int | float)), None)
+    size = scores.get("size_bytes")
+    for name, ceiling, value, unit in (
+        ("max_latency_ms", rp.max_latency_ms, latency, "ms"),
+        (
+            "max_size_bytes",
+            rp.max_size_bytes,
+            float(size) if isinstance(size, int | float) else None,
+            "bytes",
+        ),
+    ):
+        if ceiling is None:
+            continue
+        if value is None:
+            checks.append(Check(name, None, ceiling, True, f"compression.json reports no {unit}: skipped"))
+        else:
+            checks.append(
+                Check(name, value, ceiling, value <= ceiling, f"{inputs.variant}: {value:g} {unit}")
+            )
+    return checks
 
 
 def accuracy(predicted: list[str], expected: list[str]) -> float:
@@ -254,63 +299,55 @@ def staging_version(client: mlflow.MlflowClient, name: str) -> str | None:
     return model.aliases.get(STAGING)
 
 
-def champion_predictions(name: str, texts: list[str]) -> pd.DataFrame:
-    """Load ``models:/<name>@staging`` with pyfunc and predict ``texts``."""
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{STAGING}")
+def champion_predictions(name: str, version: str, texts: list[str]) -> pd.DataFrame:
+    """Load the champion by version number (not by alias: it may move meanwhile) and predict ``texts``."""
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
     return model.predict(pd.DataFrame({TEXT_COLUMN: texts}))
 
 
 def champion_check(
-    name: str,
-    version: str,
-    inputs: Inputs,
-    candidate_labels: list[str],
-    candidate_acc: float,
-    tolerance: float,
-) -> Check:
-    out = champion_predictions(name, inputs.texts)
+    name: str, version: str, inputs: Inputs, candidate: list[str], labels: list[str], rp: RegisterParams
+) -> tuple[Check, dict[str, Any] | None]:
+    """The paired test against the champion on the same texts; the comparison's figures for the tags."""
+    out = champion_predictions(name, version, inputs.texts)
     champion_labels = sorted(c[len(PROBA_PREFIX) :] for c in out.columns if c.startswith(PROBA_PREFIX))
-    if champion_labels != sorted(candidate_labels):
-        return Check(
-            "champion",
-            round(candidate_acc, 6),
-            None,
-            False,
-            f"champion v{version} predicts labels {champion_labels}, the candidate "
-            f"{sorted(candidate_labels)}: not comparable; move @{STAGING} by hand if that is "
-            "intended",
+    if champion_labels != sorted(labels):
+        detail = (
+            f"champion v{version} predicts labels {champion_labels}, the candidate {sorted(labels)}: "
+            f"not comparable; move @{STAGING} by hand (`quantflow promote`) if that is intended"
         )
-    champion_acc = accuracy(out["label"].astype(str).tolist(), inputs.labels)
-    threshold = round(champion_acc - tolerance, 6)
-    return Check(
-        "champion",
-        round(candidate_acc, 6),
-        threshold,
-        candidate_acc >= threshold,
-        f"champion v{version} scores {champion_acc:.4f} on today's {len(inputs.texts)} test texts",
+        return Check("champion", round(accuracy(candidate, inputs.labels), 6), None, False, detail), None
+    cmp = compare_paired(
+        candidate,
+        out["label"].astype(str).tolist(),
+        inputs.labels,
+        confidence=1 - rp.alpha,
+        samples=rp.bootstrap_samples,
     )
+    passed, why = judge(cmp, rp.champion_rule, rp.alpha, rp.champion_tolerance)
+    threshold = -rp.champion_tolerance if rp.champion_rule == "not_worse" else 0.0
+    detail = (
+        f"{rp.champion_rule} vs champion v{version} ({cmp.champion_accuracy:.4f}) on today's {cmp.n} "
+        f"test texts: {why}"
+    )
+    value = cmp.ci_high if rp.champion_rule == "not_worse" else cmp.difference
+    return Check("champion", round(value, 6), threshold, passed, detail), {"version": version, **asdict(cmp)}
 
 
 def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams) -> dict[str, Any]:
     """Every check, then the verdict. Runs before anything is logged, against the current champion."""
     checks = absolute_checks(inputs, rp)
     candidate = OnnxClassifier(inputs.variant_dir, threads=1)
-    candidate_acc = accuracy(candidate.predict(inputs.texts), inputs.labels)
+    predicted = candidate.predict(inputs.texts)
+    candidate_acc = accuracy(predicted, inputs.labels)
     version = staging_version(client, name)
+    paired = None
     if version is None:
-        checks.append(
-            Check(
-                "champion",
-                round(candidate_acc, 6),
-                None,
-                True,
-                f"no version behind @{STAGING} yet: promoted if the other checks pass",
-            )
-        )
+        detail = f"no version behind @{STAGING} yet: promoted if the other checks pass"
+        checks.append(Check("champion", round(candidate_acc, 6), None, True, detail))
     else:
-        checks.append(
-            champion_check(name, version, inputs, candidate.labels, candidate_acc, rp.champion_tolerance)
-        )
+        check, paired = champion_check(name, version, inputs, predicted, list(candidate.labels), rp)
+        checks.append(check)
     passed = all(c.passed for c in checks)
     verdict = (
         f"promoted to @{STAGING}"
@@ -322,6 +359,8 @@ def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: Registe
         "verdict": verdict,
         "checks": [asdict(c) for c in checks],
         "candidate_test_accuracy": round(candidate_acc, 6),
+        "champion_version": version,
+        "paired": paired,
     }
 
 
@@ -330,7 +369,7 @@ def _fmt(value: float | None) -> str:
 
 
 def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
-    """``gate.<check>.{value,threshold,passed,detail}`` plus ``gate.passed`` and ``gate.verdict``."""
+    """``gate.<check>.{value,threshold,passed,detail}``, ``gate.passed``, ``gate.verdict``, ``gate.paired.*``."""
     tags = {"gate.passed": str(gate["passed"]).lower(), "gate.verdict": gate["verdict"]}
     for check in gate["checks"]:
         prefix = f"gate.{check['name']}"
@@ -338,6 +377,8 @@ def gate_tags(gate: dict[str, Any]) -> dict[str, str]:
         tags[f"{prefix}.threshold"] = _fmt(check["threshold"])
         tags[f"{prefix}.passed"] = str(check["passed"]).lower()
         tags[f"{prefix}.detail"] = check["detail"]
+    for key, value in (gate.get("paired") or {}).items():
+        tags[f"gate.paired.{key}"] = value if isinstance(value, str) else _fmt(value)
     return tags
 
 
@@ -355,6 +396,48 @@ def gate_markdown(gate: dict[str, Any], variant: str, digest: str) -> str:
             "| check | value | threshold | result | detail |",
             "|---|---|---|---|---|",
             *rows,
+        ]
+    )
+
+
+def model_card(name: str, version: str, inputs: Inputs, gate: dict[str, Any], tags: dict[str, str]) -> str:
+    """The version's description: lineage, metrics, compression table, gate, paired test, how to rebuild."""
+    lineage_rows = [
+        f"| {k} | `{v}` |" for k, v in sorted(tags.items()) if not k.startswith(("gate.", "quantflow."))
+    ]
+    metric_rows = [
+        f"| {label} | {inputs.metrics[key]['accuracy']:.4f} | {inputs.metrics[key]['macro_f1']:.4f} |"
+        for key, label in (("fp32", "PyTorch fp32"), ("baseline", "TF-IDF + LR baseline"))
+        if key in inputs.metrics
+    ]
+    variant_rows = [
+        f"| {'**' + v + '**' if v == inputs.variant else v} | {s.get('accuracy', float('nan')):.4f} | "
+        f"{s.get('macro_f1', float('nan')):.4f} | {s.get('size_bytes', 0) / 1e6:.3f} MB | "
+        f"{_fmt(next((s[k] for k in LATENCY_KEYS if k in s), None))} |"
+        for v, s in inputs.compression["variants"].items()
+    ]
+    return "\n".join(
+        [
+            f"# {name} v{version}: model card",
+            "",
+            gate_markdown(gate, inputs.variant, tags.get("params_digest", "?")),
+            "",
+            f"## Metrics on the test split ({len(inputs.texts)} texts)",
+            "| model | accuracy | macro-F1 |",
+            "|---|---|---|",
+            *metric_rows,
+            "",
+            "## Compression (chosen variant in bold)",
+            "| variant | accuracy | macro-F1 | size | latency ms |",
+            "|---|---|---|---|---|",
+            *variant_rows,
+            "",
+            "## Data version and lineage",
+            "| key | value |",
+            "|---|---|",
+            *lineage_rows,
+            "",
+            f"Rebuild it: `quantflow reproduce --version {version}`.",
         ]
     )
 
@@ -432,8 +515,13 @@ def log_run(
     inputs: Inputs,
     gate: dict[str, Any],
     run_tags: dict[str, str],
+    root: Path,
 ) -> tuple[str, ModelInfo]:
-    """One run: flattened params, learning curves, final metrics, reports, gate and the pyfunc model."""
+    """One run: flattened params, learning curves, final metrics, reports, gate, dvc.lock and the pyfunc model.
+
+    ``dvc.lock`` is logged as ``lineage/dvc.lock``: the recorded git commit need not hold it (the flow writes
+    it after the commit), and ``quantflow reproduce`` needs it to pull the exact data of this run.
+    """
     labels = Manifest.load(inputs.variant_dir).labels
     run_name = f"register-{inputs.variant}-{params.digest()[:8]}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
@@ -443,6 +531,8 @@ def log_run(
         mlflow.log_metrics(final_metrics(inputs, gate))
         mlflow.log_artifacts(str(inputs.reports_dir), artifact_path="reports")
         mlflow.log_dict(gate, "gate.json")
+        if (root / "dvc.lock").is_file():
+            mlflow.log_artifact(str(root / "dvc.lock"), artifact_path=LINEAGE_DIR)
         info = log_pyfunc(inputs, labels)
     return run_id, info
 
@@ -450,60 +540,95 @@ def log_run(
 # --- registry -----------------------------------------------------------------------------------------------
 
 
-def register_version(
-    client: mlflow.MlflowClient,
-    name: str,
-    info: ModelInfo,
-    version_tags: dict[str, str],
-    description: str,
-    passed: bool,
-) -> ModelVersion:
-    """A new version with tags and description; alias ``challenger`` always, ``staging`` only if it passed."""
-    version = mlflow.register_model(info.model_uri, name, tags=version_tags)
-    client.update_model_version(name, version.version, description=description)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    if passed:
-        client.set_registered_model_alias(name, STAGING, version.version)
-    return version
+def create_version(
+    client: mlflow.MlflowClient, name: str, info: ModelInfo, run_id: str, version_tags: dict[str, str]
+) -> str:
+    """A new ``pending`` version of the run's model, or the one an earlier attempt of this run created
+    (its response may have been lost): a retry never makes a second version of the same run."""
+    try:
+        earlier = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        earlier = []
+    if earlier:
+        return str(earlier[0].version)
+    tags = {**version_tags, STATE_TAG: PENDING, OWNER_TAG: owner_id()}
+    return str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+
+
+def apply_aliases(
+    call: Any, client: mlflow.MlflowClient, name: str, version: str, gate: dict[str, Any], rp: RegisterParams
+) -> tuple[bool, str]:
+    """``challenger`` always (unless a newer run took it); ``staging`` by compare-and-set when the gate passed.
+
+    Returns (promoted, outcome in words)."""
+    if not call(f"move @{CHALLENGER}", lambda: move_challenger(client, name, version, rp.lock_timeout_s)):
+        logger.warning("register: a newer version holds @%s; v%s does not take it", CHALLENGER, version)
+    if not gate["passed"]:
+        return False, gate["verdict"]
+    try:
+        call(
+            f"move @{STAGING}",
+            lambda: move_staging(client, name, version, gate["champion_version"], "gate", rp.lock_timeout_s),
+        )
+    except PromotionError as exc:
+        return False, f"gate passed but not promoted: {exc}"
+    return True, gate["verdict"]
 
 
 def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
     """Log the run, register the chosen variant as a new version of ``params.model_name`` and apply the gate.
 
     ``tags`` (git commit, dvc.lock digest, flow-run id...) go on the run and the version, beside
-    ``params_digest``.
-    Raises RegisterError, naming the file, when a report, the variant folder or the test split is missing.
+    ``params_digest``. Order matters for faults: the version is created ``pending`` with every tag, then the
+    model card, the aliases (under the promotion lock) and ``complete``.
+    Raises RegisterError, naming the file, when a report, the variant folder or the test split is missing, and
+    RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
     started = time.perf_counter()
     inputs = load_inputs(params, root)
     uri, artifact_dir = resolve_tracking_uri(root)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = params.model_name
+    name, rp = params.model_name, params.register
+    retry = Retry(rp.retries + 1, rp.retry_backoff_s)
+
+    def call(what: str, fn: Any) -> Any:
+        return retrying(fn, what, retry, uri)
+
     base_tags = {**(tags or {}), "params_digest": params.digest(), "quantflow.variant": inputs.variant}
-    with using_tracking_uri(uri), restoring_sys_path():
-        experiment_id = ensure_experiment(client, params.register.experiment, artifact_dir)
-        gate = run_gate(client, name, inputs, params.register)
+    with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries():
+        call("repair half-registered versions", lambda: repair(client, name, rp.lock_timeout_s))
+        experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
+        gate = call("champion evaluation", lambda: run_gate(client, name, inputs, rp))
         all_tags = {**base_tags, **gate_tags(gate)}
-        run_id, info = log_run(client, experiment_id, params, inputs, gate, all_tags)
-        version = register_version(
-            client, name, info, all_tags, gate_markdown(gate, inputs.variant, params.digest()), gate["passed"]
+        run_id, info = call(
+            "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
         )
+        version = call("create version", lambda: create_version(client, name, info, run_id, all_tags))
+        card = model_card(name, version, inputs, gate, all_tags)
+        call("model card", lambda: client.update_model_version(name, version, description=card))
+        promoted, outcome = apply_aliases(call, client, name, version, gate, rp)
+        finish = {STATE_TAG: COMPLETE, "promotion.outcome": outcome}
+        for key, value in finish.items():
+            call("finish", lambda k=key, v=value: client.set_model_version_tag(name, version, k, v))
     logger.info(
         "register: %s v%s (run %s): %s, in %.1f s on %s",
         name,
-        version.version,
+        version,
         run_id,
-        gate["verdict"],
+        outcome,
         time.perf_counter() - started,
         uri,
     )
     return RegisterResult(
         run_id=run_id,
         model_name=name,
-        version=str(version.version),
-        promoted=bool(gate["passed"]),
+        version=version,
+        promoted=promoted,
         gate=gate,
         tracking_uri=uri,
+        outcome=outcome,
     )
 
 

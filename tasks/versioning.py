@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
+import yaml
 from prefect import task
 
 from quantflow.errors import QuantflowError
@@ -25,18 +28,65 @@ class VersioningError(QuantflowError):
     """git or DVC refused: the message carries the command and its output."""
 
 
+# libraries whose versions can change a result: recorded on every run as ``lib.<name>``
+TRACKED_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "spacy",
+    "jieba",
+    "snownlp",
+    "mlflow",
+    "prefect",
+    "dvc",
+    "great-expectations",
+)
+
+
 @dataclass(frozen=True)
 class Lineage:
+    """Where a run came from: enough to rebuild it with ``git checkout <commit> && dvc pull && dvc repro``."""
+
     git_commit: str
     git_dirty: bool
     dvc_lock_sha256: str
+    data_md5: dict[str, str] = field(default_factory=dict)  # dvc.lock out path -> md5 (".dir" for folders)
+    libraries: dict[str, str] = field(default_factory=dict)
 
     def tags(self) -> dict[str, str]:
         return {
             "git_commit": self.git_commit,
             "git_dirty": str(self.git_dirty).lower(),
             "dvc_lock_sha256": self.dvc_lock_sha256,
+            **{f"data_md5.{path}": md5 for path, md5 in self.data_md5.items()},
+            **{f"lib.{name}": version for name, version in self.libraries.items()},
         }
+
+
+def lock_md5s(lock_path: Path) -> dict[str, str]:
+    """Every stage output recorded in ``dvc.lock`` with its md5: the data version, path by path."""
+    if not lock_path.is_file():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+    return {
+        out["path"]: out["md5"]
+        for stage in (lock.get("stages") or {}).values()
+        for out in stage.get("outs") or []
+        if "md5" in out
+    }
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def tool_env() -> dict[str, str]:
@@ -96,13 +146,15 @@ def file_sha256(path: Path) -> str:
 
 
 def lineage(root: Path) -> Lineage:
-    """The git commit the run used (and whether tracked files differed from it) and the dvc.lock digest."""
+    """The git commit the run used (and whether tracked files differed from it), the dvc.lock digest and the
+    md5 of every output it records, and the library versions of this interpreter."""
     try:
         commit = run_tool(["git", "rev-parse", "HEAD"], root).strip()
         dirty = bool(run_tool(["git", "status", "--porcelain", "--untracked-files=no"], root).strip())
     except VersioningError:
         commit, dirty = "none", True
-    return Lineage(commit, dirty, file_sha256(root / "dvc.lock"))
+    lock = root / "dvc.lock"
+    return Lineage(commit, dirty, file_sha256(lock), lock_md5s(lock), library_versions())
 
 
 @task(name="dvc-commit")
