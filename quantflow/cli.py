@@ -197,5 +197,64 @@ def predict(
     print(f"{len(out)} predictions by {model.name} v{model.version} ({model.variant}) -> {output}")
 
 
+VersionOpt = Annotated[str, typer.Option("--version", help="model version number in the registry")]
+
+
+@app.command()
+def promote(
+    version: VersionOpt,
+    params: ParamsOpt = Path("params.yaml"),
+    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+) -> None:
+    """Move @staging to version N by hand (serialized, recorded in the staging history)."""
+    _setup()
+    from quantflow.params import load_params
+    from tasks.register import manual_move
+
+    try:
+        entry = manual_move(load_params(params), root, version)
+    except QuantflowError as exc:
+        _fail(exc)
+    print(f"@staging: v{entry['previous']} -> v{entry['version']} ({entry['reason']}, {entry['at']})")
+
+
+@app.command()
+def rollback(
+    params: ParamsOpt = Path("params.yaml"),
+    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+) -> None:
+    """Move @staging back to the version that held it before the current one (from the staging history)."""
+    _setup()
+    from quantflow.params import load_params
+    from tasks.register import manual_move
+
+    try:
+        entry = manual_move(load_params(params), root, None)
+    except QuantflowError as exc:
+        _fail(exc)
+    print(f"@staging: v{entry['previous']} -> v{entry['version']} ({entry['reason']}, {entry['at']})")
+
+
+@app.command()
+def reproduce(
+    version: VersionOpt,
+    params: ParamsOpt = Path("params.yaml"),
+    root: Annotated[Path, typer.Option(help="the git + DVC project folder")] = Path("."),
+    keep: Annotated[bool, typer.Option(help="keep the temporary worktree")] = False,
+) -> None:
+    """Rebuild version N from its recorded commit and data (git worktree, dvc pull, dvc repro); compare."""
+    _setup()
+    from quantflow.params import load_params
+    from tasks.reproduce import reproduce as rebuild
+
+    try:
+        result = rebuild(load_params(params), root.resolve(), version, keep)
+    except QuantflowError as exc:
+        _fail(exc)
+    print(result.render())
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

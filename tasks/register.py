@@ -59,8 +59,10 @@ from tasks.promotion import (
     move_staging,
     no_inner_http_retries,
     owner_id,
+    promote,
     repair,
     retrying,
+    rollback,
 )
 from tasks.stats import compare_paired, judge
 
@@ -640,3 +642,27 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="register", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
 def register_task(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
     return register(params, root, tags)
+
+
+# --- manual moves (`quantflow promote`, `quantflow rollback`) -------------------------------------------------
+
+
+def _client(root: Path) -> tuple[mlflow.MlflowClient, str]:
+    uri, _ = resolve_tracking_uri(root)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def manual_move(params: Params, root: Path, version: str | None) -> dict[str, Any]:
+    """``version`` given: promote it to ``staging``; None: roll ``staging`` back to the previous holder.
+    Serialized and recorded exactly like the gate's moves; returns the history entry."""
+    client, uri = _client(root)
+    rp = params.register
+    retry = Retry(rp.retries + 1, rp.retry_backoff_s)
+    with no_inner_http_retries():
+        if version is None:
+            return retrying(
+                lambda: rollback(client, params.model_name, rp.lock_timeout_s), "rollback", retry, uri
+            )
+        return retrying(
+            lambda: promote(client, params.model_name, version, rp.lock_timeout_s), "promote", retry, uri
+        )
