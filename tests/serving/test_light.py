@@ -1,0 +1,79 @@
+"""The service stays light (no torch, no Prefect, no spaCy for the char segmenter); truncation; batch predict."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pandas as pd
+from typer.testing import CliRunner
+
+from quantflow.cli import app as cli
+from quantflow.onnx_model import OnnxClassifier
+from quantflow.params import ServeParams
+from serving.app import Service
+from serving.reload import ModelSlot
+
+HEAVY = ["torch", "prefect", "spacy", "thinc", "tasks", "flows"]
+
+
+def test_service_imports_no_torch_prefect_or_training_code(variant: Path) -> None:
+    """Import the app and load a char-tokenizer model, as ``quantflow serve --model-dir`` does."""
+    probe = (
+        "import sys; from pathlib import Path; from serving.server import build_service; "
+        "from quantflow.params import Params; "
+        f"s = build_service(Params(), Path('.'), Path({str(variant)!r})); s.slot.load_latest(); "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"the service imported {done.stdout.strip()}"
+
+
+def local_service(variant: Path, **limits: object) -> Service:
+    slot = ModelSlot(None, "local", "staging", threads=1, folder=variant)
+    slot.load_latest()
+    return Service(ServeParams(**limits), slot)
+
+
+async def post(service: Service, path: str, payload: dict) -> httpx.Response:
+    transport = httpx.ASGITransport(app=service)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.post(path, json=payload)
+
+
+def test_long_texts_are_truncated_when_configured(variant: Path) -> None:
+    service = local_service(variant, max_chars=10, long_texts="truncate")
+    offline = OnnxClassifier(variant)
+    long_text = "国家经济发展政府会议" + "很好不错" * 20
+    answer = asyncio.run(post(service, "/predict", {"texts": [long_text]}))
+    assert answer.status_code == 200
+    assert answer.json()["predictions"][0]["label"] == offline.predict([long_text[:10]])[0] == "news"
+
+
+def test_predict_command_writes_labels_for_every_row(
+    variant: Path, texts: pd.DataFrame, tmp_path: Path
+) -> None:
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.parquet"
+    texts[["text"]].to_json(src, orient="records", lines=True, force_ascii=False)
+    result = CliRunner().invoke(
+        cli, ["predict", "--input", str(src), "--output", str(dst), "--model-dir", str(variant)]
+    )
+    assert result.exit_code == 0, result.output
+    out = pd.read_parquet(dst)
+    offline = OnnxClassifier(variant)
+    assert out["label"].tolist() == offline.predict(texts["text"].tolist())
+    assert {f"proba_{lb}" for lb in offline.labels} <= set(out.columns)
+    assert set(out["model_version"]) == {"local"}
+
+
+def test_predict_command_names_a_missing_column(variant: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"body": ["a"]}).to_csv(src, index=False)
+    result = CliRunner().invoke(
+        cli,
+        ["predict", "--input", str(src), "--output", str(tmp_path / "o.csv"), "--model-dir", str(variant)],
+    )
+    assert result.exit_code == 2 and "'text'" in result.output and "--text-column" in result.output
