@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,14 +107,29 @@ def no_inner_http_retries() -> Iterator[None]:
                 os.environ.pop(key, None)
 
 
+# owners (register calls, lock holders) at work in this process: a pending version or a lock of this process
+# whose owner is not listed here was left by an earlier call that failed, and may be repaired at once
+ACTIVE_OWNERS: set[str] = set()
+
+
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{time.time():.0f}"
+    return f"{socket.gethostname()}:{os.getpid()}:{time.time():.3f}:{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def active_owner() -> Iterator[str]:
+    """A fresh owner id, listed as active in this process for the block."""
+    owner = owner_id()
+    ACTIVE_OWNERS.add(owner)
+    try:
+        yield owner
+    finally:
+        ACTIVE_OWNERS.discard(owner)
 
 
 def owner_is_gone(owner: str, timeout_s: float) -> bool:
     """True when the owner's process (same host) no longer exists, or the owner is older than ``timeout_s``."""
-    host, _, rest = owner.partition(":")
-    pid_text, _, started = rest.partition(":")
+    host, pid_text, started, *_ = (owner.split(":") + ["", "", ""])[:4]
     try:
         pid, since = int(pid_text), float(started)
     except ValueError:
@@ -122,6 +138,8 @@ def owner_is_gone(owner: str, timeout_s: float) -> bool:
         return True
     if host != socket.gethostname():
         return False
+    if pid == os.getpid():
+        return owner not in ACTIVE_OWNERS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -174,21 +192,22 @@ def promotion_lock(
     client: mlflow.MlflowClient, name: str, timeout_s: float, wait_s: float = 60.0
 ) -> Iterator[None]:
     """Hold ``<name>--promotion-lock`` for the block; waits up to ``wait_s`` for another holder."""
-    lock, owner = f"{name}{LOCK_SUFFIX}", owner_id()
+    lock = f"{name}{LOCK_SUFFIX}"
     deadline = time.monotonic() + wait_s
     pause = 0.05
-    while not _try_lock(client, lock, owner, timeout_s):
-        if time.monotonic() > deadline:
-            raise PromotionError(
-                f"promotion lock {lock!r} still held after {wait_s:.0f} s; if no run is active, delete the "
-                f"registered model {lock!r} in the MLflow UI and rerun"
-            )
-        time.sleep(pause)
-        pause = min(pause * 2, 1.0)
-    try:
-        yield
-    finally:
-        _delete_quietly(client, lock)
+    with active_owner() as owner:
+        while not _try_lock(client, lock, owner, timeout_s):
+            if time.monotonic() > deadline:
+                raise PromotionError(
+                    f"promotion lock {lock!r} still held after {wait_s:.0f} s; if no run is active, delete "
+                    f"the registered model {lock!r} in the MLflow UI and rerun"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        try:
+            yield
+        finally:
+            _delete_quietly(client, lock)
 
 
 # --- history and alias moves --------------------------------------------------------------------------------

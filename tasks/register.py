@@ -55,10 +55,10 @@ from tasks.promotion import (
     STATE_TAG,
     PromotionError,
     Retry,
+    active_owner,
     move_challenger,
     move_staging,
     no_inner_http_retries,
-    owner_id,
     promote,
     repair,
     retrying,
@@ -543,7 +543,12 @@ def log_run(
 
 
 def create_version(
-    client: mlflow.MlflowClient, name: str, info: ModelInfo, run_id: str, version_tags: dict[str, str]
+    client: mlflow.MlflowClient,
+    name: str,
+    info: ModelInfo,
+    run_id: str,
+    version_tags: dict[str, str],
+    owner: str,
 ) -> str:
     """A new ``pending`` version of the run's model, or the one an earlier attempt of this run created
     (its response may have been lost): a retry never makes a second version of the same run."""
@@ -555,7 +560,7 @@ def create_version(
         earlier = []
     if earlier:
         return str(earlier[0].version)
-    tags = {**version_tags, STATE_TAG: PENDING, OWNER_TAG: owner_id()}
+    tags = {**version_tags, STATE_TAG: PENDING, OWNER_TAG: owner}
     return str(mlflow.register_model(info.model_uri, name, tags=tags).version)
 
 
@@ -599,7 +604,7 @@ def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> 
         return retrying(fn, what, retry, uri)
 
     base_tags = {**(tags or {}), "params_digest": params.digest(), "quantflow.variant": inputs.variant}
-    with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries():
+    with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries(), active_owner() as owner:
         call("repair half-registered versions", lambda: repair(client, name, rp.lock_timeout_s))
         experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
         gate = call("champion evaluation", lambda: run_gate(client, name, inputs, rp))
@@ -607,7 +612,7 @@ def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> 
         run_id, info = call(
             "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
         )
-        version = call("create version", lambda: create_version(client, name, info, run_id, all_tags))
+        version = call("create version", lambda: create_version(client, name, info, run_id, all_tags, owner))
         card = model_card(name, version, inputs, gate, all_tags)
         call("model card", lambda: client.update_model_version(name, version, description=card))
         promoted, outcome = apply_aliases(call, client, name, version, gate, rp)
