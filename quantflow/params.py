@@ -124,7 +124,7 @@ class EvaluateParams(_Section):
 
 
 VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
-QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv"]
+QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv", "Relu"]
 
 
 class CompressParams(_Section):
@@ -137,7 +137,7 @@ class CompressParams(_Section):
     quantize_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv"]
     weight_type: Literal["uint8", "int8"] = "uint8"
     # int8-static (also the int8 step of pruned-int8 and slim-int8)
-    static_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv"]
+    static_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv", "Relu"]
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_samples: int = Field(default=512, ge=1)
     # pruned-int8 and slim-int8

@@ -149,7 +149,7 @@ def test_staging_model_answers_raw_text(good_run: RunSummary, tracking: str) -> 
 def test_metrics_reports_and_clean_dvc_status(good_run: RunSummary, project: Path) -> None:
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     compression = json.loads((project / "reports" / "compression.json").read_text())
-    assert {"fp32", "baseline"} <= set(metrics) and {"fp32", "int8"} <= set(compression["variants"])
+    assert {"fp32", "baseline"} <= set(metrics) and {"fp32", "int8-static"} <= set(compression["variants"])
     assert (project / "reports" / "plots" / "confusion_matrix.png").is_file()
     assert json.loads(dvc(["status", "--json"], project)) == {}
     assert "up to date" in dvc(["repro"], project).lower()

@@ -1,4 +1,5 @@
-"""The compress step on tiny local models: export parity on dynamic shapes, int8 structure, the report."""
+"""The compress step on tiny local models: export parity on dynamic shapes, the structure of every variant
+(quantized ops, sparsity, a narrower slim model with the same contract), invariance on int8, the report."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tasks.compress import (
     CompressResult,
     ParityError,
     check_parity,
+    choose,
     compress,
     compress_task,
 )
@@ -101,9 +103,12 @@ class Setup:
     def fp32(self) -> Path:
         return self.root / "variants" / "fp32"
 
+    def variant(self, name: str) -> Path:
+        return self.root / "variants" / name
+
     @property
-    def int8(self) -> Path:
-        return self.root / "variants" / "int8"
+    def report(self) -> dict:
+        return json.loads((self.root / "reports" / "compression.json").read_text())
 
 
 def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]:
@@ -117,9 +122,9 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
     cfg = tiny_config(arch, len(vocab))
     model = train_a_little(build_model(cfg), tokenizer.encode(train_texts), train_labels)
     save_model(root / "model", model, cfg, LABELS, root / "tokenizer")
-    pd.DataFrame(
-        {"text": test_texts, "label": test_labels, "key": [f"k{i}" for i in range(len(test_texts))]}
-    ).to_parquet(root / "test.parquet")
+    for name, texts, labels in (("test", test_texts, test_labels), ("train", train_texts, train_labels)):
+        keys = [f"{name}{i}" for i in range(len(texts))]
+        pd.DataFrame({"text": texts, "label": labels, "key": keys}).to_parquet(root / f"{name}.parquet")
     return model, tokenizer, test_texts
 
 
@@ -203,53 +208,189 @@ def test_parity_failure_names_both_numbers(setup: Setup) -> None:
 
 # --- int8 ---------------------------------------------------------------------------------------------------
 
+INT8 = ("int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
 
-def test_int8_has_quantized_ops_and_is_smaller(setup: Setup) -> None:
-    ops = op_types(setup.int8 / "model.onnx")
+
+def built_int8(setup: Setup) -> list[str]:
+    return [name for name in INT8 if name in setup.result.variants]
+
+
+def int8_weights(path: Path) -> dict[str, int]:
+    return {t.name: t.data_type for t in onnx.load(path).graph.initializer}
+
+
+def test_variants_per_architecture(setup: Setup) -> None:
+    expected = {"fp32", *INT8} if setup.arch == "textcnn" else {"fp32", *INT8} - {"slim-int8"}
+    assert set(setup.result.variants) == expected
+
+
+def test_dynamic_int8_has_integer_ops_and_is_smaller(setup: Setup) -> None:
+    path = setup.variant("int8-dynamic") / "model.onnx"
+    ops = op_types(path)
     assert ops["DynamicQuantizeLinear"] >= 1 and ops["MatMulInteger"] >= 1
     assert ops["DequantizeLinear"] >= 1  # the quantized embedding table
     assert "Gemm" not in ops
-    weights = {t.name: t.data_type for t in onnx.load(setup.int8 / "model.onnx").graph.initializer}
+    if setup.arch == "textcnn":
+        assert ops["ConvInteger"] == len(setup.model.convs) and "Conv" not in ops
+    weights = int8_weights(path)
     assert "embedding.weight" not in weights  # replaced by its uint8 copy
     assert any(dtype == onnx.TensorProto.UINT8 and "embedding" in name for name, dtype in weights.items())
-    assert (setup.int8 / "model.onnx").stat().st_size < 0.6 * (setup.fp32 / "model.onnx").stat().st_size
+    assert path.stat().st_size < 0.6 * (setup.fp32 / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("name", ["int8-static", "pruned-int8", "slim-int8"])
+def test_static_int8_is_qdq_with_int8_weights_and_smaller(setup: Setup, name: str) -> None:
+    if name not in setup.result.variants:
+        pytest.skip(f"{name} does not apply to {setup.arch}")
+    path = setup.variant(name) / "model.onnx"
+    ops = op_types(path)
+    assert ops["QuantizeLinear"] >= 1 and ops["DequantizeLinear"] >= 1
+    float_weights = [
+        t.name
+        for t in onnx.load(path).graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and t.name.endswith("weight") and len(t.dims) > 1
+    ]
+    assert float_weights == []  # every weight matrix is stored in 8 bits
+    assert onnx.TensorProto.INT8 in set(int8_weights(path).values())
+    assert path.stat().st_size < 0.6 * (setup.fp32 / "model.onnx").stat().st_size
+
+
+SAME_WEIGHTS = ("int8-dynamic", "int8-static")  # quantized copies of fp32; pruned/slim were fine-tuned
 
 
 def test_int8_agrees_with_fp32(setup: Setup) -> None:
     fp32 = OnnxClassifier(setup.fp32).predict(setup.test_texts)
-    int8 = OnnxClassifier(setup.int8).predict(setup.test_texts)
-    agreement = np.mean([a == b for a, b in zip(fp32, int8, strict=True)])
-    assert agreement >= 0.9
+    for name in SAME_WEIGHTS:
+        int8 = OnnxClassifier(setup.variant(name)).predict(setup.test_texts)
+        agreement = np.mean([a == b for a, b in zip(fp32, int8, strict=True)])
+        assert agreement >= 0.9, name
 
 
-def test_int8_prediction_does_not_depend_on_batch_mates(setup: Setup) -> None:
+def test_dynamic_int8_prediction_does_not_depend_on_batch_mates(setup: Setup) -> None:
     """Dynamic quantization picks scales per batch, so logits move a little with it; labels should not."""
-    classifier = OnnxClassifier(setup.int8)
+    classifier = OnnxClassifier(setup.variant("int8-dynamic"))
     texts = setup.test_texts[:40]
     alone = [classifier.predict([t])[0] for t in texts]
     assert np.mean([a == b for a, b in zip(alone, classifier.predict(texts), strict=True)]) >= 0.9
 
 
-# --- report and result --------------------------------------------------------------------------------------
+def confident_texts(setup: Setup, n: int = 20) -> list[str]:
+    """The ``n`` test texts fp32 is surest about: a fixed set on which no int8 rounding may flip the label."""
+    proba = OnnxClassifier(setup.fp32).predict_proba(setup.test_texts)
+    order = np.argsort(-proba.max(axis=1), kind="stable")[:n]
+    return [setup.test_texts[i] for i in order]
+
+
+FULL_TO_HALF = str.maketrans({"！": "!", "，": ",", "？": "?", "：": ":"})
+HALF_TO_FULL = str.maketrans({"!": "！", ",": "，", "?": "？", ":": "："})
+
+
+def perturbations(text: str) -> list[str]:
+    """Extra whitespace around and inside; full-width punctuation as half-width and back."""
+    middle = len(text) // 2
+    return [
+        f"  {text}\t ",
+        f"{text[:middle]}   {text[middle:]}",
+        text.translate(FULL_TO_HALF),
+        text.translate(FULL_TO_HALF).translate(HALF_TO_FULL),
+    ]
+
+
+def test_invariance_holds_on_every_int8_variant(setup: Setup) -> None:
+    """Whitespace and punctuation width never change a label; the quantized copies also keep fp32's label."""
+    texts = confident_texts(setup)
+    fp32 = OnnxClassifier(setup.fp32).predict(texts)
+    for name in built_int8(setup):
+        classifier = OnnxClassifier(setup.variant(name))
+        own = classifier.predict(texts)
+        if name in SAME_WEIGHTS:
+            assert own == fp32, name
+        for text, label in zip(texts, own, strict=True):
+            got = [classifier.predict([t])[0] for t in perturbations(text)]
+            assert got == [label] * len(got), (name, text, got)
+
+
+# --- pruning ------------------------------------------------------------------------------------------------
+
+
+def test_pruned_variant_reaches_the_sparsity_and_a_smaller_gzip(setup: Setup) -> None:
+    pruned = setup.result.variants["pruned-int8"]
+    target = Params().compress.sparsity
+    assert abs(pruned["sparsity"] - target) <= 0.01
+    assert pruned["nonzero_params"] < (1 - target + 0.01) * pruned["params"] + sum(
+        p.numel() for name, p in setup.model.named_parameters() if not name.endswith("weight")
+    )
+    assert pruned["gzip_bytes"] < setup.result.variants["int8-static"]["gzip_bytes"]
+
+
+def test_slim_variant_is_narrower_with_the_same_contract(setup: Setup) -> None:
+    if setup.arch != "textcnn":
+        pytest.skip("filter pruning applies to the textcnn")
+    slim, fp32 = setup.result.variants["slim-int8"], setup.result.variants["fp32"]
+    assert slim["params"] < fp32["params"]
+    config = json.loads((setup.variant("slim-int8") / "model.json").read_text())["config"]
+    assert config["num_filters"] == slim["filters_per_width"] < setup.model.convs[0].out_channels
+    graphs = [onnx.load(folder / "model.onnx").graph for folder in (setup.fp32, setup.variant("slim-int8"))]
+    for graph in graphs:
+        assert [i.name for i in graph.input] == ["ids"] and [o.name for o in graph.output] == ["logits"]
+        assert all(d.dim_param for d in graph.input[0].type.tensor_type.shape.dim)
+    session = ort.InferenceSession(str(setup.variant("slim-int8") / "model.onnx"))
+    for batch in (setup.test_texts[:1], setup.test_texts[:7]):
+        ids = setup.tokenizer.encode(batch)
+        assert session.run(None, {"ids": ids})[0].shape == (len(batch), len(LABELS))
+
+
+# --- report, choice and result ------------------------------------------------------------------------------
 
 
 def test_report_shape(setup: Setup) -> None:
-    report = json.loads((setup.root / "reports" / "compression.json").read_text())
-    assert report["chosen"] == "int8" == setup.result.chosen
-    assert set(report["variants"]) == {"fp32", "int8"}
+    report = setup.report
+    assert report["chosen"] == setup.result.chosen == report["decision"]["chosen"]
+    assert set(report["variants"]) == set(setup.result.variants)
     assert report["parity"]["samples"] == min(Params().compress.parity_samples, len(setup.test_texts))
     assert 0 <= report["parity"]["max_abs_diff"] <= report["parity"]["atol"]
-    assert 0 < report["size_ratio"] < 1
+    assert 0 < report["size_ratio"] <= 1
+    timing = {"latency_p50_ms", "latency_p99_ms", "model_p50_ms", "throughput_b64"}
     for name, variant in report["variants"].items():
-        assert set(variant) == {"path", "accuracy", "macro_f1", "size_bytes", "accuracy_drop"}
+        assert {"path", "accuracy", "macro_f1", "size_bytes", "accuracy_drop"} | timing <= set(variant)
+        assert {"gzip_bytes", "params", "accuracy_drop_pp"} <= set(variant)
         assert 0 <= variant["accuracy"] <= 1 and 0 <= variant["macro_f1"] <= 1
+        assert variant["latency_p50_ms"] <= variant["latency_p99_ms"] and variant["throughput_b64"] > 0
         assert variant["path"] == (setup.root / "variants" / name / "model.onnx").as_posix()
         assert variant["size_bytes"] == Path(variant["path"]).stat().st_size
         manifest = json.loads((setup.root / "variants" / name / "model.json").read_text())
         assert manifest["variant"] == f"onnx-{name}" and manifest["labels"] == LABELS
         assert manifest["metrics"]["accuracy"] == variant["accuracy"]
     assert report["variants"]["fp32"]["accuracy_drop"] == 0
+    assert timing <= set(report["reference"]["torch-fp32-eager"])
     assert report["variants"] == setup.result.variants
+
+
+def test_choice_is_the_fastest_within_the_allowed_drop(setup: Setup) -> None:
+    report, limit = setup.report, Params().compress.max_drop_pp
+    eligible = {n: v for n, v in report["variants"].items() if v["accuracy_drop_pp"] <= limit}
+    assert report["decision"]["eligible"] == list(eligible)
+    assert report["chosen"] == min(eligible, key=lambda n: eligible[n]["latency_p50_ms"])
+
+
+def test_choice_policy_respects_the_limit() -> None:
+    variants = {
+        "fp32": {"accuracy_drop_pp": 0.0, "latency_p50_ms": 3.0, "size_bytes": 9},
+        "fast-but-wrong": {"accuracy_drop_pp": 2.0, "latency_p50_ms": 1.0, "size_bytes": 1},
+        "ok": {"accuracy_drop_pp": 0.2, "latency_p50_ms": 2.0, "size_bytes": 5},
+    }
+    assert choose(variants, "fastest", 0.3)["chosen"] == "ok"
+    assert choose(variants, "smallest", 5.0)["chosen"] == "fast-but-wrong"
+    assert choose(variants, "fastest", 0.0)["chosen"] == "fp32"  # fp32 always qualifies
+
+
+def test_table_and_plot_are_written(setup: Setup) -> None:
+    table = (setup.root / "reports" / "compression.md").read_text()
+    for name in (*setup.result.variants, "torch-fp32-eager"):
+        assert f"| {name} |" in table or f"**{name}** (chosen)" in table
+    assert setup.report["decision"]["reason"] in table
+    plot = setup.root / "reports" / "plots" / "compression_pareto.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_trained_model_beats_chance(setup: Setup) -> None:
@@ -263,15 +404,17 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
     if setup.arch != "textcnn":
         pytest.skip("one architecture is enough: a run costs seconds")
     monkeypatch.chdir(setup.root)
-    result = compress(Params(), Path("model"), Path("test.parquet"), Path("again"), Path("again.json"))
+    only = Params().with_overrides({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
+    result = compress(only, Path("model"), Path("test.parquet"), Path("again"), Path("again.json"))
     report = json.loads(Path("again.json").read_text())
-    assert report["variants"]["int8"]["path"] == "again/int8/model.onnx"
-    for name in ("fp32", "int8"):  # deterministic: same bytes wherever the outputs go
+    assert set(report["variants"]) == {"fp32", "int8-dynamic", "int8-static"}
+    assert report["variants"]["int8-static"]["path"] == "again/int8-static/model.onnx"
+    for name in report["variants"]:  # deterministic: same bytes wherever the outputs go
         assert (
             Path(f"again/{name}/model.onnx").read_bytes()
             == (setup.root / "variants" / name / "model.onnx").read_bytes()
         )
-    assert result.variants["int8"]["accuracy"] == setup.result.variants["int8"]["accuracy"]
+        assert result.variants[name]["accuracy"] == setup.result.variants[name]["accuracy"]
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -286,6 +429,13 @@ def test_missing_test_split_is_a_clear_error(tmp_path: Path) -> None:
 def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["你好"]}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError, match=r"missing column\(s\) \['label'\]"):
+        compress(Params(), tmp_path / "model", tmp_path / "test.parquet", tmp_path / "v", tmp_path / "r.json")
+    assert not (tmp_path / "v").exists()
+
+
+def test_missing_training_split_is_a_clear_error(tmp_path: Path) -> None:
+    pd.DataFrame({"text": ["你好"], "label": ["体育"]}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(DataError, match=r"train\.parquet: train split not found"):
         compress(Params(), tmp_path / "model", tmp_path / "test.parquet", tmp_path / "v", tmp_path / "r.json")
     assert not (tmp_path / "v").exists()
 
