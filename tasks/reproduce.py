@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from quantflow.errors import QuantflowError
 from quantflow.params import Params
 from tasks.register import LINEAGE_DIR, numeric_leaves, resolve_tracking_uri
-from tasks.versioning import file_sha256, lock_md5s, run_tool, tool_env
+from tasks.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,17 @@ def dvc_in(folder: Path, args: list[str]) -> str:
     return done.stdout
 
 
+def pin_remote(root: Path, folder: Path) -> None:
+    """Point the worktree's default DVC remote where the project's points: a relative url (the default
+    ``../.dvc-storage``) would otherwise resolve inside the temporary worktree, where no data was pushed."""
+    name = dvc(["remote", "default"], root).strip()
+    if not name:
+        return
+    url = dvc(["config", f"remote.{name}.url"], root).strip()
+    if "://" not in url and not Path(url).is_absolute():
+        dvc_in(folder, ["remote", "modify", "--local", name, "url", str((root / ".dvc" / url).resolve())])
+
+
 def rebuilt_metrics(folder: Path, reports_dir: Path) -> dict[str, float]:
     """The same metric names the register step logs: fp32_*, baseline_*, onnx_<variant>_*."""
     reports = folder / reports_dir
@@ -172,6 +183,7 @@ def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> R
     with tempfile.TemporaryDirectory() as scratch, worktree(root, commit, keep) as folder:
         lock = recorded_lock(client, run.info.run_id, digest, Path(scratch))
         shutil.copyfile(lock, folder / "dvc.lock")
+        pin_remote(root, folder)
         logger.info("reproduce: %s v%s at %s in %s: dvc pull", name, version, commit[:12], folder)
         dvc_in(folder, ["pull", "--quiet"])
         logger.info("reproduce: dvc repro --force (every stage, the commit's code)")
