@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint ui repro metrics plots clean
+.PHONY: help install run test test-fast lint ui repro metrics plots clean bench-compress
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ metrics: install ## show the DVC metrics
 
 plots: install ## render the DVC plots to dvc_plots/index.html
 	$(BIN)/dvc plots show
+
+bench-compress: install ## measure every compression variant on the full test split; writes BENCHMARKS.md
+	test -f artifacts/model/model.pt || $(BIN)/dvc repro train
+	$(BIN)/python bench/compress.py --rounds 3
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/raw data/split data/features artifacts reports dvc_plots

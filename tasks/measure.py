@@ -178,17 +178,18 @@ def pareto_plot(variants: dict[str, dict], reference: dict[str, dict], chosen: s
     points = {**reference, **variants}
     biggest = max(v["size_bytes"] for v in points.values())
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, v in points.items():
-        if v.get("accuracy") is None:
-            continue
+    for i, (name, v) in enumerate(points.items()):
+        xy = (v["latency_p50_ms"], 100 * v["accuracy"])
         area = 60 + 900 * v["size_bytes"] / biggest
-        ax.scatter(v["latency_p50_ms"], 100 * v["accuracy"], s=area, alpha=0.6)
+        ax.scatter(*xy, s=area, alpha=0.6, label=f"{name} ({v['size_bytes'] / 1024:.0f} KB)")
         if name == chosen:
-            ax.scatter(
-                v["latency_p50_ms"], 100 * v["accuracy"], s=area * 1.6, facecolors="none", edgecolors="k"
-            )
-        ax.annotate(f"{name}\n{v['size_bytes'] / 1024:.0f} KB", (v["latency_p50_ms"], 100 * v["accuracy"]))
-    ax.set_xlabel("single-text latency p50 with tokenization (ms, 1 thread)")
+            ax.scatter(*xy, s=area * 1.6, facecolors="none", edgecolors="k")
+        # alternate label offsets: variants of one model often sit on top of each other
+        ax.annotate(name, xy, xytext=(8, 10 if i % 2 else -14), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(0.2)
+    ax.legend(fontsize=7, loc="best", markerscale=0.4)
+    ax.set_xlabel("single-text latency p50 with tokenization (ms, 1 thread, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("compression variants (marker size = file bytes; ringed = chosen)")
     ax.grid(alpha=0.3)

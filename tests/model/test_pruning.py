@@ -76,3 +76,16 @@ def test_bad_settings_name_the_key() -> None:
     transformer = ModelConfig(arch="transformer", vocab_size=50, num_classes=2, embed_dim=16, heads=2)
     with pytest.raises(ValueError, match="needs a textcnn"):
         slim_textcnn(build_model(transformer), transformer, 0.5)
+
+
+def test_pruning_is_core_code_without_steps_or_orchestration() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, quantflow.pruning; "
+        "print(','.join(m for m in ('prefect', 'mlflow', 'tasks', 'flows', 'serving', 'onnxruntime') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""

@@ -1,0 +1,128 @@
+"""`make bench-compress`: the compression variants measured carefully on the full default dataset.
+
+Runs the compress step (the same function as the pipeline) on the trained model in ``artifacts/model`` with
+every test text for latency and several interleaved rounds, into a scratch folder (the pipeline's outputs and
+``dvc.lock`` stay untouched), then compares dynamic int8 weight types side by side, prints the tables and
+writes them into the Compression section of BENCHMARKS.md.
+
+    python bench/compress.py [--rounds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from quantflow.layout import Layout
+from quantflow.params import load_params
+from tasks.compress import FP32, compress
+from tasks.measure import measure, onnx_runner
+from tasks.quantize import quantize_int8
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench-compress:start -->", "<!-- bench-compress:end -->"
+
+
+def weight_type_table(variants_dir: Path, texts: list[str], rounds: int, scratch: Path) -> str:
+    """Dynamic int8 with unsigned vs signed weights, with and without Conv, against ONNX fp32."""
+    fp32 = variants_dir / FP32
+    setups = {
+        "uint8 weights, Gather+Gemm+Conv": (["Gather", "Gemm", "MatMul", "Conv"], "uint8"),
+        "int8 weights, Gather+Gemm+Conv": (["Gather", "Gemm", "MatMul", "Conv"], "int8"),
+        "uint8 weights, Gather+Gemm (Conv fp32)": (["Gather", "Gemm", "MatMul"], "uint8"),
+    }
+    runners = [onnx_runner("fp32", fp32)]
+    for i, (name, (ops, weights)) in enumerate(setups.items()):
+        folder = scratch / f"dyn{i}"
+        shutil.copytree(fp32, folder)
+        quantize_int8(fp32 / "model.onnx", folder / "model.onnx", ops, weights)
+        runners.append(onnx_runner(name, folder))
+    timings = measure(runners, texts, texts[:1280], rounds)
+    lines = ["| dynamic int8 setting | p50 ms | model p50 ms | texts/s @64 |", "|---|---|---|---|"]
+    for name, t in timings.items():
+        lines.append(
+            f"| {name} | {t['latency_p50_ms']:.3f} | {t['model_p50_ms']:.3f} | {t['throughput_b64']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def section(report_md: str, weights_md: str, rounds: int, seconds: float, texts: int) -> str:
+    load = os.getloadavg()[0]
+    return f"""{START}
+## Compression (issue: compression suite)
+
+Command: `make bench-compress` (that is `python bench/compress.py --rounds {rounds}`: the compress step on the
+model `make run` trained on the default `params.yaml`, every one of the {texts:,} test texts timed one by one
+and in batches of 64, {rounds} rounds interleaved across the models in one process), run on
+{date.today().isoformat()} on {platform.machine()} with 2 cores shared with other engineers (1-min load
+average {load:.1f} at the end), {seconds:.0f} s. Latency is one text at a time on one thread and includes the
+tokenizer; "model p50" is the model alone on the same ids. Δ acc is against ONNX fp32; the ratios are the
+issue's goals.
+
+{report_md.split(chr(10), 2)[2].strip()}
+
+Dynamic int8, weight type and Conv chosen by measurement (same run, same texts):
+
+{weights_md}
+{END}
+"""
+
+
+def write_section(text: str, path: Path) -> None:
+    """Replace the marked section of BENCHMARKS.md (or append it): other sections stay as they are."""
+    current = path.read_text(encoding="utf-8") if path.exists() else "# quantflow benchmarks\n"
+    if START in current and END in current:
+        head, rest = current.split(START, 1)
+        current = head + text.strip() + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + text
+    path.write_text(current, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(ROOT / "params.yaml")
+    layout = Layout.of(params, ROOT)
+    test_path = layout.split_dir / "test.parquet"
+    if not (layout.model_dir / "model.pt").is_file() or not test_path.is_file():
+        raise SystemExit(f"no trained model in {layout.model_dir} or no {test_path}: run `make run` first")
+    texts = pd.read_parquet(test_path)["text"].astype(str).tolist()
+    params = params.with_overrides(
+        {
+            "compress.latency_texts": len(texts),
+            "compress.throughput_texts": len(texts),
+            "compress.rounds": args.rounds,
+        }
+    )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        report = scratch / "reports" / "compression.json"
+        compress(params, layout.model_dir, test_path, scratch / "variants", report)
+        report_md = report.with_suffix(".md").read_text(encoding="utf-8")
+        weights_md = weight_type_table(scratch / "variants", texts, args.rounds, scratch)
+        shutil.copy(
+            report.parent / "plots" / "compression_pareto.png", ROOT / "bench" / "compression_pareto.png"
+        )
+    text = section(report_md, weights_md, args.rounds, time.perf_counter() - start, len(texts))
+    print(text)
+    if not args.no_write:
+        write_section(text, ROOT / "BENCHMARKS.md")
+        print("written to BENCHMARKS.md; plot in bench/compression_pareto.png")
+
+
+if __name__ == "__main__":
+    main()
