@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint ui repro metrics plots clean bench-compress
+.PHONY: help install run test test-fast lint ui repro metrics plots clean bench-compress bench-serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ plots: install ## render the DVC plots to dvc_plots/index.html
 bench-compress: install ## measure every compression variant on the full test split; writes BENCHMARKS.md
 	test -f artifacts/model/model.pt || $(BIN)/dvc repro train
 	$(BIN)/python bench/compress.py --rounds 3
+
+bench-serve: install ## quantflow serve vs mlflow models serve on the @staging model (needs wrk and a registered model)
+	@command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk"; exit 1; }
+	$(BIN)/python bench/serve.py --seconds 5
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/raw data/split data/features artifacts reports dvc_plots
