@@ -44,6 +44,7 @@ class Server:
     url: str
     path: str
     body: str
+    spawned: float = 0.0
     ready_s: float = 0.0
 
 
@@ -61,7 +62,7 @@ def wait_ready(server: Server, probe: str, timeout: float = 120) -> None:
         try:
             with urllib.request.urlopen(server.url + probe, timeout=2) as answer:
                 if answer.status == 200:
-                    server.ready_s = time.monotonic() - started
+                    server.ready_s = time.monotonic() - server.spawned
                     return
         except OSError:
             pass
@@ -77,7 +78,9 @@ def start(label: str, cmd: list[str], path: str, body: dict, log: Path) -> Serve
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Server(label, proc, f"http://127.0.0.1:{port}", path, json.dumps(body, ensure_ascii=False))
+    return Server(
+        label, proc, f"http://127.0.0.1:{port}", path, json.dumps(body, ensure_ascii=False), time.monotonic()
+    )
 
 
 def stop(server: Server) -> None:

@@ -77,3 +77,37 @@ def test_predict_command_names_a_missing_column(variant: Path, tmp_path: Path) -
         ["predict", "--input", str(src), "--output", str(tmp_path / "o.csv"), "--model-dir", str(variant)],
     )
     assert result.exit_code == 2 and "'text'" in result.output and "--text-column" in result.output
+
+
+def test_registry_polling_reads_sqlite_without_importing_mlflow(tmp_path: Path) -> None:
+    """The embedded store's alias is read with one SELECT, in a process that never imports MLflow."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    client.set_registered_model_alias("m", "staging", "2")
+    probe = "\n".join(
+        [
+            "import sys",
+            "from pathlib import Path",
+            "from serving.registry import Registry, RegistryError",
+            f"r = Registry({uri!r}, Path('.'))",
+            "print(r.resolve('m', 'staging').version)",
+            "try:",
+            "    r.resolve('m', 'gone')",
+            "except RegistryError as e:",
+            "    print('@gone' in str(e))",
+            "print('mlflow' in sys.modules)",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "True", "False"]
+
+
+def test_artifact_key_matches_the_pyfunc() -> None:
+    from serving import pyfunc, registry
+
+    assert registry.ARTIFACT_KEY == pyfunc.ARTIFACT_KEY
