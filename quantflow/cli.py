@@ -164,9 +164,10 @@ def serve(
 
     try:
         loaded = load_params(params, parse_overrides(set_))
-    except QuantflowError as exc:
-        _fail(exc)
-    service = build_service(loaded, root, model_dir)
+        service = build_service(loaded, root, model_dir)
+    except (QuantflowError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     run(service, host or loaded.serve.host, port or loaded.serve.port)
 
 
