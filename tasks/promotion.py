@@ -274,6 +274,8 @@ def move_staging(
                 f"evaluated: not promoted (stale). Compare against v{current} by rerunning, or "
                 f"`quantflow promote --version {version}` on purpose"
             )
+        if current == version:
+            raise PromotionError(f"{name} v{version} already holds @{STAGING}: nothing to move")
         return _record_move(client, name, version, current, reason)
 
 

@@ -28,7 +28,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from quantflow.errors import QuantflowError
-from quantflow.params import Params
+from quantflow.params import Params, load_params
 from tasks.register import LINEAGE_DIR, numeric_leaves, resolve_tracking_uri
 from tasks.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
 
@@ -183,6 +183,11 @@ def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> R
     with tempfile.TemporaryDirectory() as scratch, worktree(root, commit, keep) as folder:
         lock = recorded_lock(client, run.info.run_id, digest, Path(scratch))
         shutil.copyfile(lock, folder / "dvc.lock")
+        if load_params(folder / "params.yaml").digest() != tags.get("params_digest"):
+            result.warnings.append(
+                "params.yaml at the commit differs from the run's params (run with --set overrides?): the "
+                "rebuild uses the committed file"
+            )
         pin_remote(root, folder)
         logger.info("reproduce: %s v%s at %s in %s: dvc pull", name, version, commit[:12], folder)
         dvc_in(folder, ["pull", "--quiet"])

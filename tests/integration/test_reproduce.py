@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 import tests.integration.test_pipeline as pipeline
@@ -23,21 +24,30 @@ from tasks.reproduce import ReproduceError, reproduce
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 
 pytestmark = pytest.mark.slow
+NAME = "quantflow-test-reproduce"
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, mlflow_server_process: object) -> Path:  # noqa: F811
-    return pipeline.make_project(tmp_path_factory.mktemp("reproduce"))
+    """test_pipeline's project with its own model name and two compress variants (time), committed: the
+    rebuild reads params.yaml from the recorded commit."""
+    root = pipeline.make_project(tmp_path_factory.mktemp("reproduce"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["register"].update(model_name=NAME, experiment="reproduce")
+    if "variants" in params["compress"]:
+        params["compress"]["variants"] = ["fp32", "int8-dynamic"]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+    pipeline.sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "params"], root)
+    return root
 
 
 @pytest.fixture(scope="module")
 def registered(project: Path, mlflow_server: str) -> Iterator[RunSummary]:  # noqa: F811
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
-    overrides = {"register.model_name": "quantflow-test-reproduce", "register.experiment": "reproduce"}
     try:
         with prefect_test_harness(server_startup_timeout=60):
-            yield nightly_retrain(root=str(project), overrides=overrides)
+            yield nightly_retrain(root=str(project))
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -67,9 +77,8 @@ def test_reproduce_rebuilds_the_version_within_tolerance(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    params = load_params(project / "params.yaml", {"register.model_name": "quantflow-test-reproduce"})
-    result = reproduce(params, project, registered.registered.version)
-    assert result.passed, result.render()
+    result = reproduce(load_params(project / "params.yaml"), project, registered.registered.version)
+    assert result.passed and not result.warnings, result.render()
     names = {c.name for c in result.checks}
     variant = registered.results["compress"].chosen
     assert {"fp32_accuracy", "fp32_macro_f1", f"onnx_{variant}_accuracy"} <= names
@@ -87,6 +96,5 @@ def test_reproduce_refuses_a_version_without_lineage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    params = load_params(project / "params.yaml", {"register.model_name": "quantflow-test-reproduce"})
     with pytest.raises(ReproduceError, match="not found"):
-        reproduce(params, project, "99")
+        reproduce(load_params(project / "params.yaml"), project, "99")
