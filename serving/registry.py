@@ -67,7 +67,11 @@ class Registry:
         if uri.startswith(("http://", "https://")):
             version = rest_alias_version(uri, name, alias)
         elif uri.startswith("sqlite:///"):
-            version = sqlite_alias_version(uri.removeprefix("sqlite:///"), name, alias)
+            try:
+                version = sqlite_alias_version(uri.removeprefix("sqlite:///"), name, alias)
+            except sqlite3.OperationalError as exc:  # a schema this reader does not know: ask MLflow
+                logger.warning("reading %s directly failed (%s): using MlflowClient", uri, exc)
+                version = self._client_alias_version(name, alias)
         else:
             version = self._client_alias_version(name, alias)
         if version is None:
