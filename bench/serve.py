@@ -9,6 +9,7 @@ BENCHMARKS.md. Usage: `make bench-serve` or `python bench/serve.py [--seconds 5]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -151,19 +152,39 @@ def servers(model: str, logs: Path) -> list[tuple[Server, str]]:
         "--set",
         "serve.model_name=" + model.split("@")[0],
     ]
-    child = [py, str(Path(__file__).resolve()), "--child", "--port", "{port}", "--model", model]
+    child = [py, str(Path(__file__).resolve()), "--child", "--port", "{port}", "--model", model, "--loop"]
     mlflow_cmd = [py, "-m", "mlflow", "models", "serve", "-m", f"models:/{model}", "--env-manager", "local"]
     mlflow_cmd += ["-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
     qf_body, ml_body = {"texts": [TEXT]}, {"dataframe_records": [{"text": TEXT}]}
-    return [
+    started = [
         (start("quantflow serve", qf_cmd, "/predict", qf_body, logs / "quantflow.log"), "/ready"),
-        (start("quantflow, asyncio + h11", child, "/predict", qf_body, logs / "plain.log"), "/ready"),
+        (
+            start(
+                "quantflow, asyncio + h11",
+                [*child, "asyncio", "--http", "h11"],
+                "/predict",
+                qf_body,
+                logs / "h11.log",
+            ),
+            "/ready",
+        ),
         (start("mlflow models serve", mlflow_cmd, "/invocations", ml_body, logs / "mlflow.log"), "/ping"),
     ]
+    # uvloop is not a dependency: measured when installed, and not chosen (see serving/server.py)
+    if importlib.util.find_spec("uvloop"):
+        uvloop = [*child, "uvloop", "--http", "httptools"]
+        started.insert(
+            1,
+            (
+                start("quantflow, uvloop + httptools", uvloop, "/predict", qf_body, logs / "uvloop.log"),
+                "/ready",
+            ),
+        )
+    return started
 
 
-def child(port: int, model: str) -> None:
-    """The same service on uvicorn's pure-Python loop and parser: what uvloop + httptools buy."""
+def child(port: int, model: str, loop: str, http: str) -> None:
+    """The same service on another event loop / HTTP parser (quantflow serve runs asyncio + httptools)."""
     import uvicorn
 
     from quantflow.params import load_params
@@ -172,13 +193,7 @@ def child(port: int, model: str) -> None:
     params = load_params(ROOT / "params.yaml", {"serve.model_name": model.split("@")[0]})
     service = build_service(params, ROOT)
     uvicorn.run(
-        service,
-        host="127.0.0.1",
-        port=port,
-        loop="asyncio",
-        http="h11",
-        access_log=False,
-        log_level="warning",
+        service, host="127.0.0.1", port=port, loop=loop, http=http, access_log=False, log_level="warning"
     )
 
 
@@ -188,9 +203,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per cell (after a 1 s warm-up)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    parser.add_argument("--http", default="h11", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.port, args.model)
+        child(args.port, args.model, args.loop, args.http)
         return
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")

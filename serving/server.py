@@ -1,7 +1,9 @@
-"""Build the service from params and run it with uvicorn: one worker, uvloop + httptools when installed.
+"""Build the service from params and run it with uvicorn: one worker, asyncio loop, httptools parser.
 
-One worker on purpose: ``uvicorn --workers 2`` lost TCP_NODELAY here (every request stalled ~44 ms, DESIGN.md);
-scale out with replicas behind a load balancer, each polling the alias.
+Measured here (BENCHMARKS.md, Serving): httptools doubles throughput over h11; uvloop adds nothing on top and,
+once saturated at concurrency 64, starves some connections (p99 0.4-1.4 s against 0.04-0.1 s on asyncio), so
+the loop stays asyncio. One worker on purpose: ``uvicorn --workers 2`` lost TCP_NODELAY here (every request
+stalled ~44 ms, DESIGN.md); scale out with replicas behind a load balancer, each polling the alias.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run(service: Service, host: str, port: int) -> None:
         host=host,
         port=port,
         workers=1,
-        loop=fastest("uvloop", "uvloop", "asyncio"),
+        loop="asyncio",
         http=fastest("httptools", "httptools", "h11"),
         access_log=False,
         log_level="info",
