@@ -11,6 +11,7 @@ writes them into the Compression section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -55,7 +56,41 @@ def weight_type_table(variants_dir: Path, texts: list[str], rounds: int, scratch
     return "\n".join(lines)
 
 
-def section(report_md: str, weights_md: str, rounds: int, seconds: float, texts: int) -> str:
+def goals_table(report: dict) -> str:
+    """The issue's goals, each as a ratio measured side by side in this run, and whether it was met."""
+    r, v, chosen = report["ratios"], report["variants"], report["chosen"]
+    slim = v.get("slim-int8", {})
+    rows = [
+        ("chosen variant's size vs ONNX fp32", "≤ 0.26×", r["size_ratio"], r["size_ratio"] <= 0.26),
+        (
+            "chosen single-text latency vs PyTorch eager (same tokenizer)",
+            "≥ 4×",
+            r["chosen_latency_speedup_vs_torch"],
+            r["chosen_latency_speedup_vs_torch"] >= 4,
+        ),
+        (
+            "chosen batch-64 throughput vs PyTorch eager",
+            "≥ 3×",
+            r["chosen_throughput_ratio_vs_torch"],
+            r["chosen_throughput_ratio_vs_torch"] >= 3,
+        ),
+        (
+            "chosen accuracy drop (pp)",
+            "≤ 0.3",
+            v[chosen]["accuracy_drop_pp"],
+            v[chosen]["accuracy_drop_pp"] <= 0.3,
+        ),
+    ]
+    if slim:
+        speedup = r["slim_latency_speedup_vs_fp32"]
+        ok = speedup >= 3 and slim["accuracy_drop_pp"] <= 1
+        rows.append(("slim-int8 latency vs ONNX fp32, within 1 pp", "≥ 3×", speedup, ok))
+    lines = [f"| goal (chosen: {chosen}) | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {g} | {t} | {m:g} | {'yes' if ok else '**no**'} |" for g, t, m, ok in rows]
+    return "\n".join(lines)
+
+
+def section(report_md: str, weights_md: str, goals_md: str, rounds: int, seconds: float, texts: int) -> str:
     load = os.getloadavg()[0]
     return f"""{START}
 ## Compression (issue: compression suite)
@@ -69,6 +104,8 @@ tokenizer; "model p50" is the model alone on the same ids. Δ acc is against ONN
 issue's goals.
 
 {report_md.split(chr(10), 2)[2].strip()}
+
+{goals_md}
 
 Dynamic int8, weight type and Conv chosen by measurement (same run, same texts):
 
@@ -113,11 +150,12 @@ def main() -> None:
         report = scratch / "reports" / "compression.json"
         compress(params, layout.model_dir, test_path, scratch / "variants", report)
         report_md = report.with_suffix(".md").read_text(encoding="utf-8")
+        goals_md = goals_table(json.loads(report.read_text(encoding="utf-8")))
         weights_md = weight_type_table(scratch / "variants", texts, args.rounds, scratch)
         shutil.copy(
             report.parent / "plots" / "compression_pareto.png", ROOT / "bench" / "compression_pareto.png"
         )
-    text = section(report_md, weights_md, args.rounds, time.perf_counter() - start, len(texts))
+    text = section(report_md, weights_md, goals_md, args.rounds, time.perf_counter() - start, len(texts))
     print(text)
     if not args.no_write:
         write_section(text, ROOT / "BENCHMARKS.md")
