@@ -156,6 +156,12 @@ def state(client: mlflow.MlflowClient, name: str) -> dict:
     }
 
 
+def another_version(client: mlflow.MlflowClient, name: str, of: str) -> str:
+    """A second, complete version of the same logged model: a real version without the cost of a run."""
+    source = client.get_model_version(name, of)
+    return str(mlflow.register_model(source.source, name, tags={STATE_TAG: "complete"}).version)
+
+
 def assert_consistent(client: mlflow.MlflowClient, name: str) -> None:
     """Every alias points at a complete version, staging is the last recorded move, no lock is left."""
     now = state(client, name)
@@ -209,7 +215,9 @@ def test_concurrent_promotions_are_serialized(
     client: mlflow.MlflowClient, make_root: Callable[..., Path], params: Params
 ) -> None:
     name = params.model_name
-    versions = [register(params, make_root()).version for _ in range(2)]  # v1 then v2 on staging
+    first = register(params, make_root())
+    versions = [first.version, another_version(client, name, first.version)]
+    move_staging(client, name, versions[1], first.version, "promote", lock_timeout_s=120)
     champion = client.get_registered_model(name).aliases[STAGING]
     outcomes: list[str] = []
     barrier = threading.Barrier(4)
@@ -244,17 +252,17 @@ def test_stale_candidate_never_overwrites_a_newer_promotion(
 ) -> None:
     name = params.model_name
     first = register(params, make_root())
-    other = register(params, make_root(int8_accuracy=0.9))  # held at challenger
+    other = another_version(client, name, first.version)
 
     def newer_promotion_lands(_: FaultyLink) -> None:  # while the candidate is being registered
-        move_staging(client, name, other.version, first.version, "promote", lock_timeout_s=120)
+        move_staging(client, name, other, first.version, "promote", lock_timeout_s=120)
 
     link = FaultyLink(mlflow_server, CREATE_VERSION, newer_promotion_lands)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", link.uri)
     late = register(params, make_root())
     assert link.fired.is_set() and late.gate["passed"] and not late.promoted
     assert "stale" in late.outcome
-    assert client.get_registered_model(name).aliases == {STAGING: other.version, CHALLENGER: late.version}
+    assert client.get_registered_model(name).aliases == {STAGING: other, CHALLENGER: late.version}
     assert "stale" in client.get_model_version(name, late.version).tags["promotion.outcome"]
     assert_consistent(client, name)
 
