@@ -13,6 +13,7 @@ CORE = [
     "quantflow.onnx_model",
     "quantflow.layout",
     "quantflow.errors",
+    "quantflow.pruning",
 ]
 FORBIDDEN = ["prefect", "mlflow", "tasks", "flows", "serving", "quantflow.cli"]
 
