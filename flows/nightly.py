@@ -97,16 +97,17 @@ def render_summary(summary: RunSummary) -> str:
     lines = [
         f"## nightly_retrain on `{summary.dataset}`",
         "",
-        "| model | accuracy | macro-F1 | size |",
-        "|---|---|---|---|",
-        f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | |",
+        "| model | accuracy | macro-F1 | size | p50 ms, 1 text |",
+        "|---|---|---|---|---|",
+        f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | | |",
         f"| TF-IDF + LR baseline | {metrics['baseline']['accuracy']:.4f} "
-        f"| {metrics['baseline']['macro_f1']:.4f} | |",
+        f"| {metrics['baseline']['macro_f1']:.4f} | | |",
     ]
     for name, variant in compression.variants.items():
+        latency = variant.get("latency_p50_ms")
         lines.append(
             f"| ONNX {name} | {variant['accuracy']:.4f} | {variant['macro_f1']:.4f} "
-            f"| {variant['size_bytes'] / 1e6:.2f} MB |"
+            f"| {variant['size_bytes'] / 1e6:.2f} MB | {'' if latency is None else f'{latency:.3f}'} |"
         )
     verdict = "promoted to @staging" if reg.promoted else "NOT promoted (staging unchanged)"
     lines += ["", f"Registered **{reg.model_name} v{reg.version}** ({compression.chosen}): {verdict}.", ""]
