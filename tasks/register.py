@@ -332,8 +332,10 @@ def champion_check(
         f"{rp.champion_rule} vs champion v{version} ({cmp.champion_accuracy:.4f}) on today's {cmp.n} "
         f"test texts: {why}"
     )
-    value = cmp.ci_high if rp.champion_rule == "not_worse" else cmp.difference
-    return Check("champion", round(value, 6), threshold, passed, detail), {"version": version, **asdict(cmp)}
+    return Check("champion", round(cmp.difference, 6), threshold, passed, detail), {
+        "version": version,
+        **asdict(cmp),
+    }
 
 
 def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams) -> dict[str, Any]:
