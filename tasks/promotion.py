@@ -215,7 +215,8 @@ def promotion_lock(
 
 def aliases(client: mlflow.MlflowClient, name: str) -> dict[str, str]:
     try:
-        return dict(client.get_registered_model(name).aliases)
+        # str(): the sqlite store answers version numbers as int, the REST store as str
+        return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
     except MlflowException as exc:
         if _missing(exc):
             return {}
@@ -241,6 +242,7 @@ def _record_move(
     client: mlflow.MlflowClient, name: str, version: str, previous: str | None, reason: str
 ) -> dict[str, Any]:
     """Set ``staging`` then append the move to the history and to the version's own tags."""
+    version, previous = str(version), None if previous is None else str(previous)
     entry = {
         "version": version,
         "previous": previous,

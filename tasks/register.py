@@ -298,7 +298,8 @@ def staging_version(client: mlflow.MlflowClient, name: str) -> str | None:
         if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             return None
         raise
-    return model.aliases.get(STAGING)
+    version = model.aliases.get(STAGING)
+    return None if version is None else str(version)  # the sqlite store answers an int
 
 
 def champion_predictions(name: str, version: str, texts: list[str]) -> pd.DataFrame:

@@ -150,7 +150,9 @@ def lineage(root: Path) -> Lineage:
     md5 of every output it records, and the library versions of this interpreter."""
     try:
         commit = run_tool(["git", "rev-parse", "HEAD"], root).strip()
-        dirty = bool(run_tool(["git", "status", "--porcelain", "--untracked-files=no"], root).strip())
+        # dvc.lock is left out: the flow rewrites it after the commit, and its digest is recorded on its own
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"]
+        dirty = bool(run_tool(status, root).strip())
     except VersioningError:
         commit, dirty = "none", True
     lock = root / "dvc.lock"
