@@ -144,9 +144,10 @@ def pin_remote(root: Path, folder: Path) -> None:
     name = dvc(["remote", "default"], root).strip()
     if not name:
         return
-    url = dvc(["config", f"remote.{name}.url"], root).strip()
+    url = dvc(["config", f"remote.{name}.url"], root).strip()  # dvc prints a local path resolved already
     if "://" not in url and not Path(url).is_absolute():
-        dvc_in(folder, ["remote", "modify", "--local", name, "url", str((root / ".dvc" / url).resolve())])
+        url = str((root / ".dvc" / url).resolve())
+    dvc_in(folder, ["remote", "modify", "--local", name, "url", url])
 
 
 def rebuilt_metrics(folder: Path, reports_dir: Path) -> dict[str, float]:
@@ -190,7 +191,7 @@ def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> R
             )
         pin_remote(root, folder)
         logger.info("reproduce: %s v%s at %s in %s: dvc pull", name, version, commit[:12], folder)
-        dvc_in(folder, ["pull", "--quiet"])
+        dvc_in(folder, ["pull"])
         logger.info("reproduce: dvc repro --force (every stage, the commit's code)")
         dvc_in(folder, ["repro", "--force", "--quiet"])
         result.checks = compare(
