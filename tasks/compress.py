@@ -296,7 +296,9 @@ def fine_tune(job: Job, model: nn.Module, what: str) -> nn.Module:
     if unknown:
         raise DataError(f"training split has labels {unknown} the model does not know ({job.source.labels})")
     ids, y = job.tokenizer.encode(texts), np.array([index[label] for label in labels], dtype=np.int64)
+    # as in train: the same seed and deterministic kernels whether the flow or `dvc repro` runs this step
     torch.manual_seed(job.seed)
+    torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(job.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.settings.finetune_lr)
     # one thread: two OpenMP threads ran ~10x slower per batch whenever another process held a core
