@@ -201,13 +201,11 @@ def predict(
 VersionOpt = Annotated[str, typer.Option("--version", help="model version number in the registry")]
 
 
-@app.command()
-def promote(
-    version: VersionOpt,
-    params: ParamsOpt = Path("params.yaml"),
-    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
-) -> None:
-    """Move @staging to version N by hand (serialized, recorded in the staging history)."""
+RegistryRootOpt = Annotated[Path, typer.Option("--root", help="project folder (holds mlflow.db)")]
+
+
+def _move_staging(params: Path, root: Path, version: str | None) -> None:
+    """Move @staging (to ``version``, or back one step when None) and print the audit entry."""
     _setup()
     from quantflow.params import load_params
     from tasks.register import manual_move
@@ -220,20 +218,17 @@ def promote(
 
 
 @app.command()
-def rollback(
-    params: ParamsOpt = Path("params.yaml"),
-    root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+def promote(
+    version: VersionOpt, params: ParamsOpt = Path("params.yaml"), root: RegistryRootOpt = Path(".")
 ) -> None:
-    """Move @staging back to the version that held it before the current one (from the staging history)."""
-    _setup()
-    from quantflow.params import load_params
-    from tasks.register import manual_move
+    """Move @staging to version N by hand (serialized, recorded in the staging history)."""
+    _move_staging(params, root, version)
 
-    try:
-        entry = manual_move(load_params(params), root, None)
-    except QuantflowError as exc:
-        _fail(exc)
-    print(f"@staging: v{entry['previous']} -> v{entry['version']} ({entry['reason']}, {entry['at']})")
+
+@app.command()
+def rollback(params: ParamsOpt = Path("params.yaml"), root: RegistryRootOpt = Path(".")) -> None:
+    """Move @staging back to the version that held it before the current one (from the staging history)."""
+    _move_staging(params, root, None)
 
 
 @app.command()
