@@ -51,9 +51,10 @@ class Manifest:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:
+    """Python's version and each installed package's of ``names`` (an absent package is left out)."""
     versions = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

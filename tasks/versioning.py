@@ -9,16 +9,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 from prefect import task
 
+from quantflow.bundle import library_versions
 from quantflow.errors import QuantflowError
 
 logger = logging.getLogger(__name__)
@@ -77,16 +76,6 @@ def lock_md5s(lock_path: Path) -> dict[str, str]:
         for out in stage.get("outs") or []
         if "md5" in out
     }
-
-
-def library_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in TRACKED_LIBRARIES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def tool_env() -> dict[str, str]:
@@ -156,7 +145,7 @@ def lineage(root: Path) -> Lineage:
     except VersioningError:
         commit, dirty = "none", True
     lock = root / "dvc.lock"
-    return Lineage(commit, dirty, file_sha256(lock), lock_md5s(lock), library_versions())
+    return Lineage(commit, dirty, file_sha256(lock), lock_md5s(lock), library_versions(TRACKED_LIBRARIES))
 
 
 @task(name="dvc-commit")
