@@ -116,7 +116,9 @@ def ui(
     """Open the MLflow UI on the embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/)."""
     _setup()
     project = root.resolve()
-    backend = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    from quantflow.layout import artifact_root, tracking_uri
+
+    backend = tracking_uri(project)
     args = [
         sys.executable,
         "-m",
@@ -131,7 +133,7 @@ def ui(
         "--backend-store-uri",
         backend,
         "--artifacts-destination",
-        str(project / "mlartifacts"),
+        str(artifact_root(project)),
     ]
     # no background job runner (it starts ~7 consumer processes) and no AI gateway: a UI over the store
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from quantflow.params import Params
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded store ``sqlite:///<root>/mlflow.db``."""
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+
+
+def artifact_root(root: Path) -> Path:
+    """Where the embedded store keeps artifacts (a tracking server chooses its own)."""
+    return root.resolve() / "mlartifacts"
 
 
 @dataclass(frozen=True)

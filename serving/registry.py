@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -28,10 +27,10 @@ from pathlib import Path
 import yaml
 
 from quantflow.errors import QuantflowError
+from quantflow.layout import TRACKING_ENV, tracking_uri
 
 logger = logging.getLogger(__name__)
 
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
 ARTIFACT_KEY = "model_dir"  # serving.pyfunc.ARTIFACT_KEY, not imported (it imports mlflow); a test ties them
 FETCH_TIMEOUT_S = 300.0
 
@@ -49,9 +48,7 @@ class ModelRef:
     alias: str
 
 
-def resolve_tracking_uri(root: Path) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded store the nightly flow writes to."""
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+resolve_tracking_uri = tracking_uri  # MLFLOW_TRACKING_URI, else the store the nightly flow writes to
 
 
 class Registry:

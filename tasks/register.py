@@ -43,6 +43,7 @@ import quantflow.onnx_model
 import serving.pyfunc
 from quantflow.bundle import MANIFEST, TOKENIZER_FILES, Manifest
 from quantflow.errors import QuantflowError
+from quantflow.layout import TRACKING_ENV, artifact_root, tracking_uri
 from quantflow.onnx_model import MODEL_FILE, OnnxClassifier
 from quantflow.params import Params, RegisterParams
 from serving.pyfunc import ARTIFACT_KEY, PROBA_PREFIX, TEXT_COLUMN, QuantflowModel, model_signature
@@ -68,7 +69,6 @@ from tasks.stats import compare_paired, judge
 
 logger = logging.getLogger(__name__)
 
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
 LINEAGE_DIR = "lineage"  # run artifact folder: dvc.lock
 MODEL_NAME = "model"  # the LoggedModel's name inside the run
 # pinned from the running environment: inferring requirements costs log_model 5-7 s
@@ -194,11 +194,7 @@ def load_inputs(params: Params, root: Path) -> Inputs:
 def resolve_tracking_uri(root: Path) -> tuple[str, Path | None]:
     """``MLFLOW_TRACKING_URI`` if set (the server picks artifact locations), else the embedded sqlite default
     and the local artifact folder to create the experiment with."""
-    env = os.environ.get(TRACKING_ENV)
-    if env:
-        return env, None
-    root = root.resolve()
-    return f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+    return tracking_uri(root), None if os.environ.get(TRACKING_ENV) else artifact_root(root)
 
 
 @contextmanager
