@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint ui repro metrics plots clean bench-compress bench-serve
+.PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ run: install ## run the nightly flow once on the built-in dataset (embedded MLfl
 
 test: install ## run the test suite (real MLflow server, Prefect test harness, git + DVC in temp dirs)
 	$(BIN)/pytest
+
+test-infra: install ## the tests marked infra: PostgreSQL-backed MLflow, a Prefect server (CI runs them too)
+	$(BIN)/pytest -m infra
 
 test-fast: install ## the tests not marked slow
 	$(BIN)/pytest -m "not slow"
