@@ -89,6 +89,9 @@ def stage(
     ],
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="train: DDP processes under torchrun (sets train.workers)")
+    ] = None,
 ) -> None:
     """Run one step as dvc.yaml does (no Prefect): `dvc repro` calls this."""
     _setup()
@@ -96,8 +99,11 @@ def stage(
     from quantflow.params import load_params
     from tasks.stages import run_stage
 
+    overrides = parse_overrides(set_)
+    if workers is not None:
+        overrides["train.workers"] = workers
     try:
-        loaded = load_params(params, parse_overrides(set_))
+        loaded = load_params(params, overrides)
         run_stage(name, loaded, Layout.of(loaded, Path(".")))
     except QuantflowError as exc:
         _fail(exc)

@@ -107,6 +107,9 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0001, ge=0)
     patience: int = Field(default=2, ge=1)
     threads: int = Field(default=2, ge=1)
+    # data-parallel training (tasks/ddp.py): N processes under torchrun; 1 on CPU is the plain in-process path
+    workers: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else CPU
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:
@@ -151,6 +154,36 @@ class CompressParams(_Section):
     rounds: int = Field(default=1, ge=1)
     policy: Literal["fastest", "smallest"] = "fastest"
     max_drop_pp: float = Field(default=0.3, ge=0, le=100)
+
+
+class ScaleGridParams(_Section):
+    """One architecture's sizes: the sweep trains every combination of the two lists."""
+
+    embed_dim: list[int] = Field(default=[16, 64], min_length=1)  # textcnn: embedding width
+    num_filters: list[int] = Field(default=[16, 64], min_length=1)  # textcnn: filters per kernel width
+    layers: list[int] = Field(default=[1, 2], min_length=1)  # transformer: encoder layers
+    width: list[int] = Field(default=[32, 64], min_length=1)  # transformer: model width (embed_dim)
+
+
+class ScaleParams(_Section):
+    """``quantflow scale``: the model-size sweep (flows/scale.py) run as Prefect tasks on Dask."""
+
+    model: Literal["textcnn", "transformer"] = "textcnn"
+    grid: ScaleGridParams = ScaleGridParams()
+    variants: list[Literal[VARIANTS]] = ["fp32", "int8-static"]  # fp32 always; one int8 variant compared
+    workers: int = Field(default=2, ge=1)  # LocalCluster worker processes (1 thread each)
+    experiment: str = "quantflow-scale"
+    work_dir: Path = Path("artifacts/scale")  # the sweep's own data, models and variants
+    reports_dir: Path = Path("reports/scale")  # scale.csv (DVC plots) and the PNG plots
+
+    @model_validator(mode="after")
+    def _one_int8_variant(self) -> ScaleParams:
+        int8 = [v for v in self.variants if v != "fp32"]
+        if len(int8) != 1:
+            raise ValueError(
+                f"scale.variants: list fp32 and exactly one int8 variant, e.g. [fp32, int8-static] (got: {self.variants})"
+            )
+        return self
 
 
 class RegisterParams(_Section):
@@ -206,6 +239,7 @@ with warnings.catch_warnings():
         compress: CompressParams = CompressParams()
         register: RegisterParams = RegisterParams()
         serve: ServeParams = ServeParams()
+        scale: ScaleParams = ScaleParams()
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

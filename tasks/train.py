@@ -137,7 +137,14 @@ def train(
     history_path: Path,
     seed: int,
 ) -> TrainResult:
-    """Train on ``features_dir`` and save the best epoch's model as a self-describing folder."""
+    """Train on ``features_dir`` and save the best epoch's model as a self-describing folder.
+
+    ``train.workers`` > 1 (or a GPU) trains with DistributedDataParallel under torchrun (tasks/ddp.py).
+    """
+    from tasks.ddp import train_distributed, uses_distributed  # lazy: ddp imports this module
+
+    if uses_distributed(params):
+        return train_distributed(params, features_dir, tokenizer_dir, model_dir, history_path, seed)
     seed_everything(seed, params.threads)
     data = {name: load_features(features_dir, name) for name in ("train", "val")}
     labels = json.loads((features_dir / "labels.json").read_text(encoding="utf-8"))
