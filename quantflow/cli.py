@@ -114,6 +114,37 @@ def stage(
 
 
 @app.command()
+def scale(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="LocalCluster worker processes, 1 thread each (default: scale.workers)")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="use this Dask scheduler instead of a LocalCluster: tcp://host:8786")
+    ] = None,
+    root: Annotated[Path, typer.Option(help="project folder")] = Path("."),
+) -> None:
+    """Scaling study: train, compress and score every size of scale.grid in parallel on Dask; MLflow + plots."""
+    _setup()
+    from flows.scale import run_scale
+
+    try:
+        result = run_scale(root, str(params), parse_overrides(set_), workers, dask_address)
+    except QuantflowError as exc:
+        _fail(exc)
+    print("| size | params | accuracy fp32 | accuracy int8 | p50 ms fp32 | p50 ms int8 |")
+    print("|---|---|---|---|---|---|")
+    for r in sorted(result.rows, key=lambda row: row["params"]):
+        print(
+            f"| {r['size']} | {r['params']:,} | {r['accuracy_fp32']:.4f} | {r['accuracy_int8']:.4f} "
+            f"| {r['latency_p50_ms_fp32']:.3f} | {r['latency_p50_ms_int8']:.3f} |"
+        )
+    print(f"\n{len(result.rows)} sizes on {result.workers} Dask worker(s) in {result.seconds:.1f} s")
+    print(f"MLflow parent run {result.parent_run_id}; files: {', '.join(str(f) for f in result.files)}")
+
+
+@app.command()
 def ui(
     port: int = 5000,
     host: str = "127.0.0.1",
