@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve
+.PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve scale bench-scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -61,3 +61,9 @@ bench-serve: install ## quantflow serve vs mlflow models serve on the @staging m
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/raw data/split data/features artifacts reports dvc_plots
+
+scale: install ## scaling study: every size of params.yaml `scale:` on a local Dask cluster, MLflow runs + plots
+	$(BIN)/quantflow scale
+
+bench-scale: install ## the scaling study with 1 vs 2 Dask workers (+ DDP 1 vs 2 processes); writes BENCHMARKS.md
+	$(BIN)/python bench/scale.py --set ingest.max_rows_per_class=3000 --set train.epochs=3 --ddp
