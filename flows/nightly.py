@@ -12,6 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from flows.hooks import on_failure
+from flows.runinfo import run_links
 from quantflow.errors import ValidationFailed
 from quantflow.layout import Layout
 from quantflow.params import load_params
@@ -54,7 +56,7 @@ def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
             raise
 
 
-@flow(name="nightly_retrain", log_prints=False)
+@flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
 def nightly_retrain(
     root: str = ".", params_file: str = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> RunSummary:
@@ -67,8 +69,9 @@ def nightly_retrain(
     run_steps(summary, params, layout)
     summary.timed("dvc commit", commit_outputs_task, project)
     summary.timed("dvc push", push_data_task, project)
+    summary.results["root"], summary.results["lineage"] = project, lineage(project)
     tags = {
-        **lineage(project).tags(),
+        **summary.results["lineage"].tags(),
         "prefect_flow_run_id": str(flow_run.id or "none"),
         "prefect_flow_run_name": str(flow_run.name or "none"),
     }
@@ -115,4 +118,5 @@ def render_summary(summary: RunSummary) -> str:
     lines += ["", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary.timings.items()]
     lines += [f"| **total** | **{summary.total_seconds:.1f}** |"]
+    lines += run_links(summary, summary.results.get("root"))
     return "\n".join(lines)

@@ -83,6 +83,44 @@ def run(
 
 
 @app.command()
+def schedule(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    root: Annotated[Path, typer.Option(help="project folder (holds dvc.yaml)")] = Path("."),
+    cron: Annotated[str | None, typer.Option(help="cron expression (default: schedule.cron)")] = None,
+    timezone: Annotated[str | None, typer.Option(help="IANA time zone (default: schedule.timezone)")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name (default: schedule.deployment)")] = None,
+) -> None:
+    """Serve the nightly flow on its cron schedule until Ctrl-C (a deployment in the Prefect UI)."""
+    _setup()
+    from flows.schedule import build_deployment, serve_nightly
+    from quantflow.params import load_params
+
+    overrides = parse_overrides(set_)
+    for key, value in {
+        "schedule.cron": cron,
+        "schedule.timezone": timezone,
+        "schedule.deployment": name,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    try:
+        loaded = load_params(root / params, overrides)
+    except QuantflowError as exc:
+        _fail(exc)
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.secho(
+            "PREFECT_API_URL is not set: serving against a temporary local Prefect API that no UI shows. "
+            "Run `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api to see the "
+            "deployment and its runs.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    # every override travels with the runs too: their params digest and failure hook see what was served
+    serve_nightly(build_deployment(loaded.schedule, root, str(params), overrides or None))
+
+
+@app.command()
 def stage(
     name: Annotated[
         str, typer.Argument(help="ingest, validate, split, preprocess, train, evaluate, compress")

@@ -7,6 +7,7 @@ import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -223,6 +224,43 @@ class ServeParams(_Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
 
 
+class ScheduleParams(_Section):
+    """``quantflow schedule`` and infra/prefect.yaml: when the nightly flow runs, how runs may overlap, who hears
+    of a failure."""
+
+    deployment: str = "nightly"  # the deployment's name: nightly_retrain/<deployment> in the Prefect UI
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"  # an IANA name, e.g. Europe/Berlin: 02:00 local time, DST included
+    # at most this many runs of the deployment at once; a run that would exceed it is cancelled (CANCEL_NEW:
+    # a night whose predecessor still runs is skipped, not queued behind it) or waits (ENQUEUE)
+    concurrency_limit: int = Field(default=1, ge=1)
+    collision_strategy: Literal["CANCEL_NEW", "ENQUEUE"] = "CANCEL_NEW"
+    notify_block: str | None = None  # a saved Prefect notification block, "<block-type-slug>/<name>"
+    failure_dir: Path = Path("reports/failures")  # one markdown summary per failed run
+
+    @model_validator(mode="after")
+    def _valid_cron_and_zone(self) -> ScheduleParams:
+        fields = self.cron.split()
+        if len(fields) not in (5, 6):
+            raise ValueError(
+                f"schedule.cron must have 5 fields (minute hour day month weekday), e.g. '0 2 * * *' "
+                f"(got: {self.cron!r})"
+            )
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"schedule.timezone must be an IANA time zone such as UTC or Europe/Berlin "
+                f"(got: {self.timezone!r})"
+            ) from None
+        if self.notify_block is not None and self.notify_block.count("/") != 1:
+            raise ValueError(
+                "schedule.notify_block must name a saved block as <block-type-slug>/<name>, e.g. "
+                f"custom-webhook/nightly-alerts (got: {self.notify_block!r})"
+            )
+        return self
+
+
 with warnings.catch_warnings():
     # "register" is also ABCMeta.register; as a field it is only ever read on instances, where it wins.
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -240,6 +278,7 @@ with warnings.catch_warnings():
         register: RegisterParams = RegisterParams()
         serve: ServeParams = ServeParams()
         scale: ScaleParams = ScaleParams()
+        schedule: ScheduleParams = ScheduleParams()
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -643,7 +643,13 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(state.result(raise_on_failure=False), QuantflowError)
 
 
-@task(name="register", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+@task(
+    name="register",
+    retries=2,
+    retry_delay_seconds=[5, 30],  # on top of register.retries' per-call backoff inside register()
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_unless_user_error,
+)
 def register_task(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
     return register(params, root, tags)
 

@@ -153,6 +153,7 @@ def commit_outputs_task(root: Path) -> str:
     return commit_outputs(root)
 
 
-@task(name="dvc-push", retries=3, retry_delay_seconds=[2, 10, 30])
+# a remote (S3/MinIO) may blip: backoff with jitter, so replicas retrying together do not collide again
+@task(name="dvc-push", retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5)
 def push_data_task(root: Path) -> None:
     push_data(root)
