@@ -64,9 +64,8 @@ def test_services_and_dependencies_exist(compose: dict[str, Any]) -> None:
             assert dependency in services, f"{name} depends on unknown service {dependency}"
     for name in ("mlflow", "prefect-worker", "prefect-deploy", "quantflow"):
         assert services[name]["build"]["dockerfile"] == "infra/Dockerfile"
-        assert (
-            REPO / services[name]["build"]["context"].replace("..", ".") / "infra" / "Dockerfile"
-        ).is_file()
+        context = (INFRA / services[name]["build"]["context"]).resolve()  # relative to the compose file
+        assert context == REPO and (context / services[name]["build"]["dockerfile"]).is_file()
 
 
 def test_mlflow_runs_on_postgres_and_the_minio_bucket(compose: dict[str, Any], env: dict[str, str]) -> None:
