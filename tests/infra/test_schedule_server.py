@@ -23,9 +23,12 @@ import mlflow
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -34,15 +37,15 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from quantflow.params import load_params
+from tasks.versioning import lock_md5s
 from tests.integration.test_pipeline import make_project
 from tests.mlflow_server import QUIET_ENV, free_port, log_tail, mlflow_server, mlflow_server_process  # noqa: F401
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-SERVED = (
-    "nightly-test"  # `quantflow schedule --name`: apart from prefect.yaml's deployment on the same server
-)
+# `quantflow schedule --name`: apart from prefect.yaml's deployment on the same server
+SERVED = "nightly-test"
 START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 300.0
 
@@ -210,6 +213,22 @@ def test_run_now_completes_registers_a_version_and_never_overlaps(
     ]
     assert len(mine) == 1 and mine[0].tags["quantflow.state"] == "complete"
     assert len(versions) == 1, "the cancelled run registered nothing"
+    summary = run_summary(done.id)
+    experiment = client.get_run(mine[0].run_id).info.experiment_id
+    assert f"{mlflow_server}/#/experiments/{experiment}/runs/{mine[0].run_id}" in summary
+    lock_md5 = lock_md5s(project / "dvc.lock")
+    assert all(f"`{path}` {md5[:12]}" in summary for path, md5 in lock_md5.items()) and lock_md5
+    assert f"`models:/{name}/{mine[0].version}`" in summary
+
+
+def run_summary(flow_run_id: Any) -> str:
+    """The markdown artifact the run published."""
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["nightly-retrain-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        )
+    return artifact.data
 
 
 def test_prefect_deploy_registers_prefect_yaml(prefect_server: PrefectServer) -> None:
