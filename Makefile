@@ -10,7 +10,8 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve scale bench-scale
+.PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve scale bench-scale \
+	simulate-nights bench-data
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +59,12 @@ bench-compress: install ## measure every compression variant on the full test sp
 bench-serve: install ## quantflow serve vs mlflow models serve on the @staging model (needs wrk and a registered model)
 	@command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python bench/serve.py --seconds 5
+
+simulate-nights: install ## three nights of held-back built-in data, night 2 bad, in the sandbox simulation/
+	$(BIN)/quantflow simulate-nights --nights 3
+
+bench-data: install ## batch-contract, validate and drift throughput on the full built-in corpus (BENCHMARKS.md)
+	$(BIN)/python bench/data.py --rounds 3
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/raw data/split data/features artifacts reports dvc_plots

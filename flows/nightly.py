@@ -1,4 +1,10 @@
-"""The nightly retrain: every step of dvc.yaml as a Prefect task, then DVC versioning and MLflow registration."""
+"""The nightly retrain: take the incoming batches, run every step of dvc.yaml as a Prefect task, then DVC
+versioning and MLflow registration.
+
+A night whose batches are all blocked (or that brings nothing new to an up-to-date pipeline) does not retrain.
+When any batch was blocked the flow run ends Failed (after training on the night's accepted batches, if any),
+so schedulers and notifications see it; the summary says why, with example rows.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
 from flows.runinfo import run_links
-from quantflow.errors import ValidationFailed
+from quantflow.errors import QuantflowError, ValidationFailed
 from quantflow.layout import Layout
-from quantflow.params import load_params
+from quantflow.params import Params, load_params
+from tasks.contracts import check_dataset_task
+from tasks.incoming import Intake, finish, take_incoming_task, withdraw
+from tasks.nightly_versions import add_accepted_task, commit_night_task, retrain_reason
 from tasks.register import register_task
 from tasks.stages import STAGES, stage_args, step_function
 from tasks.versioning import commit_outputs_task, lineage, push_data_task, require_dvc_repo, restore_outputs
@@ -32,6 +41,9 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     registered: Any = None
+    intake: Intake = field(default_factory=Intake)
+    retrain: str | None = None  # why the night retrains; None: it does not
+    git_commit: str | None = None  # the commit holding the night's dvc.lock and .dvc files
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -46,14 +58,49 @@ class RunSummary:
         return result
 
 
+class BatchesBlocked(QuantflowError):
+    """At least one incoming batch was blocked: the flow run fails after doing what the others allowed."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        lines = ["\n".join(b.reasons) for b in summary.intake.blocked]  # each reason names its file
+        super().__init__(f"{len(lines)} incoming batch(es) blocked:\n" + "\n".join(lines))
+        self.summary = summary
+
+
 def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
-    """ingest … compress, each as its task; bad data restores the raw file and stops before split."""
+    """ingest … compress, each as its task; the dataset contract runs right after split.
+
+    Bad data restores the raw file (and the split) and stops before anything is trained on it.
+    """
     for name in STAGES:
         try:
             summary.timed(name, step_function(name, as_task=True), *stage_args(name, params, layout))
+            if name == "split":
+                summary.timed(
+                    "dataset contract",
+                    check_dataset_task,
+                    params,
+                    layout.split_dir,
+                    layout.expectations_dir,
+                    layout.reports_dir / "nightly",  # not reports/validation: a DVC output of validate
+                )
         except ValidationFailed:
-            restore_outputs(layout.root, [layout.raw])
+            stale = [layout.raw, layout.split_dir] if (layout.root / "dvc.lock").is_file() else [layout.raw]
+            restore_outputs(layout.root, stale)
             raise
+
+
+def retrain_night(summary: RunSummary, params: Params, layout: Layout) -> None:
+    """The steps on tonight's data; on failure tonight's accepted batches are withdrawn (data unchanged)."""
+    try:
+        run_steps(summary, params, layout)
+    except ValidationFailed as exc:
+        withdraw(summary.intake, params, layout, f"the night's dataset failed: {str(exc).splitlines()[0]}")
+        raise
+    except Exception:
+        withdraw(summary.intake, params, layout, None)  # left in incoming for the next night
+        raise
+    finish(summary.intake, params, layout)
 
 
 @flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
@@ -65,41 +112,105 @@ def nightly_retrain(
     params = load_params(project / params_file, overrides)
     require_dvc_repo(project)
     layout = Layout.of(params, project)
+    layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
     summary = RunSummary(dataset=params.ingest.dataset)
-    run_steps(summary, params, layout)
-    summary.timed("dvc commit", commit_outputs_task, project)
-    summary.timed("dvc push", push_data_task, project)
-    summary.results["root"], summary.results["lineage"] = project, lineage(project)
-    tags = {
-        **summary.results["lineage"].tags(),
-        "prefect_flow_run_id": str(flow_run.id or "none"),
-        "prefect_flow_run_name": str(flow_run.name or "none"),
-    }
-    summary.registered = summary.timed("register", register_task, params, project, tags)
+    summary.results["root"] = project
+    summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
+    summary.retrain = retrain_reason(params, layout, summary.intake, bool(overrides))
+    if summary.retrain:
+        retrain_night(summary, params, layout)
+        summary.timed("dvc add accepted", add_accepted_task, project, summary.intake)
+        summary.timed("dvc commit", commit_outputs_task, project)
+        summary.timed("dvc push", push_data_task, project)
+        if params.nightly.git_commit == "always" or (
+            params.nightly.git_commit == "accepted" and summary.intake.accepted
+        ):
+            summary.git_commit = summary.timed(
+                "git commit", commit_night_task, project, params, summary.intake
+            )
+        summary.results["lineage"] = lineage(project)
+        tags = {
+            **summary.results["lineage"].tags(),
+            "prefect_flow_run_id": str(flow_run.id or "none"),
+            "prefect_flow_run_name": str(flow_run.name or "none"),
+            "nightly.accepted_batches": ",".join(b.name for b in summary.intake.accepted) or "none",
+        }
+        summary.registered = summary.timed("register", register_task, params, project, tags)
     create_markdown_artifact(
         markdown=render_summary(summary),
         key="nightly-retrain-summary",
-        description="metrics, compression, gate decision and step timings",
+        description="incoming batches, metrics, compression, gate decision and step timings",
     )
-    reg = summary.registered
-    get_run_logger().info(
+    _log_outcome(summary)
+    if summary.intake.blocked:
+        raise BatchesBlocked(summary)
+    return summary
+
+
+def _log_outcome(summary: RunSummary) -> None:
+    reg, log = summary.registered, get_run_logger()
+    if reg is None:
+        log.info("not retrained: no new accepted data and the pipeline is up to date")
+        return
+    log.info(
         "registered %s v%s: %s (%.0f s)",
         reg.model_name,
         reg.version,
         "promoted to @staging" if reg.promoted else "not promoted",
         summary.total_seconds,
     )
-    return summary
 
 
 def render_summary(summary: RunSummary) -> str:
-    """The run summary as markdown: metrics of fp32 and int8, the registered version, timings."""
+    """The run summary as markdown: the night's batches, the model section (when it retrained), timings."""
+    lines = render_intake(summary)
+    if summary.registered is None:
+        lines += [
+            "",
+            "**Not retrained**: no new accepted data and the pipeline is up to date; "
+            "the registry and `staging` are unchanged.",
+        ]
+    else:
+        lines += ["", *render_model(summary)]
+    lines += ["", "| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary.timings.items()]
+    lines += [f"| **total** | **{summary.total_seconds:.1f}** |"]
+    lines += run_links(summary, summary.results.get("root"))
+    return "\n".join(lines)
+
+
+def render_intake(summary: RunSummary) -> list[str]:
+    """One row per incoming batch, then why each blocked batch was blocked and where its reports are."""
+    intake = summary.intake
+    lines = [f"## nightly_retrain on `{summary.dataset}`", ""]
+    if not intake.batches:
+        lines.append("No incoming batches.")
+    else:
+        lines += ["| batch | verdict | rows | appended | quarantined | drift |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {b.name} | {b.status} | {b.rows} | {b.accepted_rows} | {b.quarantined_rows} | {b.drift} |"
+            for b in intake.batches
+        ]
+    for b in intake.batches:
+        reports = f"reports/nightly/{b.name}/" + " (data_docs.html, drift.md, drift.png)"
+        where = f"; also in data/rejected/{b.name}/" if b.status == "blocked" else ""
+        lines += ["", f"**{b.name}** ({b.status}): reports in the run's artifacts under `{reports}`{where}"]
+        lines += [
+            f"- {line}" for text in b.reasons + b.warnings for line in [text.replace(chr(10), chr(10) + "  ")]
+        ]
+    if summary.retrain:
+        lines += ["", f"Retrained: {summary.retrain}."]
+    if summary.git_commit:
+        lines += [f"Data version: git commit `{summary.git_commit}` (dvc.lock, data/accepted/*.dvc)."]
+    return lines
+
+
+def render_model(summary: RunSummary) -> list[str]:
+    """Metrics of fp32 and int8, the registered version and its gate."""
     metrics = summary.results["evaluate"].metrics
     compression = summary.results["compress"]
     reg = summary.registered
     lines = [
-        f"## nightly_retrain on `{summary.dataset}`",
-        "",
         "| model | accuracy | macro-F1 | size | p50 ms, 1 text |",
         "|---|---|---|---|---|",
         f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | | |",
@@ -115,8 +226,5 @@ def render_summary(summary: RunSummary) -> str:
     verdict = "promoted to @staging" if reg.promoted else "NOT promoted (staging unchanged)"
     lines += ["", f"Registered **{reg.model_name} v{reg.version}** ({compression.chosen}): {verdict}.", ""]
     lines += [f"- {'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in reg.gate["checks"]]
-    lines += ["", "| step | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary.timings.items()]
-    lines += [f"| **total** | **{summary.total_seconds:.1f}** |"]
-    lines += run_links(summary, summary.results.get("root"))
-    return "\n".join(lines)
+    lines += ["", f"MLflow run `{reg.run_id}`: the reports above are under its `reports/` artifacts."]
+    return lines

@@ -70,16 +70,20 @@ def run(
 ) -> None:
     """Run the nightly flow once: ingest → … → compress, dvc commit + push, register in MLflow."""
     _setup()
-    from flows.nightly import nightly_retrain, render_summary
+    from flows.nightly import BatchesBlocked, nightly_retrain, render_summary
 
     try:
         summary = nightly_retrain(root=str(root), params_file=str(params), overrides=parse_overrides(set_))
+    except BatchesBlocked as exc:  # the summary first, then the failure (exit 2)
+        print(render_summary(exc.summary))
+        _fail(exc)
     except QuantflowError as exc:
         _fail(exc)
     print(render_summary(summary))
     reg = summary.registered
-    print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
-    print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
+    if reg is not None:
+        print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
+        print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
 
 
 @app.command()
@@ -327,6 +331,38 @@ def reproduce(
     print(result.render())
     if not result.passed:
         raise typer.Exit(1)
+
+
+@app.command("simulate-nights")
+def simulate_nights(
+    nights: Annotated[int, typer.Option(min=1, help="nights to run")] = 3,
+    bad_night: Annotated[int, typer.Option(help="the night whose batch is made bad (0: none)")] = 2,
+    batch_rows_per_class: Annotated[int, typer.Option(min=1, help="rows per class in each batch")] = 150,
+    rows_per_class: Annotated[int, typer.Option(min=1, help="base rows per class (ingest cap)")] = 1000,
+    holdout: Annotated[float, typer.Option(help="share of the corpus held back for the batches")] = 0.1,
+    workdir: Annotated[Path, typer.Option(help="the sandbox project (re-created)")] = Path("simulation"),
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Release held-back built-in rows as nightly batches (one bad) and run the nightly flow per night."""
+    _setup()
+    from flows.simulate import render_table, simulate
+
+    try:
+        rows = simulate(
+            params.resolve().parent,
+            workdir,
+            nights,
+            batch_rows_per_class,
+            rows_per_class,
+            bad_night,
+            holdout,
+            parse_overrides(set_),
+        )
+    except QuantflowError as exc:
+        _fail(exc)
+    print(render_table(rows))
+    print(f"\nsandbox: {workdir}  (git log, dvc.lock per night; `quantflow ui --root {workdir}`)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Layout:
     variants_dir: Path
     reports_dir: Path
     expectations_dir: Path
+    accepted_dir: Path
 
     @classmethod
     def of(cls, params: Params, root: Path) -> Layout:
@@ -49,6 +50,7 @@ class Layout:
             variants_dir=root / paths.variants_dir,
             reports_dir=root / paths.reports_dir,
             expectations_dir=root / "expectations",
+            accepted_dir=root / paths.accepted_dir,
         )
 
     @property

@@ -36,6 +36,7 @@ class PathsParams(_Section):
     model_dir: Path = Path("artifacts/model")
     variants_dir: Path = Path("artifacts/variants")
     reports_dir: Path = Path("reports")
+    accepted_dir: Path = Path("data/accepted")  # nightly batches that passed their contracts (DVC-tracked)
 
 
 class IngestParams(_Section):
@@ -44,6 +45,8 @@ class IngestParams(_Section):
     text_column: str = "text"
     label_column: str = "label"
     max_rows_per_class: int | None = Field(default=None, ge=1)
+    # share of the built-in corpus held back (by text hash) for `quantflow simulate-nights` to release
+    holdout_fraction: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _known_source(self) -> IngestParams:
@@ -261,6 +264,41 @@ class ScheduleParams(_Section):
         return self
 
 
+class DriftParams(_Section):
+    """Drift of a batch against the current training data: each figure warns or blocks past its bound."""
+
+    length_ks_warn: float = Field(default=0.2, ge=0, le=1)  # Kolmogorov-Smirnov statistic of text lengths
+    length_ks_block: float = Field(default=0.6, ge=0, le=1)
+    label_tvd_warn: float = Field(default=0.2, ge=0, le=1)  # total variation distance of the label mix
+    label_tvd_block: float = Field(default=0.45, ge=0, le=1)
+    oov_increase_warn: float = Field(default=0.05, ge=0, le=1)  # batch OOV rate minus the val split's
+    oov_increase_block: float = Field(default=0.3, ge=0, le=1)
+    top_new_tokens: int = Field(default=10, ge=1)
+
+
+class NightlyParams(_Section):
+    """Incoming batches: folders, the batch and dataset contracts, drift, and when to retrain."""
+
+    incoming_dir: Path = Path("data/incoming")
+    processed_dir: Path = Path("data/processed")
+    rejected_dir: Path = Path("data/rejected")
+    quarantine_dir: Path = Path("data/quarantine")
+    batch_suite: str = "batch"  # expectations/<batch_suite>.json
+    dataset_suite: str = "dataset"  # expectations/<dataset_suite>.json, after split
+    max_bad_row_share: float = Field(default=0.1, ge=0, le=1)  # over it the batch is blocked
+    min_script_share: float = Field(default=0.5, ge=0, le=1)  # mean share of expected-script characters
+    max_markup_share: float = Field(default=0.05, ge=0, le=1)  # share of rows with HTML/URL junk
+    max_duplicate_share: float = Field(default=0.2, ge=0, le=1)  # repeated texts within the batch
+    max_known_share: float = Field(default=0.5, ge=0, le=1)  # texts already in the dataset
+    min_class_share: float = Field(default=0.1, ge=0, le=1)  # dataset contract: every class's share
+    max_class_share: float = Field(default=0.9, ge=0, le=1)
+    min_rows_per_class_split: int = Field(default=5, ge=0)  # dataset contract: rows per class in each split
+    drift: DriftParams = DriftParams()
+    retrain: Literal["changed", "always"] = "changed"  # changed: only with new data or a stale pipeline
+    # commit dvc.lock and data/accepted/*.dvc: after a night that accepted data, after every retrain, never
+    git_commit: Literal["accepted", "always", "never"] = "accepted"
+
+
 with warnings.catch_warnings():
     # "register" is also ABCMeta.register; as a field it is only ever read on instances, where it wins.
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -279,6 +317,7 @@ with warnings.catch_warnings():
         serve: ServeParams = ServeParams()
         scale: ScaleParams = ScaleParams()
         schedule: ScheduleParams = ScheduleParams()
+        nightly: NightlyParams = NightlyParams()
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -107,17 +107,43 @@ def cap_per_class(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataF
     return shuffled.groupby("label", dropna=False).head(limit).sort_index().reset_index(drop=True)
 
 
-def ingest(params: IngestParams, out_dir: Path, seed: int, root: Path = Path(".")) -> IngestResult:
-    """Load the configured source and write it as Parquet; nothing is written when the source is bad.
+def held_back(frame: pd.DataFrame, fraction: float) -> pd.Series:
+    """True for the rows a text hash puts in the held-back share (``ingest.holdout_fraction``).
 
-    A relative ``ingest.path`` is read from ``root``, the project folder.
+    The hash of the raw text decides, so the same rows are held back on every machine and every night.
+    """
+    from tasks.split import hash_unit
+
+    if fraction <= 0:
+        return pd.Series(False, index=frame.index)
+    return frame["text"].map(lambda text: hash_unit(str(text), "quantflow-holdout") < fraction)
+
+
+def read_accepted(accepted_dir: Path | None) -> pd.DataFrame:
+    """Every accepted nightly batch (``<accepted_dir>/*.parquet``) in name order, as text and label."""
+    files = sorted(accepted_dir.glob("*.parquet")) if accepted_dir is not None else []
+    if not files:
+        return pd.DataFrame({"text": pd.Series(dtype="str"), "label": pd.Series(dtype="str")})
+    return pd.concat([pd.read_parquet(f, columns=["text", "label"]) for f in files], ignore_index=True)
+
+
+def ingest(
+    params: IngestParams, out_dir: Path, seed: int, root: Path = Path("."), accepted_dir: Path | None = None
+) -> IngestResult:
+    """Load the configured source, append the accepted nightly batches, write it as Parquet.
+
+    A relative ``ingest.path`` is read from ``root``, the project folder. The base is capped per class
+    before the batches are appended, so a night never changes which base rows are kept. Nothing is written
+    when the source is bad.
     """
     if params.path is None:
         frame = load_builtin(params.dataset)
+        frame = frame[~held_back(frame, params.holdout_fraction)].reset_index(drop=True)
     else:
         source = params.path if params.path.is_absolute() else root / params.path
         frame = read_user_file(source, params.text_column, params.label_column)
     frame = cap_per_class(frame, params.max_rows_per_class, seed)
+    frame = pd.concat([frame, read_accepted(accepted_dir)], ignore_index=True)
     out = out_dir / f"{params.dataset}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".parquet.tmp")

@@ -19,7 +19,7 @@ def stage_args(name: str, params: Params, layout: Layout) -> tuple[Any, ...]:
     """The positional arguments of step ``name`` (for its plain function and its task alike)."""
     lay, p = layout, params
     wiring: dict[str, Callable[[], tuple[Any, ...]]] = {
-        "ingest": lambda: (p.ingest, lay.raw.parent, p.seed, lay.root),
+        "ingest": lambda: (p.ingest, lay.raw.parent, p.seed, lay.root, lay.accepted_dir),
         "validate": lambda: (p, lay.raw, lay.validation_dir, lay.expectations_dir),
         "split": lambda: (p.split, lay.raw, lay.split_dir, lay.split_stats),
         "preprocess": lambda: (p.preprocess, lay.split_dir, lay.features_dir, lay.tokenizer_dir, p.labels),

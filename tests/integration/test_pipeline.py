@@ -30,7 +30,14 @@ from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F4
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-PROJECT_FILES = ("dvc.yaml", "expectations", "quantflow", "tasks", "data/external/.gitkeep")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "expectations",
+    "quantflow",
+    "tasks",
+    "data/external/.gitkeep",
+    "data/accepted/.gitkeep",
+)
 TINY = {
     "ingest": {"dataset": "news_vs_comment", "max_rows_per_class": 200},
     "validate": {"min_rows_per_class": 20},

@@ -1,0 +1,235 @@
+"""``quantflow simulate-nights``: nightly batches from the built-in corpus, one nightly flow run per night.
+
+A sandbox project (git + DVC + its own MLflow store) is built from this project's pipeline files with
+``ingest.holdout_fraction`` set, so part of the corpus never enters the base dataset. Each night releases
+a class-balanced slice of those held-back rows as ``data/incoming/night-NN.csv``; one night's batch is made
+bad on purpose (its labels come from another dataset) and must be blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from quantflow.errors import QuantflowError
+from quantflow.layout import tracking_uri
+from quantflow.params import load_params
+from tasks.ingest import held_back, load_builtin
+from tasks.versioning import tool_env
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".quantflow-simulation"
+PROJECT_FILES = ("dvc.yaml", "expectations", "quantflow", "tasks", "data/external/.gitkeep")
+# a few minutes for three nights on a laptop: fewer rows, fewer epochs, two compression variants
+QUICK = {
+    "train.epochs": 3,
+    "compress.variants": ["fp32", "int8-static"],
+    "compress.calibration_samples": 128,
+    "compress.latency_texts": 50,
+    "compress.throughput_texts": 128,
+}
+
+
+class SimulationError(QuantflowError):
+    """The sandbox cannot be made or the held-back rows do not cover the nights asked for."""
+
+
+@dataclass(frozen=True)
+class NightRow:
+    night: int
+    batch: str
+    verdict: str
+    rows: int
+    appended: int
+    quarantined: int
+    drift: str
+    retrained: bool
+    version: str
+    staging: str
+    seconds: float
+    checks_seconds: float  # batch contract + drift + dataset contract: what nightly data adds to the run
+    reason: str
+
+
+def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path:
+    """A fresh git + DVC project in ``workdir`` holding ``source``'s pipeline files and params + overrides.
+
+    Only a folder this command made (it holds a marker file) is ever deleted.
+    """
+    if workdir.exists():
+        if not (workdir / MARKER).is_file() and any(workdir.iterdir()):
+            raise SimulationError(
+                f"{workdir}: exists and was not made by simulate-nights; pass another --workdir"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by quantflow simulate-nights; deleted by its next run\n")
+    for name in PROJECT_FILES:
+        src, dst = source / name, workdir / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.is_file():
+            shutil.copy2(src, dst)
+        else:
+            raise SimulationError(f"{src}: not found; run simulate-nights from the quantflow project folder")
+    (workdir / "data" / "accepted").mkdir(parents=True, exist_ok=True)
+    (workdir / "data" / "accepted" / ".gitkeep").touch()
+    params = load_params(source / "params.yaml", overrides).model_dump(mode="json", by_alias=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
+    ignored = ["mlflow.db", "mlartifacts", "reports", "dvc-remote", "artifacts", "dvc_plots"]
+    ignored += [
+        f"data/{name}"
+        for name in ("raw", "split", "features", "incoming", "processed", "rejected", "quarantine")
+    ]
+    (workdir / ".gitignore").write_text("".join(f"/{name}/\n" for name in ignored))
+    for args in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(workdir / "dvc-remote")],
+        [sys.executable, "-m", "dvc", "config", "cache.dir", str(workdir / ".dvc" / "cache")],
+        ["git", "config", "user.name", "quantflow simulate-nights"],
+        ["git", "config", "user.email", "simulate@quantflow.local"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "simulation project"],
+    ):
+        done = subprocess.run(args, cwd=workdir, env=tool_env(), capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SimulationError(
+                f"`{' '.join(args)}` failed in {workdir}: {(done.stderr or done.stdout).strip()}"
+            )
+    return workdir
+
+
+def night_batches(
+    dataset: str, holdout: float, nights: int, per_class: int, bad_night: int
+) -> list[pd.DataFrame]:
+    """``nights`` class-balanced batches of held-back rows, in a seeded order; night ``bad_night`` is bad."""
+    corpus = load_builtin(dataset)
+    held = corpus[held_back(corpus, holdout)].sample(frac=1.0, random_state=0)
+    labels = sorted(held["label"].unique())
+    batches = []
+    for night in range(nights):
+        parts = [
+            held[held["label"] == label].iloc[night * per_class : (night + 1) * per_class] for label in labels
+        ]
+        if min(len(p) for p in parts) < per_class:
+            raise SimulationError(
+                f"the held-back rows cover {night} nights of {per_class} rows per class; "
+                "use fewer --nights, a smaller --batch-rows-per-class or a larger --holdout"
+            )
+        batch = pd.concat(parts).sample(frac=1.0, random_state=night).reset_index(drop=True)
+        batches.append(spoil(batch) if night + 1 == bad_night else batch)
+    return batches
+
+
+def spoil(batch: pd.DataFrame) -> pd.DataFrame:
+    """The deliberately bad night: labels of another dataset (an unknown label set) and a few blank texts."""
+    other = {
+        label: name
+        for label, name in zip(sorted(batch["label"].unique()), ("positive", "negative"), strict=False)
+    }
+    bad = batch.assign(label=batch["label"].map(other))
+    bad.loc[bad.index[:3], "text"] = " "
+    return bad
+
+
+def staging_version(root: Path, model_name: str) -> str:
+    """The version behind ``@staging`` in the sandbox's registry, or '-' when there is none."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(root), registry_uri=tracking_uri(root))
+    try:
+        return str(client.get_model_version_by_alias(model_name, "staging").version)
+    except mlflow.exceptions.MlflowException:
+        return "-"
+
+
+def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
+    """Drop the batch into data/incoming and run the nightly flow once."""
+    from flows.nightly import BatchesBlocked, nightly_retrain
+
+    name = f"night-{night:02d}"
+    incoming = root / "data" / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    batch.to_csv(incoming / f"{name}.csv", index=False)
+    started = time.perf_counter()
+    try:
+        summary = nightly_retrain(root=str(root))
+    except BatchesBlocked as exc:
+        summary = exc.summary
+    (outcome,) = summary.intake.batches
+    reg = summary.registered
+    model_name = load_params(root / "params.yaml").model_name
+    return NightRow(
+        night=night,
+        batch=outcome.name,
+        verdict=outcome.status,
+        rows=outcome.rows,
+        appended=outcome.accepted_rows,
+        quarantined=outcome.quarantined_rows,
+        drift=outcome.drift,
+        retrained=reg is not None,
+        version=f"v{reg.version}" if reg else "-",
+        staging=staging_version(root, model_name),
+        seconds=time.perf_counter() - started,
+        checks_seconds=summary.timings["incoming batches"] + summary.timings.get("dataset contract", 0.0),
+        reason=outcome.reasons[0].splitlines()[0] if outcome.reasons else "",
+    )
+
+
+def simulate(
+    source: Path,
+    workdir: Path,
+    nights: int,
+    per_class: int,
+    rows_per_class: int,
+    bad_night: int,
+    holdout: float,
+    overrides: dict[str, Any],
+) -> list[NightRow]:
+    """Build the sandbox, then run one nightly flow per night; the per-night rows for the table."""
+    settings = {
+        **QUICK,
+        "ingest.max_rows_per_class": rows_per_class,
+        "ingest.holdout_fraction": holdout,
+        **overrides,
+    }
+    root = make_sandbox(source, workdir.resolve(), settings)
+    params = load_params(root / "params.yaml")
+    if params.ingest.path is not None:
+        raise SimulationError(
+            "simulate-nights uses a built-in dataset; unset ingest.path (--set ingest.path=null)"
+        )
+    batches = night_batches(params.ingest.dataset, holdout, nights, per_class, bad_night)
+    rows = []
+    for night, batch in enumerate(batches, start=1):
+        rows.append(run_night(root, night, batch))
+        logger.info("night %d: %s", night, rows[-1])
+    return rows
+
+
+def render_table(rows: list[NightRow]) -> str:
+    lines = [
+        "| night | batch | verdict | rows | appended | quarantined | drift | retrained | model | staging "
+        "| seconds | checks s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.night} | {r.batch} | {r.verdict} | {r.rows} | {r.appended} | {r.quarantined} | {r.drift} "
+        f"| {'yes' if r.retrained else 'no'} | {r.version} | {r.staging} | {r.seconds:.0f} | {r.checks_seconds:.1f} |"
+        for r in rows
+    ]
+    blocked = [r for r in rows if r.verdict == "blocked"]
+    lines += ["", *[f"night {r.night} blocked: {r.reason}" for r in blocked]]
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Data contracts of the nightly flow: a batch before it is appended, the merged dataset after split.
+
+Both are GX suites in ``expectations/`` (``batch.json``, ``dataset.json``) with ``$PARAMETER`` values from
+``params.yaml``. In the batch suite, ``meta.level: row`` marks checks whose failing rows are quarantined
+(with ``meta.reason``) while their share stays under ``nightly.max_bad_row_share``; every other failure
+blocks the batch. Each batch's validation result is rendered as GX Data Docs HTML beside its reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from great_expectations.core import ExpectationSuite
+from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+from prefect import task
+
+from quantflow.errors import ValidationFailed
+from quantflow.params import Params
+from quantflow.text import clean_text
+from tasks.split import SPLITS
+from tasks.validate import _context, load_suite
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS = {"zh": re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")}
+MARKUP = re.compile(r"<[^>]{1,200}>|&#?\w{2,8};|https?://|www\.", re.IGNORECASE)
+CLIP = 40  # characters of a text shown in a message
+
+
+class DatasetContractFailed(ValidationFailed):
+    """The merged dataset broke ``expectations/dataset.json``: tonight's batches are withdrawn."""
+
+
+@dataclass
+class BatchVerdict:
+    """The contract's outcome for one batch: the rows to keep, the rows set aside and why it is blocked."""
+
+    clean: pd.DataFrame  # text, label, key
+    quarantined: pd.DataFrame  # row, text, label, reason
+    failures: list[str] = field(default_factory=list)  # contract-level: the batch is blocked
+    warnings: list[str] = field(default_factory=list)
+    data_docs: Path | None = None
+
+
+def batch_parameters(params: Params) -> dict[str, Any]:
+    """The suite parameters of expectations/batch.json, from params.yaml."""
+    nightly, validate = params.nightly, params.validate_
+    return {
+        "labels": list(params.labels or ()),
+        "min_text_length": validate.min_text_length,
+        "max_text_length": validate.max_text_length,
+        "min_script_share": nightly.min_script_share,
+        "max_markup_share": nightly.max_markup_share,
+        "min_unique_share": 1.0 - nightly.max_duplicate_share,
+        "max_known_share": nightly.max_known_share,
+    }
+
+
+def dataset_keys(split_dir: Path) -> pd.DataFrame:
+    """Normalized text and label of every row of the current split (empty before the first run)."""
+    files = [split_dir / f"{name}.parquet" for name in SPLITS]
+    if not all(f.is_file() for f in files):
+        return pd.DataFrame({"key": pd.Series(dtype="str"), "label": pd.Series(dtype="str")})
+    return pd.concat([pd.read_parquet(f, columns=["key", "label"]) for f in files], ignore_index=True)
+
+
+def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str, lowercase: bool) -> pd.DataFrame:
+    """The batch with the columns the suite checks besides text and label.
+
+    key: the normalized text split uses; script_share: expected-script characters among letters and digits;
+    markup: 1 when the text holds HTML or a URL; known: 1 when the key is already in the dataset;
+    conflict: the key carries another label in the dataset or in this batch.
+    """
+    texts = frame["text"].map(lambda t: t if isinstance(t, str) else "")
+    key = texts.map(lambda t: clean_text(t, lowercase))
+    script = SCRIPTS.get(language)
+    share = texts.map(lambda t: _script_share(t, script))
+    known_labels = known.groupby("key")["label"].agg(set) if len(known) else pd.Series(dtype=object)
+    in_batch = pd.DataFrame({"key": key, "label": frame["label"]}).dropna()
+    batch_labels = in_batch[in_batch["key"] != ""].groupby("key")["label"].nunique()
+    conflict = [
+        bool(k)
+        and (
+            batch_labels.get(k, 0) > 1
+            or (k in known_labels.index and label not in known_labels[k] and pd.notna(label))
+        )
+        for k, label in zip(key, frame["label"], strict=True)
+    ]
+    return frame.assign(
+        key=key,
+        script_share=share,
+        markup=texts.map(lambda t: float(bool(MARKUP.search(t)))),
+        known=key.isin(known_labels.index).astype(float),
+        conflict=conflict,
+    )
+
+
+def _script_share(text: str, script: re.Pattern[str] | None) -> float:
+    letters = [ch for ch in text if ch.isalnum()]
+    if script is None:
+        return 1.0
+    return sum(1 for ch in letters if script.match(ch)) / len(letters) if letters else 0.0
+
+
+def check_batch(
+    frame: pd.DataFrame,
+    params: Params,
+    known: pd.DataFrame,
+    expectations_dir: Path,
+    report_dir: Path,
+    name: str,
+) -> BatchVerdict:
+    """Run expectations/<batch_suite>.json; quarantine failing rows; block on contract-level failures."""
+    supplied = batch_parameters(params)
+    suite = load_suite(expectations_dir / f"{params.nightly.batch_suite}.json", supplied)
+    data = derive(frame, known, params.preprocess.language, params.preprocess.lowercase)
+    result = _validate(suite, data, supplied)
+    verdict = _judge(result, suite, data, params, name)
+    verdict.data_docs = write_data_docs(result, report_dir / "data_docs.html")
+    _write_json(report_dir / "contract.json", result.to_json_dict())
+    return verdict
+
+
+def _validate(suite: ExpectationSuite, data: pd.DataFrame, supplied: dict[str, Any]) -> Any:
+    source = _context().data_sources.add_pandas("nightly")
+    asset = source.add_dataframe_asset(suite.name)
+    batch = asset.add_batch_definition_whole_dataframe(suite.name).get_batch(
+        batch_parameters={"dataframe": data}
+    )
+    return batch.validate(suite, result_format={"result_format": "COMPLETE"}, expectation_parameters=supplied)
+
+
+def _judge(
+    result: Any, suite: ExpectationSuite, data: pd.DataFrame, params: Params, name: str
+) -> BatchVerdict:
+    """Split the suite's results into quarantined rows (row level) and blocking failures (batch level)."""
+    levels = {(c.type, c.kwargs.get("column")): c.meta for c in suite.expectation_configurations}
+    reasons: dict[int, list[str]] = {}
+    failures, row_lines = [], []
+    for res in result.results:
+        if res.success:
+            continue
+        config = res.expectation_config
+        meta = levels.get((config.type, config.kwargs.get("column")), {}) or {}
+        if meta.get("level") == "row" and not _raised(res.exception_info):
+            rows = [int(i) for i in res.result.get("unexpected_index_list") or []]
+            for row in rows:
+                reasons.setdefault(row, []).append(meta["reason"])
+            row_lines.append(_row_line(meta["reason"], rows, data, config.kwargs.get("column"), params))
+        else:
+            failures.append(_batch_line(config.type, config.kwargs, res.result, name))
+    bad = sorted(reasons)
+    quarantined = pd.DataFrame(
+        {
+            "row": bad,
+            "text": [data.at[i, "text"] for i in bad],
+            "label": [data.at[i, "label"] for i in bad],
+            "reason": ["; ".join(reasons[i]) for i in bad],
+        }
+    )
+    clean = data.drop(index=bad)[["text", "label", "key"]].reset_index(drop=True)
+    share, limit = len(bad) / max(len(data), 1), params.nightly.max_bad_row_share
+    if share > limit:
+        failures.insert(
+            0,
+            f"{name}: {len(bad)} of {len(data)} rows ({share:.0%}) fail row checks, over "
+            f"nightly.max_bad_row_share={limit:.0%}{_label_set_note(data, params)}:\n" + "\n".join(row_lines),
+        )
+        return BatchVerdict(clean, quarantined, failures)
+    warnings = [f"{name}: {len(bad)} rows quarantined:\n" + "\n".join(row_lines)] if bad else []
+    return BatchVerdict(clean, quarantined, failures, warnings)
+
+
+def _raised(info: dict[str, Any] | None) -> bool:
+    """Whether GX caught an exception evaluating the expectation (one record or a mapping of records)."""
+    records = [info] if info and "raised_exception" in info else list((info or {}).values())
+    return any(isinstance(r, dict) and r.get("raised_exception") for r in records)
+
+
+def _row_line(reason: str, rows: list[int], data: pd.DataFrame, column: str | None, params: Params) -> str:
+    """``  - unknown label: 3 rows, e.g. row 5: label='sports'; row 9: label='x'``."""
+    column = column if column in ("text", "label") else "text"
+    examples = "; ".join(
+        f"row {i}: {column}={_clip(data.at[i, column])}" for i in rows[: params.validate_.example_rows]
+    )
+    return f"  - {reason}: {len(rows)} rows, e.g. {examples}"
+
+
+def _label_set_note(data: pd.DataFrame, params: Params) -> str:
+    """When no row has an allowed label: say so, and whether the labels look like numbers."""
+    labels = set(data["label"].dropna())
+    allowed = list(params.labels or ())
+    if labels & set(allowed):
+        return ""
+    note = f"; unknown label set {sorted(labels)[:5]} (allowed: {allowed})"
+    if labels and all(str(x).lstrip("-").replace(".", "", 1).isdigit() for x in labels):
+        note += "; the label column holds numbers: labels must be the class names"
+    return note
+
+
+def _batch_line(kind: str, kwargs: dict[str, Any], outcome: dict[str, Any], name: str) -> str:
+    """A blocking failure: what was expected and what the batch holds."""
+    bounds = {k: kwargs[k] for k in ("min_value", "max_value") if kwargs.get(k) is not None}
+    what = {
+        "script_share": "mean share of expected-script (CJK) characters",
+        "markup": "share of rows with HTML or URLs",
+        "key": "share of distinct normalized texts (duplicates within the batch)",
+        "known": "share of texts already in the dataset (a repeat of earlier data?)",
+    }.get(kwargs.get("column", ""), f"{kind}({kwargs.get('column') or ''})")
+    observed = outcome.get("observed_value")
+    observed = f"{observed:.3f}" if isinstance(observed, float) else observed
+    return f"{name}: {what} is {observed}, expected {bounds or kwargs}"
+
+
+def _clip(value: Any) -> str:
+    if isinstance(value, str) and len(value) > CLIP:
+        return f"{value[:CLIP] + '…'!r} ({len(value)} chars)"
+    return repr(value)
+
+
+def write_data_docs(result: ExpectationSuiteValidationResult, path: Path) -> Path:
+    """Render one validation result as a GX Data Docs page (the renderer GX's site builder uses)."""
+    from great_expectations.render.renderer.page_renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view.view import DefaultJinjaPageView
+
+    for res in result.results:  # numpy 2 scalars repr as np.float64(...), which GX's renderer cannot parse
+        res.result = _plain(res.result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars inside nested dicts and lists → Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and not isinstance(value, str | bytes) else value
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def dataset_frames(split_dir: Path, labels: list[str]) -> dict[str, pd.DataFrame]:
+    """The frames dataset.json checks: per class, per normalized text, per (split, class)."""
+    parts = [pd.read_parquet(split_dir / f"{s}.parquet").assign(split=s) for s in SPLITS]
+    data = pd.concat(parts, ignore_index=True)
+    counts = data["label"].value_counts()
+    classes = pd.DataFrame({"label": list(counts.index), "share": (counts / max(len(data), 1)).to_list()})
+    texts = data.groupby("key").agg(labels=("label", "nunique"), splits=("split", "nunique")).reset_index()
+    cells = pd.DataFrame(
+        [
+            {"split": s, "label": label, "rows": int(((data["split"] == s) & (data["label"] == label)).sum())}
+            for s in SPLITS
+            for label in labels
+        ]
+    )
+    return {"classes": classes, "texts": texts, "cells": cells}
+
+
+def check_dataset(
+    params: Params, split_dir: Path, expectations_dir: Path, report_dir: Path
+) -> dict[str, Any]:
+    """Run expectations/<dataset_suite>.json on the split; raise DatasetContractFailed with examples."""
+    nightly = params.nightly
+    supplied = {
+        "min_class_share": nightly.min_class_share,
+        "max_class_share": nightly.max_class_share,
+        "min_rows_per_class_split": nightly.min_rows_per_class_split,
+    }
+    suite = load_suite(expectations_dir / f"{nightly.dataset_suite}.json", supplied)
+    frames = dataset_frames(split_dir, list(params.labels or ()))
+    failures, results = [], {}
+    for frame_name, frame in frames.items():
+        part = ExpectationSuite(
+            name=f"{suite.name}.{frame_name}",
+            expectations=[e for e in suite.expectations if (e.meta or {}).get("frame") == frame_name],
+        )
+        result = _validate(part, frame, supplied)
+        results[frame_name] = result.to_json_dict()
+        for res in result.results:
+            if not res.success:
+                rows = (res.result.get("unexpected_index_list") or [])[: params.validate_.example_rows]
+                examples = "; ".join(str(frame.loc[int(i)].to_dict()) for i in rows)
+                column = res.expectation_config.kwargs.get("column")
+                failures.append(
+                    f"  - {frame_name}.{column}: {res.result.get('unexpected_count')} bad, e.g. {examples}"
+                )
+    report = {"success": not failures, "suite_parameters": supplied, "results": results}
+    _write_json(report_dir / "dataset_contract.json", report)
+    if failures:
+        message = f"{split_dir}: the merged dataset breaks expectations/{nightly.dataset_suite}.json:\n"
+        raise DatasetContractFailed(message + "\n".join(failures), report)
+    logger.info("dataset contract passed on %s", split_dir)
+    return report
+
+
+check_dataset_task = task(check_dataset, name="dataset-contract")

@@ -1,0 +1,279 @@
+"""Nightly batches: read each file in ``data/incoming/``, judge it, then store, quarantine or reject it.
+
+A batch that passes its contract and drift check is stored normalized (text, label, batch) as
+``<accepted_dir>/<batch>.parquet``, which the ``ingest`` stage appends to the base dataset, so ``dvc repro``
+rebuilds every night's dataset from files DVC tracks. A blocked batch goes to ``<rejected_dir>/<batch>/``
+with its report and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from quantflow.errors import DataError
+from quantflow.layout import Layout
+from quantflow.params import Params
+from tasks.contracts import BatchVerdict, check_batch, dataset_keys
+from tasks.drift import measure_drift, write_drift_report
+
+logger = logging.getLogger(__name__)
+
+SUFFIXES = (".csv", ".parquet", ".jsonl")
+SNIFF_BYTES = 8192
+
+
+class BatchError(DataError):
+    """A batch file cannot be read as a table of texts and labels: the whole batch is blocked."""
+
+
+@dataclass
+class BatchOutcome:
+    """What the night did with one incoming file."""
+
+    name: str  # the batch id: the file's stem (made unique among accepted batches)
+    source: str  # the incoming file name
+    status: str  # accepted or blocked
+    rows: int = 0
+    accepted_rows: int = 0
+    quarantined_rows: int = 0
+    drift: str = "not measured"
+    reasons: list[str] = field(default_factory=list)  # why blocked, with example rows
+    warnings: list[str] = field(default_factory=list)
+    report_dir: Path | None = None  # reports/nightly/<batch>/: Data Docs, drift table and plot
+    stored: Path | None = None  # <accepted_dir>/<batch>.parquet
+    pending: Path | None = None  # the incoming file, moved once the night's dataset passed its contract
+
+
+@dataclass
+class Intake:
+    """Every batch of one night, in file-name order."""
+
+    batches: list[BatchOutcome] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[BatchOutcome]:
+        return [b for b in self.batches if b.status == "accepted"]
+
+    @property
+    def blocked(self) -> list[BatchOutcome]:
+        return [b for b in self.batches if b.status == "blocked"]
+
+
+def nightly_dir(layout: Layout, relative: Path) -> Path:
+    return layout.root / relative
+
+
+def list_incoming(folder: Path) -> list[Path]:
+    """The batch files waiting in ``folder`` (hidden files such as .gitkeep ignored), by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def read_batch(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
+    """One batch as ``text`` and ``label`` columns; every way a file can be unusable is a BatchError.
+
+    Bytes that are not UTF-8 are decoded as U+FFFD, so the contract quarantines those rows and names them.
+    """
+    kind = path.suffix.lower()
+    if kind not in SUFFIXES:
+        raise BatchError(f"{path.name}: unsupported file type {kind or '(none)'!r}; use one of {SUFFIXES}")
+    if path.stat().st_size == 0:
+        raise BatchError(f"{path.name}: the file is empty (0 bytes); drop a file with a header and rows")
+    frame = _read_table(path, kind)
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        raise BatchError(f"{path.name}: missing column(s) {missing}; {_columns_hint(frame)}")
+    if frame.empty:
+        raise BatchError(f"{path.name}: the file has a header but no rows")
+    out = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
+    texts = out["text"].dropna()
+    not_text = texts[~texts.map(lambda v: isinstance(v, str))]
+    if len(not_text):
+        raise BatchError(
+            f"{path.name}: column {text_column!r} must hold strings, found {type(not_text.iloc[0]).__name__} "
+            f"values (e.g. row {not_text.index[0]}: {not_text.iloc[0]!r})"
+        )
+    # labels are names: 1 and "1" must be the same (unknown) label
+    return out.assign(label=out["label"].map(lambda v: v if pd.isna(v) else str(v))).reset_index(drop=True)
+
+
+def _read_table(path: Path, kind: str) -> pd.DataFrame:
+    if kind == ".parquet":
+        try:
+            return pd.read_parquet(path)
+        except (ValueError, OSError) as exc:
+            raise BatchError(f"{path.name}: cannot read it as Parquet: {exc}") from None
+    raw = path.read_bytes()
+    if b"\x00" in raw[:SNIFF_BYTES]:
+        raise BatchError(
+            f"{path.name}: a binary file (NUL bytes in the first {SNIFF_BYTES} bytes), not {kind[1:]} text; "
+            "export it as UTF-8 text"
+        )
+    text = raw.decode("utf-8", errors="replace")
+    header = text.split("\n", 1)[0]
+    if kind == ".csv" and "," not in header:
+        for sep in (";", "\t", "|"):
+            if sep in header:
+                raise BatchError(
+                    f"{path.name}: wrong delimiter {sep!r}? the header is {header.strip()!r}; "
+                    "CSV batches must be comma-separated"
+                )
+    try:
+        if kind == ".csv":
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
+        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise BatchError(f"{path.name}: cannot read it as {kind[1:]}: {exc}") from None
+
+
+def _columns_hint(frame: pd.DataFrame) -> str:
+    """The columns found, and the likely cause when one column name holds several (a wrong delimiter)."""
+    columns = [str(c) for c in frame.columns]
+    hint = f"the file has columns {columns}"
+    for sep in (";", "\t", "|"):
+        if len(columns) == 1 and sep in columns[0]:
+            return f"{hint}: wrong delimiter {sep!r}? CSV batches must be comma-separated"
+    return hint
+
+
+def batch_id(path: Path, taken: set[str]) -> str:
+    """The file's stem, made safe for a file name and unique among the accepted batches."""
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "batch"
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def judge(path: Path, name: str, params: Params, layout: Layout, known: pd.DataFrame) -> BatchOutcome:
+    """Read, contract, drift: the outcome of one batch and its reports under ``reports/nightly/<batch>/``."""
+    outcome = BatchOutcome(name=name, source=path.name, status="blocked")
+    outcome.report_dir = layout.reports_dir / "nightly" / name
+    try:
+        frame = read_batch(path)
+    except BatchError as exc:
+        outcome.reasons.append(str(exc))
+        return outcome
+    outcome.rows = len(frame)
+    verdict = check_batch(frame, params, known, layout.expectations_dir, outcome.report_dir, path.name)
+    outcome.quarantined_rows = len(verdict.quarantined)
+    outcome.reasons += verdict.failures
+    outcome.warnings += verdict.warnings
+    if verdict.failures:
+        return outcome
+    drift = measure_drift(verdict.clean, layout.split_dir, layout.tokenizer_dir, params.nightly.drift)
+    write_drift_report(drift, verdict.clean, layout.split_dir, outcome.report_dir)
+    outcome.drift = drift.verdict
+    outcome.reasons += [f"{path.name}: {line}" for line in drift.blocks]
+    outcome.warnings += [f"{path.name}: {line}" for line in drift.warns]
+    if not drift.blocks:
+        outcome.status = "accepted"
+        outcome.accepted_rows = len(verdict.clean)
+        _store(outcome, verdict, params, layout)
+    return outcome
+
+
+def _store(outcome: BatchOutcome, verdict: BatchVerdict, params: Params, layout: Layout) -> None:
+    """The clean rows as ``<accepted_dir>/<batch>.parquet``; the quarantined ones as a CSV with reasons."""
+    layout.accepted_dir.mkdir(parents=True, exist_ok=True)
+    outcome.stored = layout.accepted_dir / f"{outcome.name}.parquet"
+    verdict.clean.assign(batch=outcome.name).to_parquet(outcome.stored, index=False)
+    if len(verdict.quarantined):
+        folder = nightly_dir(layout, params.nightly.quarantine_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        verdict.quarantined.to_csv(folder / f"{outcome.name}.csv", index=False)
+
+
+def reject(path: Path, outcome: BatchOutcome, params: Params, layout: Layout) -> Path:
+    """Move a blocked batch to ``<rejected_dir>/<batch>/`` beside ``report.md`` / ``report.json``."""
+    folder = nightly_dir(layout, params.nightly.rejected_dir) / outcome.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, folder / path.name)
+    report = {
+        "batch": outcome.name,
+        "file": outcome.source,
+        "rows": outcome.rows,
+        "reasons": outcome.reasons,
+        "warnings": outcome.warnings,
+        "drift": outcome.drift,
+        "reports": str(outcome.report_dir),
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    lines = [f"# batch {outcome.name}: blocked", "", f"File: `{outcome.source}`, {outcome.rows} rows.", ""]
+    lines += [f"- {reason}" for reason in outcome.reasons]
+    (folder / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if outcome.report_dir is not None and outcome.report_dir.is_dir():
+        shutil.copytree(outcome.report_dir, folder / "reports", dirs_exist_ok=True)
+    return folder
+
+
+def take_incoming(params: Params, layout: Layout) -> Intake:
+    """Judge every waiting batch; store the accepted ones, move the blocked ones to the rejected folder.
+
+    Each accepted batch joins the known texts before the next one is judged, so two batches of one night
+    cannot bring the same text twice or with two labels.
+    """
+    intake = Intake()
+    known = dataset_keys(layout.split_dir)
+    taken = {p.stem for p in layout.accepted_dir.glob("*.parquet")}
+    for path in list_incoming(nightly_dir(layout, params.nightly.incoming_dir)):
+        name = batch_id(path, taken)
+        outcome = judge(path, name, params, layout, known)
+        if outcome.status == "accepted":
+            taken.add(name)
+            outcome.pending = path
+            known = pd.concat([known, pd.read_parquet(outcome.stored, columns=["key", "label"])])
+        else:
+            reject(path, outcome, params, layout)
+        logger.info(
+            "batch %s: %s (%d rows, %d quarantined, drift %s)%s",
+            name,
+            outcome.status,
+            outcome.rows,
+            outcome.quarantined_rows,
+            outcome.drift,
+            "".join(f"\n  - {r}" for r in outcome.reasons),
+        )
+        intake.batches.append(outcome)
+    return intake
+
+
+def finish(intake: Intake, params: Params, layout: Layout) -> None:
+    """After the night's dataset passed its contract: move each accepted file to the processed folder."""
+    folder = nightly_dir(layout, params.nightly.processed_dir)
+    for outcome in intake.accepted:
+        if outcome.pending is not None and outcome.pending.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            os.replace(outcome.pending, folder / outcome.pending.name)
+            outcome.pending = None
+
+
+def withdraw(intake: Intake, params: Params, layout: Layout, reason: str | None) -> None:
+    """Undo tonight's accepted batches after a later failure: their stored files go.
+
+    With a ``reason`` (the dataset contract failed) the batches are rejected with it; without one (a crash)
+    they stay in the incoming folder for the next night.
+    """
+    for outcome in intake.accepted:
+        if outcome.stored is not None:
+            outcome.stored.unlink(missing_ok=True)
+            outcome.stored = None
+        if reason is not None and outcome.pending is not None:
+            outcome.status = "blocked"
+            outcome.reasons.append(f"{outcome.source}: {reason}")
+            reject(outcome.pending, outcome, params, layout)
+            outcome.pending = None
+
+
+take_incoming_task = task(take_incoming, name="take-incoming")

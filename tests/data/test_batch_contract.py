@@ -1,0 +1,66 @@
+"""The batch contract and the drift figures on small frames, without the flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantflow.params import Params
+from quantflow.text import clean_text
+from tasks.contracts import check_batch, dataset_keys
+from tasks.drift import ks_statistic, total_variation
+
+EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
+
+
+def judge(frame: pd.DataFrame, tmp_path: Path, known: pd.DataFrame | None = None):  # noqa: ANN201
+    empty = dataset_keys(tmp_path / "no-split")
+    return check_batch(frame, Params(), empty if known is None else known, EXPECTATIONS, tmp_path, "b.csv")
+
+
+def test_a_few_bad_rows_are_quarantined_with_reasons_and_the_rest_kept(
+    tiny_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    frame = tiny_frame.copy()
+    frame.loc[4, "text"] = "  "
+    frame.loc[9, "label"] = "sports"
+    verdict = judge(frame, tmp_path)
+    assert verdict.failures == []
+    assert verdict.quarantined.set_index("row")["reason"].to_dict() == {4: "blank text", 9: "unknown label"}
+    assert len(verdict.clean) == len(frame) - 2
+    assert "2 rows quarantined" in verdict.warnings[0] and "row 9: label='sports'" in verdict.warnings[0]
+    assert "<html" in (tmp_path / "data_docs.html").read_text()
+
+
+def test_texts_labelled_otherwise_in_the_dataset_are_quarantined(
+    tiny_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    known = pd.DataFrame(
+        {"key": [clean_text(tiny_frame.loc[0, "text"])], "label": ["comment"]}
+    )  # row 0: news
+    verdict = judge(tiny_frame, tmp_path, known)
+    assert verdict.quarantined["row"].tolist() == [0]
+    assert verdict.quarantined["reason"].iloc[0].startswith("text already labelled otherwise")
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda f: f.assign(text="hello world " + f["text"].str[:0]), "expected-script (CJK) characters"),
+        (lambda f: f.assign(text="<p>" + f["text"] + "</p>"), "share of rows with HTML or URLs"),
+        (lambda f: pd.concat([f.iloc[:30]] * 5, ignore_index=True), "duplicates within the batch"),
+    ],
+)
+def test_batch_level_failures_block(tiny_frame: pd.DataFrame, tmp_path: Path, change, fragment: str) -> None:  # noqa: ANN001
+    verdict = judge(change(tiny_frame), tmp_path)
+    assert any(fragment in line for line in verdict.failures), verdict.failures
+
+
+def test_drift_figures() -> None:
+    a = np.arange(100.0)
+    assert ks_statistic(a, a) == 0.0
+    assert ks_statistic(a, a + 1000) == 1.0
+    assert total_variation({"news": 0.5, "comment": 0.5}, {"news": 1.0}) == pytest.approx(0.5)
