@@ -88,7 +88,7 @@ def main() -> None:
         "",
         table(two),
         "",
-        "| Dask workers | sweep wall time, s | of which data preparation, s | sizes/s ratio |",
+        "| Dask workers | sweep wall time, s | of which data preparation, s | speed-up of the sizes phase |",
         "|---|---|---|---|",
         f"| 1 | {one.seconds:.1f} | {one.prepare_seconds:.1f} | 1.00 |",
         f"| 2 | {two.seconds:.1f} | {two.prepare_seconds:.1f} | "

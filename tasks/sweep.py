@@ -20,19 +20,12 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from prefect import task
 
-matplotlib.use("Agg")  # files only: Dask workers and CI have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
-from prefect import task  # noqa: E402
-
-from quantflow.layout import Layout  # noqa: E402
-from quantflow.params import Params, ScaleParams  # noqa: E402
-from tasks.compress import compress  # noqa: E402
-from tasks.register import ensure_experiment, resolve_tracking_uri  # noqa: E402
-from tasks.train import train  # noqa: E402
+from quantflow.layout import Layout
+from quantflow.params import Params, ScaleParams
+from tasks.compress import compress
+from tasks.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +154,11 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_vs_params(rows: list[dict[str, Any]], metric: str, ylabel: str, int8_name: str, path: Path) -> Path:
     """One PNG: ``metric`` of ONNX fp32 and of the int8 variant against parameters (log x), sizes labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a server or in CI
+    import matplotlib.pyplot as plt
+
     rows = sorted(rows, key=lambda r: r["params"])
     x = [r["params"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -201,12 +199,19 @@ def write_reports(rows: list[dict[str, Any]], reports_dir: Path, int8_name: str)
 # --- MLflow -------------------------------------------------------------------------------------------------
 
 
-def _metrics(values: dict[str, Any]) -> list[Metric]:
+# MLflow and matplotlib are imported where used: a Dask worker runs train_size only and starts faster without.
+
+
+def _metrics(values: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     return [Metric(k, float(v), now, 0) for k, v in values.items() if isinstance(v, int | float)]
 
 
-def _params(values: dict[str, Any]) -> list[Param]:
+def _params(values: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Param
+
     return [Param(k, str(v)) for k, v in values.items()]
 
 
@@ -219,6 +224,10 @@ def log_sweep(
     tags: dict[str, str],
 ) -> str:
     """One parent run (the sweep: grid, data, wall time, the table and plots) and a child run per size."""
+    import mlflow
+
+    from tasks.register import ensure_experiment, resolve_tracking_uri
+
     uri, artifact_dir = resolve_tracking_uri(root)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment_id = ensure_experiment(client, params.scale.experiment, artifact_dir)
