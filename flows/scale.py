@@ -10,7 +10,9 @@ Prefect API. A task on a Dask worker process reports its state to the Prefect AP
 flow serialises to it (prefect-dask 0.3.7 sends the flow's settings context with every task). Without
 ``PREFECT_API_URL`` those settings name no API, so each worker process would start a temporary API server of
 its own (prefect 3.9.1's ephemeral mode, a uvicorn subprocess per process, on the same database), and a worker
-on another machine could not reach the flow's at all. :func:`prefect_api` therefore starts one
+on another machine could not reach the flow's at all. Measured here (2 workers, load ~7 on 2 cores): the flow
+and both workers each started a temporary server, the workers' timed out after the default 20 s and failed
+the flow, and they outlived their killed workers. :func:`prefect_api` therefore starts one
 ``prefect server start`` on 127.0.0.1 for the run (stopped after it) unless ``PREFECT_API_URL`` is set.
 """
 
