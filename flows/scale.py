@@ -179,10 +179,13 @@ def task_runner(workers: int, dask_address: str | None) -> Any:
 
 
 def scale_layout(params: Params, root: Path) -> Layout:
-    """The pipeline's layout moved under ``scale.work_dir`` (its own data and models); expectations and user
-    data paths still resolve against the project."""
+    """The pipeline's layout moved under ``scale.work_dir`` (its own data and models); expectations, user data
+    and the accepted nightly batches still come from the project, so the study sees the nightly's dataset."""
+    project = Layout.of(params, root)
     moved = Layout.of(params, root / params.scale.work_dir)
-    return dataclasses.replace(moved, root=root.resolve(), expectations_dir=root.resolve() / "expectations")
+    return dataclasses.replace(
+        moved, root=project.root, expectations_dir=project.expectations_dir, accepted_dir=project.accepted_dir
+    )
 
 
 def prepare_data(params: Params, layout: Layout) -> None:
