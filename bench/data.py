@@ -74,6 +74,48 @@ def main() -> None:
     print("|---|---|---|")
     for name, seconds in results.items():
         print(f"| {name} | {seconds:.2f} | {rows / seconds:,.0f} |")
+    print()
+    nightly_overhead(params, args.root, args.batch_rows_per_class, args.rounds)
+
+
+def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) -> None:
+    """Seconds the nightly checks add for one batch against a default-size dataset (split + vocabulary)."""
+    from tasks.contracts import check_dataset
+    from tasks.drift import write_drift_report
+    from tasks.ingest import held_back, ingest
+    from tasks.preprocess import preprocess
+    from tasks.split import split
+
+    held_params = params.with_overrides({"ingest.holdout_fraction": 0.1})
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        raw = ingest(held_params.ingest, out / "raw", params.seed).path
+        split(params.split, raw, out / "split", out / "split.json")
+        preprocess(params.preprocess, out / "split", out / "features", out / "tok", params.labels)
+        corpus = load_builtin(params.ingest.dataset)
+        held = corpus[held_back(corpus, 0.1)]
+        batch = held.groupby("label").head(per_class).reset_index(drop=True)
+        known = dataset_keys(out / "split")
+
+        def intake() -> None:
+            verdict = check_batch(batch, params, known, root / "expectations", out / "r", "batch")
+            drift = measure_drift(verdict.clean, out / "split", out / "tok", params.nightly.drift)
+            write_drift_report(drift, verdict.clean, out / "split", out / "r")
+
+        times = {
+            f"batch contract + drift (+ Data Docs, table, plot), one batch of {len(batch)} rows": timed(
+                intake, rounds
+            ),
+            f"dataset contract on the merged split ({len(known)} rows)": timed(
+                lambda: check_dataset(held_params, out / "split", root / "expectations", out / "r"), rounds
+            ),
+        }
+    print(f"nightly overhead against a default-size dataset, median of {rounds} rounds\n")
+    print("| step | seconds |")
+    print("|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds:.2f} |")
+    print(f"| **added per night** | **{sum(times.values()):.2f}** |")
 
 
 def _validate_quietly(params: Params, raw: Path, out: Path, expectations: Path) -> None:

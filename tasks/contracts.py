@@ -79,33 +79,32 @@ def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str, lowercase: b
     """
     texts = frame["text"].map(lambda t: t if isinstance(t, str) else "")
     key = texts.map(lambda t: clean_text(t, lowercase))
-    script = SCRIPTS.get(language)
-    share = texts.map(lambda t: _script_share(t, script))
-    known_labels = known.groupby("key")["label"].agg(set) if len(known) else pd.Series(dtype=object)
+    known_labels: dict[str, set] = known.groupby("key")["label"].agg(set).to_dict() if len(known) else {}
     in_batch = pd.DataFrame({"key": key, "label": frame["label"]}).dropna()
-    batch_labels = in_batch[in_batch["key"] != ""].groupby("key")["label"].nunique()
+    batch_labels = in_batch[in_batch["key"] != ""].groupby("key")["label"].nunique().to_dict()
     conflict = [
         bool(k)
         and (
             batch_labels.get(k, 0) > 1
-            or (k in known_labels.index and label not in known_labels[k] and pd.notna(label))
+            or (k in known_labels and pd.notna(label) and label not in known_labels[k])
         )
         for k, label in zip(key, frame["label"], strict=True)
     ]
     return frame.assign(
         key=key,
-        script_share=share,
-        markup=texts.map(lambda t: float(bool(MARKUP.search(t)))),
-        known=key.isin(known_labels.index).astype(float),
+        script_share=script_share(texts, SCRIPTS.get(language)),
+        markup=texts.str.contains(MARKUP).astype(float),
+        known=key.isin(known_labels.keys()).astype(float),
         conflict=conflict,
     )
 
 
-def _script_share(text: str, script: re.Pattern[str] | None) -> float:
-    letters = [ch for ch in text if ch.isalnum()]
+def script_share(texts: pd.Series, script: re.Pattern[str] | None) -> pd.Series:
+    """Per text: characters of the expected script among letters and digits (0 for a text with none)."""
     if script is None:
-        return 1.0
-    return sum(1 for ch in letters if script.match(ch)) / len(letters) if letters else 0.0
+        return pd.Series(1.0, index=texts.index)
+    letters = texts.str.count(r"[^\W_]")
+    return (texts.str.count(script.pattern) / letters.where(letters > 0)).fillna(0.0)
 
 
 def check_batch(
