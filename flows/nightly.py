@@ -186,7 +186,7 @@ def render_intake(summary: RunSummary) -> list[str]:
     if not intake.batches:
         lines.append("No incoming batches.")
     else:
-        lines += ["| batch | verdict | rows | appended | quarantined | drift |", "|---|---|---|---|---|---|"]
+        lines += ["| batch | verdict | rows | appended | bad rows | drift |", "|---|---|---|---|---|---|"]
         lines += [
             f"| {b.name} | {b.status} | {b.rows} | {b.accepted_rows} | {b.quarantined_rows} | {b.drift} |"
             for b in intake.batches

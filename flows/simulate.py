@@ -221,7 +221,7 @@ def simulate(
 
 def render_table(rows: list[NightRow]) -> str:
     lines = [
-        "| night | batch | verdict | rows | appended | quarantined | drift | retrained | model | staging "
+        "| night | batch | verdict | rows | appended | bad rows | drift | retrained | model | staging "
         "| seconds | checks s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
