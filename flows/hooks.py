@@ -87,6 +87,7 @@ def run_params(flow_run: FlowRun) -> tuple[Path, Params | None, str]:
 
 
 def describe(flow: Any, flow_run: FlowRun, state: Any) -> tuple[Failure, Params | None]:
+    """What failed, read from the run, its state and the API; each part degrades alone when unreadable."""
     root, params, digest = run_params(flow_run)
     try:
         tasks = failed_task_names(flow_run.id)
@@ -134,7 +135,8 @@ def render_failure(failure: Failure, summary_path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def write_failure_file(failure: Failure, schedule: ScheduleParams) -> Path:
+def failure_file(failure: Failure, schedule: ScheduleParams) -> Path:
+    """reports/failures/<time>-<run name>.md under the project (or schedule.failure_dir when absolute)."""
     folder = (
         schedule.failure_dir if schedule.failure_dir.is_absolute() else failure.root / schedule.failure_dir
     )
@@ -176,7 +178,7 @@ def on_failure(flow: Any, flow_run: FlowRun, state: Any) -> None:
     """Prefect ``on_failure`` hook of ``nightly_retrain``: file, artifact and (optional) notification."""
     failure, params = describe(flow, flow_run, state)
     schedule = params.schedule if params is not None else ScheduleParams()
-    path = write_failure_file(failure, schedule)
+    path = failure_file(failure, schedule)
     markdown = render_failure(failure, path)
     problems: list[str] = []
     _attempt("Prefect artifact", lambda: publish_artifact(failure, markdown), problems)
