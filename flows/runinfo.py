@@ -66,4 +66,15 @@ def run_links(summary: Any, root: Path | None = None) -> list[str]:
         lines.append(f"- MLflow: {mlflow_run_link(reg.tracking_uri, experiment, reg.run_id)}")
         lines.append(f"- model: `models:/{reg.model_name}/{reg.version}`")
     lines += docs_lines(root, summary.results.get("validate"))
+    lines += batch_docs_lines(getattr(summary, "intake", None))
+    return lines
+
+
+def batch_docs_lines(intake: Any) -> list[str]:
+    """One Data Docs link per incoming batch the contract judged (reports/nightly/<batch>/data_docs.html)."""
+    lines = []
+    for batch in getattr(intake, "batches", None) or []:
+        docs = batch.report_dir / "data_docs.html" if batch.report_dir is not None else None
+        if docs is not None and docs.is_file():
+            lines.append(f"- Data Docs of batch {batch.name} ({batch.status}): {docs.resolve().as_uri()}")
     return lines

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
-from flows.runinfo import DATA_DOCS_INDEX, data_version_lines, docs_lines, mlflow_run_link
+from flows.runinfo import DATA_DOCS_INDEX, batch_docs_lines, data_version_lines, docs_lines, mlflow_run_link
 from tasks.validate import ValidationResult
 from tasks.versioning import Lineage
 
@@ -39,3 +40,18 @@ def test_docs_lines_link_data_docs_only_when_built(tmp_path: Path) -> None:
     index.parent.mkdir(parents=True)
     index.write_text("<html></html>")
     assert docs_lines(tmp_path, result)[-1] == f"- Data Docs: {index.resolve().as_uri()}"
+
+
+def test_batch_data_docs_are_linked_when_written(tmp_path: Path) -> None:
+    written, missing = tmp_path / "reports" / "nightly" / "b1", tmp_path / "reports" / "nightly" / "b2"
+    written.mkdir(parents=True)
+    (written / "data_docs.html").write_text("<html></html>")
+    intake = SimpleNamespace(
+        batches=[
+            SimpleNamespace(name="b1", status="accepted", report_dir=written),
+            SimpleNamespace(name="b2", status="blocked", report_dir=missing),
+        ]
+    )
+    assert batch_docs_lines(intake) == [
+        f"- Data Docs of batch b1 (accepted): {(written / 'data_docs.html').resolve().as_uri()}"
+    ]
