@@ -133,9 +133,8 @@ def train_distributed(
             f"torchrun exited with code {done.returncode} training into {model_dir}; "
             f"its output ends with:\n{_tail(done.stdout + done.stderr)}"
         )
-    for (
-        line
-    ) in done.stderr.splitlines():  # rank 0's progress lines, e.g. "INFO tasks.ddp: train: epoch 1 ..."
+    # rank 0's progress lines, e.g. "INFO tasks.ddp: train: epoch 1 loss ...", repeated in this process's log
+    for line in done.stderr.splitlines():
         if "tasks.ddp: train:" in line:
             logger.info("rank 0 %s", line.split("tasks.ddp: ", 1)[1])
     history = json.loads(history_path.read_text(encoding="utf-8"))
