@@ -1,4 +1,5 @@
-"""The classifiers: the founding design's TextCNN and a small Transformer encoder.
+"""The classifiers: the founding design's TextCNN, a small Transformer encoder and a fastText-style bag of
+hashed character n-grams (alone, or beside a TextCNN).
 
 Both take right-padded ids (B, T) with 0 as padding and give logits (B, C). Padding never changes a text's
 logits, so a text scores the same alone or in a batch, in PyTorch and in the exported ONNX model.
@@ -56,6 +57,10 @@ class TextCNN(nn.Module):
         self.fc = nn.Linear(cfg.num_filters * len(cfg.kernel_sizes), cfg.num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(ids)))
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids → (B, F * widths): max-pooled conv features, before dropout and the head."""
         lengths = (ids != 0).sum(dim=1, keepdim=True)  # (B, 1)
         x = self.embedding(ids).transpose(1, 2)  # (B, E, T)
         pooled = []
@@ -66,7 +71,7 @@ class TextCNN(nn.Module):
             valid = (positions < lengths + (k - 1)).unsqueeze(1).to(h.dtype)  # (B, 1, T + k - 1)
             # ReLU outputs are >= 0, so zeroing windows that start in the padding leaves the max unchanged
             pooled.append((h * valid).amax(dim=2))  # (B, F)
-        return self.fc(self.dropout(torch.cat(pooled, dim=1)))
+        return torch.cat(pooled, dim=1)
 
 
 class _EncoderLayer(nn.Module):
@@ -117,7 +122,87 @@ class TransformerClassifier(nn.Module):
         return self.fc(summed / mask.sum(dim=1, keepdim=True).clamp(min=1.0))
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"textcnn": TextCNN, "transformer": TransformerClassifier}
+# Multipliers of the n-gram hash: large primes, so (a, b) and (b, a) land apart; products stay far inside int64
+# for ids < 2**20 (an id times a prime < 2**40, three of them summed < 2**42).
+_NGRAM_PRIMES = (1_000_003, 999_983, 1_000_033, 999_979, 1_000_037)
+
+
+def ngram_buckets(ids: torch.Tensor, n: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hash every run of ``n`` consecutive ids into ``[0, buckets)``.
+
+    ids (B, T) → bucket ids (B, T - n + 1) and a float mask of the same shape, 1 where all ``n`` ids are real
+    tokens (not padding). The hash is plain integer arithmetic (Mul, Add, Mod), so the ONNX graph computes it
+    too and the tokenizer, the service and the model folder format stay as they are.
+    """
+    t = ids.size(1) - n + 1
+    key = torch.zeros_like(ids[:, :t])  # (B, T - n + 1)
+    real = torch.ones_like(ids[:, :t])
+    for j in range(n):
+        part = ids[:, j : j + t]
+        key = key + part * _NGRAM_PRIMES[j]
+        real = real * (part != 0).to(ids.dtype)
+    return torch.remainder(key, buckets), real.to(torch.float32)
+
+
+class HashedNgramBag(nn.Module):
+    """fastText-style: mean of char (unigram) embeddings and hashed 2..n-gram embeddings → dropout → linear.
+
+    This is ``EmbeddingBag(mode="mean")`` written as an ``Embedding`` gather and a masked mean: the same
+    numbers, but it exports to a plain ONNX Gather that ONNX Runtime quantizes to int8 (Gather is in both
+    ``compress.quantize_ops`` and ``compress.static_ops``). Padding never changes the logits.
+    Config: ``extra["ngram_max"]`` (2..5) and ``extra["buckets"]`` (rows of the shared n-gram table).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ngram_max = int(cfg.extra.get("ngram_max", 3))
+        self.buckets = int(cfg.extra.get("buckets", 100_003))
+        if not 1 <= self.ngram_max <= len(_NGRAM_PRIMES):
+            raise ValueError(f"ngram_max must be in [1, {len(_NGRAM_PRIMES)}] (got: {self.ngram_max})")
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        # one table for every n >= 2; n is folded into the hash through the number of primes used
+        self.ngrams = nn.Embedding(self.buckets, cfg.embed_dim)
+        nn.init.normal_(self.ngrams.weight, std=0.02)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.embed_dim, cfg.num_classes)
+
+    def pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids → (B, E): the mean over every real unigram and n-gram of the text."""
+        mask = (ids != 0).to(torch.float32)  # (B, T)
+        total = (self.embedding(ids) * mask.unsqueeze(-1)).sum(dim=1)  # (B, E)
+        count = mask.sum(dim=1, keepdim=True)  # (B, 1)
+        for n in range(2, self.ngram_max + 1):
+            bucket, real = ngram_buckets(ids, n, self.buckets)  # (B, T - n + 1) each
+            total = total + (self.ngrams(bucket) * real.unsqueeze(-1)).sum(dim=1)
+            count = count + real.sum(dim=1, keepdim=True)
+        return total / count.clamp(min=1.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.pooled(ids)))
+
+
+class NgramTextCNN(nn.Module):
+    """A TextCNN and a hashed n-gram bag side by side, their features concatenated before one linear layer:
+    the bag sees which n-grams occur (what the TF-IDF baseline sees), the convolutions their local order."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cnn = TextCNN(cfg)
+        self.bag = HashedNgramBag(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(cfg.num_filters * len(cfg.kernel_sizes) + cfg.embed_dim, cfg.num_classes)
+        del self.cnn.fc, self.bag.fc  # the shared head replaces both
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(torch.cat([self.cnn.features(ids), self.bag.pooled(ids)], dim=1)))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "textcnn": TextCNN,
+    "transformer": TransformerClassifier,
+    "fasttext": HashedNgramBag,
+    "ngram_textcnn": NgramTextCNN,
+}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

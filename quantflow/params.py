@@ -97,7 +97,7 @@ class PreprocessParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["textcnn", "transformer"] = "textcnn"
+    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn"] = "textcnn"
     embed_dim: int = Field(default=64, ge=2)
     num_filters: int = Field(default=64, ge=1)
     kernel_sizes: list[int] = Field(default=[2, 3, 4], min_length=1)
@@ -114,6 +114,18 @@ class TrainParams(_Section):
     # data-parallel training (tasks/ddp.py): N processes under torchrun; 1 on CPU is the plain in-process path
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else CPU
+    # fasttext and ngram_textcnn: hashed char n-grams, n = 2..ngram_max, into one table of `buckets` rows
+    ngram_max: int = Field(default=3, ge=1, le=5)
+    buckets: int = Field(default=100_003, ge=1)
+    # learning rate per step: constant, or linear warm-up over warmup_fraction of the steps then cosine to 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_fraction: float = Field(default=0.0, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # augmentation of the training split only, redrawn every epoch (quantflow/augment.py)
+    augment_delete: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars dropped from a text
+    augment_swap: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars swapped with their neighbour
+    # initialize the char embedding with word2vec vectors trained on the training split (quantflow/pretrain.py)
+    pretrained_embeddings: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from tqdm import tqdm
 
+from quantflow.augment import augment_ids
 from quantflow.models import ModelConfig, build_model, save_model
 from quantflow.params import TrainParams
 from tasks.preprocess import load_features
@@ -67,7 +69,46 @@ def model_config(params: TrainParams, vocab_size: int, num_classes: int, max_len
         heads=params.transformer_heads,
         ff_dim=params.transformer_ff_dim,
         max_len=max_len,
+        extra={"ngram_max": params.ngram_max, "buckets": params.buckets}
+        if params.model in ("fasttext", "ngram_textcnn")
+        else {},
     )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, params: TrainParams, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: constant, or linear warm-up then cosine decay to 0 by the last epoch.
+
+    The horizon is ``epochs`` even when early stopping ends sooner: the decay does not depend on the outcome.
+    """
+    total = max(1, params.epochs * steps_per_epoch)
+    warmup = int(params.warmup_fraction * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if params.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def init_embeddings(model: nn.Module, train_ids: np.ndarray, seed: int) -> None:
+    """Copy word2vec vectors of the training split's chars into every char embedding table of ``model``."""
+    from quantflow.pretrain import word2vec_vectors
+
+    tables = [m for name, m in model.named_modules() if isinstance(m, nn.Embedding) and "ngrams" not in name]
+    tables = [t for t in tables if t.padding_idx == 0]  # char tables (positions and n-gram buckets have none)
+    vectors: dict[tuple[int, int], torch.Tensor] = {}  # one word2vec run per table shape
+    for table in tables:
+        shape = (table.num_embeddings, table.embedding_dim)
+        if shape not in vectors:
+            vectors[shape] = torch.from_numpy(word2vec_vectors(train_ids, *shape, seed))
+        with torch.no_grad():
+            table.weight.copy_(vectors[shape])
 
 
 def train_epoch(
@@ -78,17 +119,22 @@ def train_epoch(
     batch_size: int,
     rng: np.random.Generator,
     desc: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
 ) -> float:
-    """One pass over shuffled batches; returns the mean training loss."""
+    """One pass over shuffled batches (the scheduler, if any, steps per batch); returns the mean training loss."""
     model.train()
     order = rng.permutation(len(ids))
     total, batches = 0.0, range(0, len(order), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", mininterval=1.0, leave=False):
         idx = order[start : start + batch_size]
-        loss = F.cross_entropy(model(trim(ids[idx])), torch.from_numpy(y[idx]))
+        logits = model(trim(ids[idx]))
+        loss = F.cross_entropy(logits, torch.from_numpy(y[idx]), label_smoothing=label_smoothing)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.item() * len(idx)
     return total / len(ids)
 
@@ -100,10 +146,21 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(seed)
     (train_ids, train_y), (val_ids, val_y) = data["train"], data["val"]
+    scheduler = make_scheduler(optimizer, params, math.ceil(len(train_ids) / params.batch_size))
     history, best_state, best_epoch, best_f1 = [], {}, 0, -1.0
     for epoch in range(1, params.epochs + 1):
+        epoch_ids = augment_ids(train_ids, params.augment_delete, params.augment_swap, rng)
+        desc = f"epoch {epoch}/{params.epochs}"
         loss = train_epoch(
-            model, optimizer, train_ids, train_y, params.batch_size, rng, f"epoch {epoch}/{params.epochs}"
+            model,
+            optimizer,
+            epoch_ids,
+            train_y,
+            params.batch_size,
+            rng,
+            desc,
+            scheduler,
+            params.label_smoothing,
         )
         pred = predict_logits(model, val_ids).argmax(axis=1)
         row = {
@@ -151,6 +208,8 @@ def train(
     vocab_size = len(json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8")))
     cfg = model_config(params, vocab_size, len(labels), max_len=data["train"][0].shape[1])
     model = build_model(cfg)
+    if params.pretrained_embeddings:
+        init_embeddings(model, data["train"][0], seed)
     logger.info(
         "train: %s with %d parameters on %d texts",
         cfg.arch,

@@ -1,0 +1,133 @@
+"""The hashed n-gram models (fasttext, ngram_textcnn), the learning-rate schedule and pre-trained embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quantflow.models import ModelConfig, build_model, ngram_buckets
+from quantflow.params import TrainParams
+from quantflow.pretrain import word2vec_vectors
+from tasks.train import init_embeddings, make_scheduler
+
+NGRAM_ARCHS = ["fasttext", "ngram_textcnn"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models: two OpenMP threads only wait on each other (10x slower when the cores are busy)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(arch: str, vocab_size: int = 50, classes: int = 2) -> ModelConfig:
+    return ModelConfig(
+        arch=arch,
+        vocab_size=vocab_size,
+        num_classes=classes,
+        embed_dim=16,
+        num_filters=4,
+        dropout=0.0,
+        extra={"ngram_max": 3, "buckets": 1009},
+    )
+
+
+def test_ngram_hash_covers_real_runs_only_and_depends_on_order() -> None:
+    ids = torch.tensor([[5, 6, 7, 0, 0], [6, 5, 9, 8, 4]])
+    bucket, real = ngram_buckets(ids, 2, 1009)
+    assert bucket.shape == real.shape == (2, 4)
+    assert real.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]  # (7, 0) and (0, 0) touch padding
+    assert ((bucket >= 0) & (bucket < 1009)).all()
+    assert bucket[0, 0] != bucket[1, 0]  # (5, 6) and (6, 5) are different bigrams
+    trigram, real3 = ngram_buckets(torch.tensor([[5]]), 3, 1009)
+    assert trigram.numel() == real3.numel() == 0  # a text shorter than n has no n-grams, and no error
+
+
+@pytest.mark.parametrize("arch", NGRAM_ARCHS)
+def test_padding_and_batch_mates_never_change_the_logits(arch: str) -> None:
+    model = build_model(tiny(arch)).eval()
+    alone = model(torch.tensor([[4, 5, 6]]))
+    padded = model(torch.tensor([[4, 5, 6, 0, 0, 0, 0]]))
+    batched = model(torch.tensor([[4, 5, 6, 0, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3]]))[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-6, rtol=0)
+    torch.testing.assert_close(alone, batched, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", NGRAM_ARCHS)
+def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny(arch))
+    ids, y = torch.randint(2, 50, (16, 10)), torch.randint(0, 2, (16,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(60):
+        loss = F.cross_entropy(model(ids), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+
+
+def test_order_reaches_the_fasttext_model_only_through_ngrams() -> None:
+    """Unigrams alone are a bag: the same chars in another order differ only by their bigrams and trigrams."""
+    unigram = build_model(ModelConfig(**{**tiny("fasttext").to_dict(), "extra": {"ngram_max": 1}})).eval()
+    trigram = build_model(tiny("fasttext")).eval()
+    a, b = torch.tensor([[4, 5, 6, 7]]), torch.tensor([[7, 6, 5, 4]])
+    torch.testing.assert_close(unigram(a), unigram(b))
+    assert not torch.allclose(trigram(a), trigram(b))
+
+
+def lrs(params: TrainParams, steps_per_epoch: int) -> list[float]:
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=params.lr)
+    scheduler = make_scheduler(optimizer, params, steps_per_epoch)
+    out = []
+    for _ in range(params.epochs * steps_per_epoch):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    params = TrainParams(lr=0.01, epochs=4, schedule="cosine", warmup_fraction=0.1)
+    rates = lrs(params, steps_per_epoch=25)  # 100 steps, 10 of warm-up
+    assert rates[0] == pytest.approx(0.001)
+    assert rates[9] == pytest.approx(0.01)
+    assert all(b <= a for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert rates[-1] < 0.0005
+
+
+def test_constant_schedule_keeps_the_rate() -> None:
+    assert set(lrs(TrainParams(lr=0.01, epochs=2), steps_per_epoch=5)) == {0.01}
+
+
+def corpus() -> np.ndarray:
+    """Ids 2-11 only ever appear with each other, ids 12-21 likewise: six of a group per text."""
+    rng = np.random.default_rng(0)
+    groups = (np.arange(2, 12), np.arange(12, 22))
+    return np.array([rng.choice(g, 6, replace=False) for g in groups for _ in range(500)], dtype=np.int64)
+
+
+def test_word2vec_vectors_group_co_occurring_ids() -> None:
+    vectors = word2vec_vectors(corpus(), vocab_size=24, dim=8, seed=0)
+    assert vectors.shape == (24, 8) and (vectors[0] == 0).all()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-6)
+    cosine = unit @ unit.T
+    within, across = cosine[2:12, 2:12].mean(), cosine[2:12, 12:22].mean()
+    assert within > across + 0.3
+
+
+def test_init_embeddings_fills_the_char_table_not_the_ngram_table() -> None:
+    model = build_model(tiny("fasttext", vocab_size=24))
+    ngrams_before = model.ngrams.weight.detach().clone()
+    init_embeddings(model, corpus(), seed=0)
+    expected = word2vec_vectors(corpus(), 24, 16, seed=0)
+    np.testing.assert_allclose(model.embedding.weight.detach().numpy(), expected)
+    assert torch.equal(model.ngrams.weight, ngrams_before)
