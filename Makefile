@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve scale bench-scale \
-	simulate-nights bench-data
+	simulate-nights bench-data quality
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -67,10 +67,13 @@ bench-data: install ## batch-contract, validate and drift throughput on the full
 	$(BIN)/python bench/data.py --rounds 3
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
-	rm -rf data/raw data/split data/features artifacts reports dvc_plots
+	rm -rf data/raw data/split data/features artifacts dvc_plots $(filter-out reports/quality.md,$(wildcard reports/*))
 
 scale: install ## scaling study: every size of params.yaml `scale:` on a local Dask cluster, MLflow runs + plots
 	$(BIN)/quantflow scale
 
 bench-scale: install ## the scaling study with 1 vs 2 Dask workers (+ DDP 1 vs 2 processes); writes BENCHMARKS.md
 	$(BIN)/python bench/scale.py --set ingest.max_rows_per_class=3000 --set train.epochs=3 --ddp
+
+quality: install ## every candidate model vs the TF-IDF baseline on both built-in datasets; writes reports/quality.md
+	$(BIN)/python bench/quality.py
