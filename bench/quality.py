@@ -332,6 +332,22 @@ def describe_candidates() -> str:
     )
 
 
+NOTES = """\
+Tried but not in the tables, and why:
+- `ngram_textcnn` (a TextCNN and the n-gram bag side by side, in `quantflow/models.py`, tested): its screening
+  run managed under 2 batches/s on the shared cores and was stopped after two epochs, unmeasured; rerun it
+  with `python bench/quality.py --only ngram-textcnn-cosine` after adding it to `CANDIDATES`.
+- a TextCNN with a word channel: the model's input is one id sequence from the char tokenizer, which the
+  service and the ONNX contract share; a word channel needs a second tokenizer in the service. Not built.
+- the Transformer encoder: not rerun (slower to train than the TextCNN, and below it in the founding
+  measurements).
+- synonym replacement: no Chinese synonym lexicon ships with an installed package, and a lexicon built from
+  word2vec neighbours of single characters is not synonymy; deletion and swap are the augmentations measured.
+- `train.workers > 1` (DDP, tasks/ddp.py) trains with its own loop: the schedule, augmentation and
+  pre-trained embeddings apply to the in-process path only.
+"""
+
+
 def default_note(base: Params, chosen: str) -> str:
     """Whether params.yaml's train section is the chosen candidate (it should be: the default is the best)."""
     same = candidate_params(base, CANDIDATES[chosen]).train == base.train.model_copy(
@@ -368,9 +384,12 @@ The default model against the issue's targets (int8: the pipeline's compress ste
 
 {goals}
 
-Candidates (overrides of `params.yaml`'s `train` section):
+Candidates (overrides of the `train` defaults in `quantflow/params.py`, i.e. of the founding TextCNN; every
+run logged to MLflow, experiment `{EXPERIMENT}`):
 
 {describe_candidates()}
+
+{NOTES}
 {END}
 """
 
