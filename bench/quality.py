@@ -165,16 +165,26 @@ def score_baseline(params: Params, layout: Layout, labels: list[str]) -> Scored:
 def bootstrap_interval(
     y: np.ndarray, pred: np.ndarray, seed: int, samples: int = SAMPLES
 ) -> dict[str, tuple[float, float]]:
-    """95 % percentile intervals of accuracy and macro-F1 over texts resampled with replacement."""
+    """95 % percentile intervals of accuracy and macro-F1 (over the classes of ``y``) over texts resampled with
+    replacement; confusion matrices of all resamples at once, in chunks."""
     rng = np.random.default_rng(seed)
-    acc, f1 = np.empty(samples), np.empty(samples)
-    labels = np.unique(y)
-    for i in range(samples):
-        idx = rng.integers(0, len(y), len(y))
-        acc[i] = np.mean(y[idx] == pred[idx])
-        f1[i] = f1_score(y[idx], pred[idx], average="macro", labels=labels, zero_division=0)
+    n, c = len(y), int(max(y.max(), pred.max())) + 1
+    codes = y.astype(np.int64) * c + pred  # (N,) cell of the confusion matrix
+    acc, f1 = [], []
+    classes = np.unique(y)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, samples, chunk):
+        k = min(chunk, samples - start)
+        cells = codes[rng.integers(0, n, (k, n))] + (np.arange(k) * c * c)[:, None]  # (k, N)
+        cm = np.bincount(cells.ravel(), minlength=k * c * c).reshape(k, c, c)  # (k, true, predicted)
+        tp = np.diagonal(cm, axis1=1, axis2=2)  # (k, C)
+        denominator = cm.sum(axis=2) + cm.sum(axis=1)  # 2tp + fn + fp
+        per_class = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
+        acc.append(tp.sum(axis=1) / n)
+        f1.append(per_class[:, classes].mean(axis=1))
     q = (2.5, 97.5)
-    return {"accuracy": tuple(np.percentile(acc, q)), "macro_f1": tuple(np.percentile(f1, q))}
+    acc_q, f1_q = np.percentile(np.concatenate(acc), q), np.percentile(np.concatenate(f1), q)
+    return {"accuracy": (float(acc_q[0]), float(acc_q[1])), "macro_f1": (float(f1_q[0]), float(f1_q[1]))}
 
 
 def summarize(name: str, scored: Scored, base: Scored, y: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
