@@ -118,12 +118,13 @@ def candidate_params(base: Params, overrides: dict[str, Any]) -> Params:
 
 
 def cache_key(params: Params) -> str:
-    """A digest of what changes the trained model: seed, data and preprocess settings, and the train values
-    that differ from their defaults (so a new train field with a default keeps old results; threads do not
-    change what is learned)."""
+    """A digest of what changes the trained model: the seed and the values of ingest, split, preprocess and
+    train that differ from their defaults (a new field with a default keeps old results; threads do not change
+    what is learned)."""
     train = params.train.model_dump(mode="json", exclude_defaults=True, exclude={"threads"})
-    parts = [params.seed, params.ingest, params.split, params.preprocess]
-    blob = json.dumps([str(p) for p in parts] + [train], sort_keys=True)
+    parts = [params.ingest, params.split, params.preprocess]
+    data = [section.model_dump(mode="json", exclude_defaults=True) for section in parts]
+    blob = json.dumps([params.seed, *data, train], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
