@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -147,8 +148,18 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
             yield api_url
     finally:
         _restore_env("PREFECT_API_URL", previous)
-        APILogWorker.drain_all(timeout=5)  # the run's last log lines reach the server before it stops
+        drain_api_workers()
         stop_server(proc)
+
+
+def drain_api_workers(timeout: float = 5) -> None:
+    """Send the run's last log lines and events to the API before its server stops.
+
+    An events worker left behind for a stopped server makes a later ``EventsWorker.drain_all()`` (every
+    ``prefect_test_harness`` exit calls it, without a timeout) wait forever on the dead address.
+    """
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
 
 
 def _restore_env(key: str, value: str | None) -> None:

@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.scale import ScaleResult, run_scale, start_prefect_server, stop_server
+from flows.scale import ScaleResult, drain_api_workers, run_scale, start_prefect_server, stop_server
 from tests.integration.test_pipeline import dvc, make_project
 from tests.mlflow_server import ServerProcess, mlflow_server_process, wait_until_healthy  # noqa: F401
 
@@ -63,6 +63,7 @@ def sweep(
         with temporary_settings({PREFECT_API_URL: api_url}):
             yield project, run_scale(project, overrides=SWEEP, workers=2), server.uri
     finally:
+        drain_api_workers()
         stop_server(prefect_server)
         for key, value in saved.items():
             if value is None:
