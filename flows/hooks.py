@@ -113,7 +113,7 @@ def describe(flow: Any, flow_run: FlowRun, state: Any) -> tuple[Failure, Params 
 
 def render_failure(failure: Failure, summary_path: Path | None) -> str:
     """The failure summary as markdown: what failed, why, with which params, and where to look next."""
-    tasks = ", ".join(f"`{name}" for name in failure.failed_tasks) or "none (the flow itself raised)"
+    tasks = ", ".join(f"`{name}`" for name in failure.failed_tasks) or "none (the flow itself raised)"
     lines = [
         f"## {failure.flow_name} FAILED: run `{failure.flow_run_name}`",
         "",
@@ -125,7 +125,8 @@ def render_failure(failure: Failure, summary_path: Path | None) -> str:
         "### Where to look",
         f"- Prefect flow run `{failure.flow_run_id}`" + (f": {failure.run_url}" if failure.run_url else ""),
         f"- `prefect flow-run logs {failure.flow_run_id}` for the full log",
-        f"- MLflow: {failure.tracking_uri} (nothing is registered by a failed run; @staging is unchanged)",
+        f"- MLflow: {failure.tracking_uri} (a run that failed before `register` changed nothing there; a night"
+        " with blocked batches may still have registered the ones it accepted: see its run summary)",
         "- `dvc status` in the project: which outputs the failed run left uncommitted",
     ]
     if summary_path is not None:
