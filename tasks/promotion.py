@@ -165,6 +165,10 @@ def _try_lock(client: mlflow.MlflowClient, lock: str, owner: str, timeout_s: flo
         client.create_registered_model(lock, tags={OWNER_TAG: owner}, description="promotion lock")
         return True
     except MlflowException as exc:
+        if _missing(exc):
+            # the server met the existing lock, then looked it up for its "already exists" message after the
+            # holder had released it (mlflow's SQLAlchemy store does exactly that): free now, try again
+            return False
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
     try:
