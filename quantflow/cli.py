@@ -40,7 +40,8 @@ def _setup() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    for noisy in ("httpx", "httpcore"):  # one line per Prefect API call otherwise
+    # httpx/httpcore: one line per Prefect API call; great_expectations: lines per context and datasource
+    for noisy in ("httpx", "httpcore", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
