@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantflow.benchmarks import write_section
 from quantflow.layout import Layout
 from quantflow.params import load_params
 from tasks.compress import FP32, compress
@@ -114,17 +115,6 @@ Dynamic int8, weight type and Conv chosen by measurement (same run, same texts):
 """
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the marked section of BENCHMARKS.md (or append it): other sections stay as they are."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# quantflow benchmarks\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    path.write_text(current, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -158,7 +148,7 @@ def main() -> None:
     text = section(report_md, weights_md, goals_md, args.rounds, time.perf_counter() - start, len(texts))
     print(text)
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(text, ROOT / "BENCHMARKS.md", START, END)
         print("written to BENCHMARKS.md; plot in bench/compression_pareto.png")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from quantflow.benchmarks import write_section
 from quantflow.layout import Layout, tracking_uri
 from quantflow.models import load_model
 from quantflow.params import BUILTIN_DATASETS, Params, TrainParams, load_params
@@ -405,17 +406,6 @@ run logged to MLflow, experiment `{EXPERIMENT}`):
 """
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace the marked section of ``path`` (or append it): other sections stay as they are."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# quantflow benchmarks\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        current = head + text.strip() + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip() + "\n\n" + text
-    path.write_text(current, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / ".quality", help="data, models and cache")
@@ -439,7 +429,7 @@ def main() -> None:
         (ROOT / "reports" / "quality.md").write_text(
             "# Model quality\n\n" + text.split("\n", 2)[2].rsplit(END, 1)[0]
         )
-        write_section(text, ROOT / "BENCHMARKS.md")
+        write_section(text, ROOT / "BENCHMARKS.md", START, END)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from flows.scale import ScaleResult, run_scale, scale_layout
+from quantflow.benchmarks import write_section
 from quantflow.params import load_params
 from tasks.train import TrainResult, train
 
@@ -107,16 +108,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        bench = ROOT / "BENCHMARKS.md"
-        current = bench.read_text(encoding="utf-8")
-        if START in current:
-            head, _, rest = current.partition(START)
-            current = head + text + rest.partition(END)[2]
-        else:
-            current = (
-                current.rstrip() + "\n\n## Scaling study (issue: scaling study on Dask)\n\n" + text + "\n"
-            )
-        bench.write_text(current, encoding="utf-8")
+        heading = "## Scaling study (issue: scaling study on Dask)"
+        write_section(text, ROOT / "BENCHMARKS.md", START, END, heading)
 
 
 if __name__ == "__main__":
