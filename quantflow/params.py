@@ -124,6 +124,8 @@ class TrainParams(_Section):
     # augmentation of the training split only, redrawn every epoch (quantflow/augment.py)
     augment_delete: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars dropped from a text
     augment_swap: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars swapped with their neighbour
+    # share of words with a synonym replaced by one, lexicon learned on the training split (quantflow/synonyms.py)
+    augment_synonym: float = Field(default=0.0, ge=0, le=1)
     # initialize the char embedding with word2vec vectors trained on the training split (quantflow/pretrain.py)
     pretrained_embeddings: bool = False
 

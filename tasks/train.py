@@ -20,6 +20,7 @@ from tqdm import tqdm
 from quantflow.augment import augment_ids
 from quantflow.models import ModelConfig, build_model, save_model
 from quantflow.params import TrainParams
+from quantflow.synonyms import SynonymAugmenter, synonym_augmenter
 from tasks.preprocess import load_features
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,18 @@ def init_embeddings(model: nn.Module, train_ids: np.ndarray, seed: int) -> None:
             table.weight.copy_(vectors[shape])
 
 
+def make_synonyms(train_ids: np.ndarray, tokenizer_dir: Path, dim: int, seed: int) -> SynonymAugmenter:
+    """The synonym augmenter of the training split, at char or word level as the tokenizer segments."""
+    config = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    if config["language"] != "zh" or config["segmenter"] not in ("char", "jieba"):
+        raise ValueError(
+            "train.augment_synonym needs a Chinese char or jieba tokenizer "
+            f"(got language {config['language']!r}, segmenter {config['segmenter']!r})"
+        )
+    return synonym_augmenter(train_ids, vocab, config["segmenter"] == "char", dim, seed)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -140,16 +153,24 @@ def train_epoch(
 
 
 def fit(
-    model: nn.Module, params: TrainParams, data: dict[str, tuple[np.ndarray, np.ndarray]], seed: int
+    model: nn.Module,
+    params: TrainParams,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    seed: int,
+    synonyms: SynonymAugmenter | None = None,
 ) -> tuple[list[dict], dict[str, torch.Tensor], int]:
-    """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1."""
+    """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1.
+
+    Every epoch trains on a fresh corrupted copy of the training ids: synonym replacement (when ``synonyms``
+    is given), then char deletion and swap."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(seed)
     (train_ids, train_y), (val_ids, val_y) = data["train"], data["val"]
     scheduler = make_scheduler(optimizer, params, math.ceil(len(train_ids) / params.batch_size))
     history, best_state, best_epoch, best_f1 = [], {}, 0, -1.0
     for epoch in range(1, params.epochs + 1):
-        epoch_ids = augment_ids(train_ids, params.augment_delete, params.augment_swap, rng)
+        source = synonyms.replace(params.augment_synonym, rng) if synonyms else train_ids
+        epoch_ids = augment_ids(source, params.augment_delete, params.augment_swap, rng)
         desc = f"epoch {epoch}/{params.epochs}"
         loss = train_epoch(
             model,
@@ -216,7 +237,10 @@ def train(
         sum(p.numel() for p in model.parameters()),
         len(data["train"][0]),
     )
-    history, best_state, best_epoch = fit(model, params, data, seed)
+    synonyms = None
+    if params.augment_synonym > 0:
+        synonyms = make_synonyms(data["train"][0], tokenizer_dir, cfg.embed_dim, seed)
+    history, best_state, best_epoch = fit(model, params, data, seed, synonyms)
     model.load_state_dict(best_state)
     best = history[best_epoch - 1]
     save_model(
