@@ -89,7 +89,8 @@ class SplitParams(_Section):
 
 class PreprocessParams(_Section):
     language: str = "zh"
-    segmenter: Literal["char", "jieba"] = "char"
+    # char+word (zh): chars, <sep>, jieba words in one sequence (quantflow.text.char_word_tokens)
+    segmenter: Literal["char", "jieba", "char+word"] = "char"
     lowercase: bool = True
     min_freq: int = Field(default=2, ge=1)
     max_vocab: int = Field(default=8000, ge=10)

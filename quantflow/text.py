@@ -1,8 +1,9 @@
 """Text cleaning, tokenization and the vocabulary: shared by training and serving.
 
 This module imports neither torch nor the model code, so the service can load a tokenizer without them. The
-Chinese char segmenter is pure Python (token for token spaCy's); other segmenters load spaCy on first use, and
-spaCy imports thinc, which imports torch when it is installed.
+Chinese char segmenter is pure Python (token for token spaCy's); the ``char+word`` segmenter adds jieba's words
+with jieba itself (imported on first use, no spaCy); other segmenters load spaCy on first use, and spaCy imports
+thinc, which imports torch when it is installed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 PAD, UNK = "<pad>", "<unk>"
+SEP = "<sep>"  # char+word: between the chars and the words; clean_text strips "<...>", so no text makes one
+CHAR_WORD = "char+word"
 _HTML_TAG = re.compile(r"<[^>]{1,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
@@ -48,26 +51,43 @@ class TokenizerConfig:
 
 
 class Tokenizer:
-    """clean → spaCy tokens → ids. ``min_len`` pads short inputs (a CNN needs at least its widest kernel)."""
+    """clean → spaCy tokens → ids. ``min_len`` pads short inputs (a CNN needs at least its widest kernel).
+
+    Segmenter ``char+word`` (zh only) puts two views of the text in one sequence: see :func:`char_word_tokens`.
+    """
 
     def __init__(self, config: TokenizerConfig, vocab: dict[str, int]) -> None:
         if vocab.get(PAD) != 0 or vocab.get(UNK) != 1:
             raise ValueError(f"vocabulary must map {PAD!r} to 0 and {UNK!r} to 1")
+        if config.segmenter == CHAR_WORD and vocab.get(SEP) != 2:
+            raise ValueError(
+                f"segmenter {CHAR_WORD!r} needs {SEP!r} at id 2 in the vocabulary (got: {vocab.get(SEP)}); "
+                "build it with build_vocab(..., reserved=special_tokens(config))"
+            )
+        if config.segmenter == CHAR_WORD and config.language != "zh":
+            raise ValueError(f"segmenter {CHAR_WORD!r} is for language 'zh' (got: {config.language!r})")
         self.config = config
         self.vocab = vocab
-        # spaCy (which pulls thinc, and thinc torch) only for segmenters that need it: zh "char" is pure Python
-        self._nlp = None if is_char_segmenter(config) else make_nlp(config.language, config.segmenter)
+        # spaCy (which pulls thinc, and thinc torch) only for segmenters that need it: zh "char" is pure Python,
+        # zh "char+word" pure Python and jieba
+        pure = is_char_segmenter(config) or config.segmenter == CHAR_WORD
+        self._nlp = None if pure else make_nlp(config.language, config.segmenter)
+
+    def _pure_tokens(self, cleaned: str) -> list[str]:
+        if self.config.segmenter == CHAR_WORD:
+            return char_word_tokens(cleaned, self.config.max_len)
+        return char_tokens(cleaned)
 
     def tokens(self, text: str) -> list[str]:
         cleaned = clean_text(text, self.config.lowercase)
         if self._nlp is None:
-            return char_tokens(cleaned)
+            return self._pure_tokens(cleaned)
         return [t.text for t in self._nlp.make_doc(cleaned) if not t.is_space]
 
     def iter_tokens(self, texts: Iterable[str], batch_size: int = 1000) -> Iterator[list[str]]:
         cleaned = (clean_text(t, self.config.lowercase) for t in texts)
         if self._nlp is None:
-            yield from map(char_tokens, cleaned)
+            yield from map(self._pure_tokens, cleaned)
             return
         for doc in self._nlp.pipe(cleaned, batch_size=batch_size):
             yield [t.text for t in doc if not t.is_space]
@@ -108,6 +128,37 @@ def char_tokens(cleaned: str) -> list[str]:
     return [ch for ch in cleaned if not ch.isspace()]
 
 
+def char_word_tokens(cleaned: str, max_len: int) -> list[str]:
+    """Chars, ``<sep>``, words: the ``char+word`` segmenter's tokens of a cleaned text, at most ``max_len``.
+
+    The chars are :func:`char_tokens`, cut to ``h = (max_len - 1) // 2``; the words are jieba's (default mode,
+    as spaCy's jieba segmenter cuts, whitespace-only words dropped), cut to ``max_len - 1 - h``. A text has at
+    most as many words as chars, so the words are cut only when the chars are too. ``<sep>`` is always there,
+    even for an empty text. One vocabulary holds both views: a one-char word and that char share an id.
+    """
+    h = (max_len - 1) // 2
+    words = [w for w in _jieba().lcut(cleaned) if w and not w.isspace()]
+    return [*char_tokens(cleaned)[:h], SEP, *words[: max(0, max_len - 1 - h)]]
+
+
+def _jieba() -> Any:
+    """jieba, imported on first use with its dictionary-loading chatter silenced."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+def special_tokens(config: TokenizerConfig) -> tuple[str, ...]:
+    """Tokens with fixed ids after ``<pad>`` = 0 and ``<unk>`` = 1: ``<sep>`` = 2 for ``char+word``."""
+    return (SEP,) if config.segmenter == CHAR_WORD else ()
+
+
+def base_vocab(config: TokenizerConfig) -> dict[str, int]:
+    """The vocabulary before any text: ``<pad>``, ``<unk>`` and the segmenter's special tokens."""
+    return {tok: i for i, tok in enumerate((PAD, UNK, *special_tokens(config)))}
+
+
 def make_nlp(language: str, segmenter: str) -> Any:
     """A blank spaCy pipeline; for Chinese, ``segmenter`` is ``char`` or ``jieba``."""
     import spacy
@@ -117,11 +168,17 @@ def make_nlp(language: str, segmenter: str) -> Any:
     return spacy.blank(language)
 
 
-def build_vocab(token_lists: Iterable[Sequence[str]], min_freq: int, max_size: int) -> dict[str, int]:
-    """Most frequent tokens first (ties by token, for a stable order), after ``<pad>`` = 0 and ``<unk>`` = 1."""
+def build_vocab(
+    token_lists: Iterable[Sequence[str]], min_freq: int, max_size: int, reserved: Sequence[str] = ()
+) -> dict[str, int]:
+    """Most frequent tokens first (ties by token, for a stable order), after ``<pad>`` = 0, ``<unk>`` = 1 and
+    the ``reserved`` tokens (ids 2, 3, ..., whether seen or not; see :func:`special_tokens`)."""
     counts = Counter(tok for toks in token_lists for tok in toks)
-    ranked = sorted((t for t, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
-    vocab = {PAD: 0, UNK: 1}
+    fixed = [PAD, UNK, *(t for t in reserved if t not in (PAD, UNK))]
+    ranked = sorted(
+        (t for t, n in counts.items() if n >= min_freq and t not in fixed), key=lambda t: (-counts[t], t)
+    )
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(fixed))}
     for token in ranked[: max(0, max_size - len(vocab))]:
         vocab[token] = len(vocab)
     logger.info("vocabulary: %d tokens kept of %d seen (min_freq=%d)", len(vocab), len(counts), min_freq)

@@ -13,7 +13,7 @@ from prefect import task
 from tqdm import tqdm
 
 from quantflow.params import PreprocessParams
-from quantflow.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab, pad_batch
+from quantflow.text import UNK, Tokenizer, TokenizerConfig, base_vocab, build_vocab, pad_batch, special_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ def preprocess(
     """Tokenize every split with one tokenizer, save it and the encoded arrays."""
     frames = {name: pd.read_parquet(split_dir / f"{name}.parquet") for name in SPLITS}
     config = TokenizerConfig(params.language, params.segmenter, params.lowercase, params.max_len)
-    bootstrap = Tokenizer(config, {PAD: 0, UNK: 1})
+    bootstrap = Tokenizer(config, base_vocab(config))
     tokens = {name: tokenize_texts(bootstrap, frames[name]["text"].tolist(), name) for name in SPLITS}
-    tokenizer = Tokenizer(config, build_vocab(tokens["train"], params.min_freq, params.max_vocab))
+    vocab = build_vocab(tokens["train"], params.min_freq, params.max_vocab, special_tokens(config))
+    tokenizer = Tokenizer(config, vocab)
     tokenizer.save(tokenizer_dir)
     label_list = label_order(frames["train"]["label"], labels)
     label_index = {label: i for i, label in enumerate(label_list)}

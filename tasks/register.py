@@ -491,7 +491,7 @@ def pip_requirements(variant_dir: Path) -> list[str]:
     """Exact pins of what the pyfunc model imports; jieba too when the tokenizer segments with it."""
     names = list(PINNED)
     tokenizer = json.loads((variant_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    if tokenizer.get("segmenter") == "jieba":
+    if tokenizer.get("segmenter") in ("jieba", "char+word"):
         names.append("jieba")
     return [f"{name}=={metadata.version(name)}" for name in names]
 
