@@ -62,3 +62,23 @@ def test_same_seed_same_copy() -> None:
     a = augment_ids(ids, 0.1, 0.05, np.random.default_rng(4))
     b = augment_ids(ids, 0.1, 0.05, np.random.default_rng(4))
     assert (a == b).all()
+
+
+def test_fixed_ids_are_never_dropped_nor_moved() -> None:
+    """A char+word row keeps its one ``<sep>`` (id 2) with every surviving token still on its side of it."""
+    rng = np.random.default_rng(5)
+    ids = np.zeros((200, 24), dtype=np.int64)
+    for i in range(200):
+        chars, words = rng.integers(3, 100, size=rng.integers(0, 10)), rng.integers(100, 200, size=5)
+        row = [*chars, 2, *words]
+        ids[i, : len(row)] = row
+    out = augment_ids(ids, 0.3, 0.3, np.random.default_rng(6), fixed=(2,))
+    assert (out != ids).any()
+    for after in out:
+        kept = real(after)
+        sep = kept.index(2)
+        assert kept.count(2) == 1
+        assert all(t < 100 for t in kept[:sep]) and all(t >= 100 for t in kept[sep + 1 :])
+        assert len(kept) > 1  # the text's own tokens never all vanish behind the sep
+    moved = augment_ids(ids, 0.3, 0.3, np.random.default_rng(6))
+    assert any(real(row).count(2) != 1 for row in moved)  # without ``fixed`` the sep is fair game
