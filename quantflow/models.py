@@ -1,7 +1,7 @@
-"""The classifiers: the founding design's TextCNN, a small Transformer encoder and a fastText-style bag of
-hashed character n-grams (alone, or beside a TextCNN).
+"""The classifiers: the founding design's TextCNN, a small Transformer encoder, a fastText-style bag of
+hashed character n-grams (alone, or beside a TextCNN) and a TextCNN with a char and a word channel.
 
-Both take right-padded ids (B, T) with 0 as padding and give logits (B, C). Padding never changes a text's
+All take right-padded ids (B, T) with 0 as padding and give logits (B, C). Padding never changes a text's
 logits, so a text scores the same alone or in a batch, in PyTorch and in the exported ONNX model.
 """
 
@@ -197,11 +197,82 @@ class NgramTextCNN(nn.Module):
         return self.fc(self.dropout(torch.cat([self.cnn.features(ids), self.bag.pooled(ids)], dim=1)))
 
 
+def _window_mask(start: torch.Tensor, count: torch.Tensor, k: int, width: int) -> torch.Tensor:
+    """(B, 1, width) float mask of the conv outputs (padding ``k - 1``) whose window touches positions
+    ``[start, start + count)`` of each row (none when ``count`` is 0); output ``p`` sees inputs
+    ``p - k + 1 .. p``. ``start``, ``count``: (B, 1)."""
+    p = torch.arange(width, device=start.device).unsqueeze(0)  # (1, width)
+    touches = (p >= start) & (p < start + count + (k - 1)) & (count > 0)  # (B, width)
+    return touches.unsqueeze(1).to(torch.float32)
+
+
+class CharWordTextCNN(nn.Module):
+    """A TextCNN over two channels of one sequence, ``chars <sep> words`` (the ``char+word`` tokenizer).
+
+    One embedding table; one bank of convolutions sees only the chars (every other position zeroed), the other
+    only the words, and each bank is max-pooled over the windows touching its own part: so each bank computes
+    what a TextCNN would on that part alone, and padding never changes the logits. The sep position is found
+    in the graph (a cumsum of ``ids == sep_id``), so the ONNX export keeps batch and length dynamic. A row
+    without ``<sep>`` is all chars; an empty part pools to zeros (finite logits). ``extra["sep_id"]``: the
+    tokenizer's ``<sep>`` id.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if "sep_id" not in cfg.extra:
+            raise ValueError(
+                f"model {cfg.arch!r} needs extra['sep_id'] (the tokenizer's '<sep>' id) in its config"
+            )
+        self.sep_id = int(cfg.extra["sep_id"])
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        widths = cfg.kernel_sizes
+        self.char_convs = nn.ModuleList(
+            nn.Conv1d(cfg.embed_dim, cfg.num_filters, k, padding=k - 1) for k in widths
+        )
+        self.word_convs = nn.ModuleList(
+            nn.Conv1d(cfg.embed_dim, cfg.num_filters, k, padding=k - 1) for k in widths
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.fc = nn.Linear(2 * cfg.num_filters * len(widths), cfg.num_classes)
+
+    @staticmethod
+    def _bank(
+        convs: nn.ModuleList, x: torch.Tensor, start: torch.Tensor, count: torch.Tensor
+    ) -> list[torch.Tensor]:
+        pooled = []
+        for conv in convs:
+            h = F.relu(conv(x))  # (B, F, T + k - 1)
+            valid = _window_mask(start, count, conv.kernel_size[0], h.size(2))  # (B, 1, T + k - 1)
+            # ReLU outputs are >= 0, so zeroing the other part's windows leaves this part's max unchanged
+            pooled.append((h * valid.to(h.dtype)).amax(dim=2))  # (B, F)
+        return pooled
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids → (B, 2 * F * widths): the char bank's pooled features, then the word bank's."""
+        is_sep = ids == self.sep_id  # (B, T)
+        after = is_sep.to(torch.int64).cumsum(dim=1) > 0  # (B, T): True from the first sep on
+        real = ids != 0
+        chars = real & ~after
+        words = real & after & ~is_sep
+        n_chars = chars.sum(dim=1, keepdim=True)  # (B, 1): chars start at 0
+        n_words = words.sum(dim=1, keepdim=True)  # (B, 1): words start right after the sep
+        x = self.embedding(ids)  # (B, T, E)
+        x_chars = (x * chars.unsqueeze(-1).to(x.dtype)).transpose(1, 2)  # (B, E, T)
+        x_words = (x * words.unsqueeze(-1).to(x.dtype)).transpose(1, 2)  # (B, E, T)
+        pooled = self._bank(self.char_convs, x_chars, torch.zeros_like(n_chars), n_chars)
+        pooled += self._bank(self.word_convs, x_words, n_chars + 1, n_words)
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(ids)))
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "textcnn": TextCNN,
     "transformer": TransformerClassifier,
     "fasttext": HashedNgramBag,
     "ngram_textcnn": NgramTextCNN,
+    "char_word_textcnn": CharWordTextCNN,
 }
 
 

@@ -98,7 +98,8 @@ class PreprocessParams(_Section):
 
 
 class TrainParams(_Section):
-    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn"] = "textcnn"
+    # char_word_textcnn needs preprocess.segmenter = char+word
+    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"] = "textcnn"
     embed_dim: int = Field(default=64, ge=2)
     num_filters: int = Field(default=64, ge=1)
     kernel_sizes: list[int] = Field(default=[2, 3, 4], min_length=1)

@@ -239,7 +239,7 @@ def worker(job: Job) -> None:
         data = {name: load_features(Path(job.features_dir), name) for name in ("train", "val")}
         labels = json.loads((Path(job.features_dir) / "labels.json").read_text(encoding="utf-8"))
         vocab = json.loads((Path(job.tokenizer_dir) / "vocab.json").read_text(encoding="utf-8"))
-        cfg = model_config(params, len(vocab), len(labels), max_len=data["train"][0].shape[1])
+        cfg = model_config(params, vocab, len(labels), max_len=data["train"][0].shape[1])
         model = build_model(cfg).to(device)  # same seed → same initial weights; DDP also broadcasts rank 0's
         ddp = DistributedDataParallel(model, device_ids=[local_rank] if device_kind == "cuda" else None)
         optimizer = torch.optim.AdamW(ddp.parameters(), lr=params.lr, weight_decay=params.weight_decay)

@@ -21,6 +21,7 @@ from quantflow.augment import augment_ids
 from quantflow.models import ModelConfig, build_model, save_model
 from quantflow.params import TrainParams
 from quantflow.synonyms import SynonymAugmenter, synonym_augmenter
+from quantflow.text import CHAR_WORD, SEP
 from tasks.preprocess import load_features
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ def predict_logits(model: nn.Module, ids: np.ndarray, batch_size: int = 512) -> 
     return np.concatenate(parts)
 
 
-def model_config(params: TrainParams, vocab_size: int, num_classes: int, max_len: int) -> ModelConfig:
+def model_config(params: TrainParams, vocab: dict[str, int], num_classes: int, max_len: int) -> ModelConfig:
+    """The architecture of ``train.model`` for this vocabulary (char_word_textcnn takes its ``<sep>`` id)."""
     return ModelConfig(
         arch=params.model,
-        vocab_size=vocab_size,
+        vocab_size=len(vocab),
         num_classes=num_classes,
         embed_dim=params.embed_dim,
         num_filters=params.num_filters,
@@ -70,10 +72,21 @@ def model_config(params: TrainParams, vocab_size: int, num_classes: int, max_len
         heads=params.transformer_heads,
         ff_dim=params.transformer_ff_dim,
         max_len=max_len,
-        extra={"ngram_max": params.ngram_max, "buckets": params.buckets}
-        if params.model in ("fasttext", "ngram_textcnn")
-        else {},
+        extra=model_extra(params, vocab),
     )
+
+
+def model_extra(params: TrainParams, vocab: dict[str, int]) -> dict[str, int]:
+    if params.model in ("fasttext", "ngram_textcnn"):
+        return {"ngram_max": params.ngram_max, "buckets": params.buckets}
+    if params.model == "char_word_textcnn":
+        if SEP not in vocab:
+            raise ValueError(
+                f"train.model = char_word_textcnn needs preprocess.segmenter = {CHAR_WORD} (the vocabulary "
+                f"has no {SEP!r}); set both, then rerun preprocess"
+            )
+        return {"sep_id": vocab[SEP]}
+    return {}
 
 
 def make_scheduler(
@@ -158,11 +171,12 @@ def fit(
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     seed: int,
     synonyms: SynonymAugmenter | None = None,
+    fixed_ids: tuple[int, ...] = (),
 ) -> tuple[list[dict], dict[str, torch.Tensor], int]:
     """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1.
 
     Every epoch trains on a fresh corrupted copy of the training ids: synonym replacement (when ``synonyms``
-    is given), then char deletion and swap."""
+    is given), then char deletion and swap, which never drop or move ``fixed_ids`` (a ``<sep>``)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     rng = np.random.default_rng(seed)
     (train_ids, train_y), (val_ids, val_y) = data["train"], data["val"]
@@ -170,7 +184,7 @@ def fit(
     history, best_state, best_epoch, best_f1 = [], {}, 0, -1.0
     for epoch in range(1, params.epochs + 1):
         source = synonyms.replace(params.augment_synonym, rng) if synonyms else train_ids
-        epoch_ids = augment_ids(source, params.augment_delete, params.augment_swap, rng)
+        epoch_ids = augment_ids(source, params.augment_delete, params.augment_swap, rng, fixed_ids)
         desc = f"epoch {epoch}/{params.epochs}"
         loss = train_epoch(
             model,
@@ -226,8 +240,8 @@ def train(
     seed_everything(seed, params.threads)
     data = {name: load_features(features_dir, name) for name in ("train", "val")}
     labels = json.loads((features_dir / "labels.json").read_text(encoding="utf-8"))
-    vocab_size = len(json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8")))
-    cfg = model_config(params, vocab_size, len(labels), max_len=data["train"][0].shape[1])
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    cfg = model_config(params, vocab, len(labels), max_len=data["train"][0].shape[1])
     model = build_model(cfg)
     if params.pretrained_embeddings:
         init_embeddings(model, data["train"][0], seed)
@@ -240,7 +254,8 @@ def train(
     synonyms = None
     if params.augment_synonym > 0:
         synonyms = make_synonyms(data["train"][0], tokenizer_dir, cfg.embed_dim, seed)
-    history, best_state, best_epoch = fit(model, params, data, seed, synonyms)
+    fixed_ids = (vocab[SEP],) if SEP in vocab else ()  # a char+word tokenizer's, whatever the model
+    history, best_state, best_epoch = fit(model, params, data, seed, synonyms, fixed_ids)
     model.load_state_dict(best_state)
     best = history[best_epoch - 1]
     save_model(

@@ -29,7 +29,7 @@ def test_bad_choice_names_key_and_allowed_values() -> None:
     with pytest.raises(ParamsError) as err:
         parse_params({"train": {"model": "lstm"}})
     assert "train.model" in str(err.value)
-    for allowed in ("'textcnn'", "'transformer'", "'fasttext'", "'ngram_textcnn'"):
+    for allowed in ("'textcnn'", "'transformer'", "'fasttext'", "'ngram_textcnn'", "'char_word_textcnn'"):
         assert allowed in str(err.value)
     assert "'lstm'" in str(err.value)
 
