@@ -44,6 +44,19 @@ def test_choice_needs_a_candidate_run_on_every_dataset(quality: ModuleType) -> N
     assert quality.choose(results) == "a"
 
 
+def test_finalists_are_the_best_on_screening_validation_plus_the_reference(quality: ModuleType) -> None:
+    y_val = np.array([0, 1] * 50)
+    test = np.zeros(4, dtype=int)  # test predictions must play no part
+
+    def scored(correct: int) -> tuple[None, object]:
+        val = np.where(np.arange(100) < correct, y_val, 1 - y_val)
+        return None, quality.Scored(val, test, 1.0)
+
+    screened = {name: scored(c) for name, c in [("textcnn", 60), ("a", 90), ("b", 70), ("c", 95), ("d", 80)]}
+    assert quality.finalists(screened, y_val) == ["textcnn", "a", "c", "d"]  # in screening order
+    assert quality.FINALISTS == 3 and quality.REFERENCE == "textcnn"
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_texts(quality: ModuleType) -> None:
     rng = np.random.default_rng(0)
     widths = []
