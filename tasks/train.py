@@ -1,4 +1,11 @@
-"""train: the classifier in PyTorch with AdamW, early stopping on validation macro-F1 and fixed seeds."""
+"""train: the classifier in PyTorch with AdamW, early stopping on validation macro-F1 and fixed seeds.
+
+The data-parallel path (tasks/ddp.py) trains with the same pieces: :func:`setup` (features, model, word2vec
+init, synonym lexicon), :func:`epoch_ids` (the epoch's augmented copy), :func:`make_optimizer`,
+:func:`make_scheduler`, :func:`train_step` (loss with label smoothing, one optimizer and scheduler step) and
+:class:`Tracker` (history, best epoch, early stopping). A training option belongs in one of them, so that it
+applies to both paths.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +144,88 @@ def make_synonyms(train_ids: np.ndarray, tokenizer_dir: Path, dim: int, seed: in
     return synonym_augmenter(train_ids, vocab, config["segmenter"] == "char", dim, seed)
 
 
+def make_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.AdamW:
+    return torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What both training paths start from: the features, the model before training, the synonym augmenter."""
+
+    data: dict[str, tuple[np.ndarray, np.ndarray]]  # split → (ids (N, T), labels (N,))
+    labels: list[str]
+    cfg: ModelConfig
+    model: nn.Module
+    synonyms: SynonymAugmenter | None
+    fixed_ids: tuple[int, ...]  # never dropped nor moved by augmentation: a char+word tokenizer's <sep>
+
+
+def setup(
+    params: TrainParams, features_dir: Path, tokenizer_dir: Path, seed: int, pretrained: bool = True
+) -> Setup:
+    """Load the features and build the model (word2vec-initialized when ``train.pretrained_embeddings``).
+
+    Call after :func:`seed_everything`: the same seed gives the same initial weights. ``pretrained=False``
+    skips word2vec: DDP ranks other than 0 do, since DistributedDataParallel copies rank 0's weights at
+    construction."""
+    data = {name: load_features(features_dir, name) for name in ("train", "val")}
+    labels = json.loads((features_dir / "labels.json").read_text(encoding="utf-8"))
+    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
+    train_ids = data["train"][0]
+    cfg = model_config(params, vocab, len(labels), max_len=train_ids.shape[1])
+    model = build_model(cfg)
+    if params.pretrained_embeddings and pretrained:
+        init_embeddings(model, train_ids, seed)
+    logger.info(
+        "train: %s with %d parameters on %d texts",
+        cfg.arch,
+        sum(p.numel() for p in model.parameters()),
+        len(train_ids),
+    )
+    synonyms = None
+    if params.augment_synonym > 0:
+        synonyms = make_synonyms(train_ids, tokenizer_dir, cfg.embed_dim, seed)
+    fixed_ids = (vocab[SEP],) if SEP in vocab else ()  # a char+word tokenizer's, whatever the model
+    return Setup(data, labels, cfg, model, synonyms, fixed_ids)
+
+
+def epoch_ids(params: TrainParams, ready: Setup, seed: int, epoch: int) -> np.ndarray:
+    """The training ids of one epoch: a fresh corrupted copy (synonym replacement when ``ready.synonyms`` is
+    set, then char deletion and swap, which never drop or move ``ready.fixed_ids``), or the training ids
+    themselves when no augmentation is asked for.
+
+    The draws depend on ``seed`` and ``epoch`` only: every DDP rank makes the same copy and trains on its shard
+    of it, and turning augmentation on does not change the order batches are shuffled in."""
+    rng = np.random.default_rng((seed, epoch))
+    source = ready.synonyms.replace(params.augment_synonym, rng) if ready.synonyms else ready.data["train"][0]
+    return augment_ids(source, params.augment_delete, params.augment_swap, rng, ready.fixed_ids)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[np.ndarray, np.ndarray],
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
+    device: torch.device | str = "cpu",
+) -> float:
+    """One optimizer step on ``batch`` (ids (B, T), labels (B,)), then one scheduler step; returns the loss."""
+    ids, y = batch
+    logits = model(trim(ids).to(device))
+    loss = F.cross_entropy(logits, torch.from_numpy(y).to(device), label_smoothing=label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()  # under DDP, the gradients are all-reduced (averaged over ranks) here
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.item()
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate the next step would use (after an epoch: where the schedule has got to)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -154,71 +243,90 @@ def train_epoch(
     total, batches = 0.0, range(0, len(order), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", mininterval=1.0, leave=False):
         idx = order[start : start + batch_size]
-        logits = model(trim(ids[idx]))
-        loss = F.cross_entropy(logits, torch.from_numpy(y[idx]), label_smoothing=label_smoothing)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.item() * len(idx)
+        total += train_step(model, optimizer, (ids[idx], y[idx]), scheduler, label_smoothing) * len(idx)
     return total / len(ids)
 
 
-def fit(
-    model: nn.Module,
-    params: TrainParams,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
-    seed: int,
-    synonyms: SynonymAugmenter | None = None,
-    fixed_ids: tuple[int, ...] = (),
-) -> tuple[list[dict], dict[str, torch.Tensor], int]:
-    """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1.
+@dataclass
+class Tracker:
+    """Per-epoch bookkeeping of both training paths: history rows, the best epoch's weights, early stopping."""
 
-    Every epoch trains on a fresh corrupted copy of the training ids: synonym replacement (when ``synonyms``
-    is given), then char deletion and swap, which never drop or move ``fixed_ids`` (a ``<sep>``)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    rng = np.random.default_rng(seed)
-    (train_ids, train_y), (val_ids, val_y) = data["train"], data["val"]
-    scheduler = make_scheduler(optimizer, params, math.ceil(len(train_ids) / params.batch_size))
-    history, best_state, best_epoch, best_f1 = [], {}, 0, -1.0
-    for epoch in range(1, params.epochs + 1):
-        source = synonyms.replace(params.augment_synonym, rng) if synonyms else train_ids
-        epoch_ids = augment_ids(source, params.augment_delete, params.augment_swap, rng, fixed_ids)
-        desc = f"epoch {epoch}/{params.epochs}"
-        loss = train_epoch(
-            model,
-            optimizer,
-            epoch_ids,
-            train_y,
-            params.batch_size,
-            rng,
-            desc,
-            scheduler,
-            params.label_smoothing,
-        )
-        pred = predict_logits(model, val_ids).argmax(axis=1)
+    patience: int
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_epoch: int = 0
+    best_f1: float = -1.0
+
+    def update(
+        self, epoch: int, loss: float, lr: float, model: nn.Module, val: tuple[np.ndarray, np.ndarray]
+    ) -> bool:
+        """Validate ``model`` (on CPU) and record the epoch; True when ``patience`` epochs brought no better F1."""
+        pred = predict_logits(model, val[0]).argmax(axis=1)
         row = {
             "epoch": epoch,
             "train_loss": round(loss, 6),
-            "val_accuracy": round(float(accuracy_score(val_y, pred)), 6),
-            "val_macro_f1": round(float(f1_score(val_y, pred, average="macro")), 6),
+            "val_accuracy": round(float(accuracy_score(val[1], pred)), 6),
+            "val_macro_f1": round(float(f1_score(val[1], pred, average="macro")), 6),
+            "lr": lr,  # where the schedule stands after the epoch (cosine: 0 after the last one)
         }
-        history.append(row)
+        self.history.append(row)
         logger.info(
-            "train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f",
+            "train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f lr %.3g",
             epoch,
             loss,
             row["val_accuracy"],
             row["val_macro_f1"],
+            lr,
         )
-        if row["val_macro_f1"] > best_f1:
-            best_f1, best_epoch = row["val_macro_f1"], epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= params.patience:
-            logger.info("train: early stop after epoch %d (best epoch %d)", epoch, best_epoch)
+        if row["val_macro_f1"] > self.best_f1:
+            self.best_f1, self.best_epoch = row["val_macro_f1"], epoch
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        if epoch - self.best_epoch >= self.patience:
+            logger.info("train: early stop after epoch %d (best epoch %d)", epoch, self.best_epoch)
+            return True
+        return False
+
+
+def fit(params: TrainParams, ready: Setup, seed: int) -> Tracker:
+    """Train up to ``epochs``; stop after ``patience`` epochs without a better validation macro-F1.
+
+    Every epoch trains on :func:`epoch_ids` (a fresh corrupted copy when augmentation is on)."""
+    model = ready.model
+    optimizer = make_optimizer(model, params)
+    rng = np.random.default_rng(seed)  # the shuffle order
+    (train_ids, train_y), val = ready.data["train"], ready.data["val"]
+    scheduler = make_scheduler(optimizer, params, math.ceil(len(train_ids) / params.batch_size))
+    tracker = Tracker(params.patience)
+    for epoch in range(1, params.epochs + 1):
+        ids = epoch_ids(params, ready, seed, epoch)
+        desc = f"epoch {epoch}/{params.epochs}"
+        loss = train_epoch(
+            model, optimizer, ids, train_y, params.batch_size, rng, desc, scheduler, params.label_smoothing
+        )
+        if tracker.update(epoch, loss, current_lr(optimizer), model, val):
             break
-    return history, best_state, best_epoch
+    return tracker
+
+
+def save_outputs(
+    tracker: Tracker, ready: Setup, tokenizer_dir: Path, model_dir: Path, history_path: Path
+) -> TrainResult:
+    """The best epoch's weights as a self-describing model folder, and the history file."""
+    model = build_model(ready.cfg)
+    model.load_state_dict(tracker.best_state)
+    best = tracker.history[tracker.best_epoch - 1]
+    save_model(
+        model_dir,
+        model,
+        ready.cfg,
+        ready.labels,
+        tokenizer_dir,
+        metrics={"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
+    )
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    history_path.write_text(json.dumps(tracker.history, indent=2) + "\n")
+    return TrainResult(model_dir, tracker.history, tracker.best_epoch, best["val_macro_f1"])
 
 
 def train(
@@ -238,37 +346,9 @@ def train(
     if uses_distributed(params):
         return train_distributed(params, features_dir, tokenizer_dir, model_dir, history_path, seed)
     seed_everything(seed, params.threads)
-    data = {name: load_features(features_dir, name) for name in ("train", "val")}
-    labels = json.loads((features_dir / "labels.json").read_text(encoding="utf-8"))
-    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
-    cfg = model_config(params, vocab, len(labels), max_len=data["train"][0].shape[1])
-    model = build_model(cfg)
-    if params.pretrained_embeddings:
-        init_embeddings(model, data["train"][0], seed)
-    logger.info(
-        "train: %s with %d parameters on %d texts",
-        cfg.arch,
-        sum(p.numel() for p in model.parameters()),
-        len(data["train"][0]),
-    )
-    synonyms = None
-    if params.augment_synonym > 0:
-        synonyms = make_synonyms(data["train"][0], tokenizer_dir, cfg.embed_dim, seed)
-    fixed_ids = (vocab[SEP],) if SEP in vocab else ()  # a char+word tokenizer's, whatever the model
-    history, best_state, best_epoch = fit(model, params, data, seed, synonyms, fixed_ids)
-    model.load_state_dict(best_state)
-    best = history[best_epoch - 1]
-    save_model(
-        model_dir,
-        model,
-        cfg,
-        labels,
-        tokenizer_dir,
-        metrics={"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
-    )
-    history_path.parent.mkdir(parents=True, exist_ok=True)
-    history_path.write_text(json.dumps(history, indent=2) + "\n")
-    return TrainResult(model_dir, history, best_epoch, best["val_macro_f1"])
+    ready = setup(params, features_dir, tokenizer_dir, seed)
+    tracker = fit(params, ready, seed)
+    return save_outputs(tracker, ready, tokenizer_dir, model_dir, history_path)
 
 
 # The Prefect task is the plain function itself, named for the flow's UI; tests call train() directly.
