@@ -5,15 +5,22 @@ launcher writes the job to a JSON file and runs ``python -m torch.distributed.ru
 --nproc-per-node N -m tasks.ddp <job.json>``; each rank runs :func:`worker`. Backend gloo on CPU, nccl on GPUs
 (``train.device``: auto picks CUDA when torch sees one).
 
-What stays the same as the single-process path: the model config, seeds, AdamW, the validation macro-F1 that
-picks the best epoch and stops early, and the saved folder (the very same files). What differs: every rank
-sees its own shard of the shuffled training set (DistributedSampler), batches of ``ceil(batch_size / N)`` per
-rank so one optimizer step still averages ``batch_size`` texts (DDP all-reduces the gradients), and the
-random order differs from the single-process run, so the weights are close, not equal.
+What stays the same as the single-process path: the recipe, because both call the same functions of
+tasks/train.py: the model config and seeds, word2vec-initialized embeddings (``pretrained_embeddings``), the
+synonym, deletion and swap augmentation of the training split, AdamW, the learning-rate schedule
+(``schedule``, ``warmup_fraction``), ``label_smoothing``, the validation macro-F1 that picks the best epoch and
+stops early, the history rows, and the saved folder (the very same files). What differs: every rank draws the
+same augmented copy of the training split each epoch (its rng depends on seed and epoch only) and trains on
+its own shard of it (DistributedSampler), in batches of ``ceil(batch_size / N)`` per rank so one optimizer
+step still averages ``batch_size`` texts (DDP all-reduces the gradients); the schedule counts this rank's
+steps per epoch. The random order differs from the single-process run, so the weights are close, not equal.
+Rank 0 alone runs word2vec: DistributedDataParallel broadcasts rank 0's parameters to every rank when it wraps
+the model (``init_sync``), so all ranks start from rank 0's weights.
 
 Rank 0 alone evaluates the validation split, decides whether to stop and broadcasts the decision, so every
 rank leaves the loop after the same epoch; rank 0 alone writes the model folder and the history file. The
 train step logs nothing to MLflow (register does, after compress), so "only rank 0 writes" is about files.
+Ranks other than 0 log warnings only.
 """
 
 from __future__ import annotations
@@ -25,24 +32,34 @@ import os
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
 from quantflow.errors import QuantflowError
-from quantflow.models import ModelConfig, build_model, save_model
+from quantflow.models import ModelConfig, build_model
 from quantflow.params import TrainParams
-from tasks.preprocess import load_features
-from tasks.train import TrainResult, model_config, predict_logits, seed_everything, trim
+from tasks.train import (
+    Setup,
+    Tracker,
+    TrainResult,
+    current_lr,
+    epoch_ids,
+    make_optimizer,
+    make_scheduler,
+    save_outputs,
+    seed_everything,
+    setup,
+    train_step,
+)
 
 logger = logging.getLogger("tasks.ddp")  # not __name__: torchrun runs this module as __main__
 
@@ -133,10 +150,10 @@ def train_distributed(
             f"torchrun exited with code {done.returncode} training into {model_dir}; "
             f"its output ends with:\n{_tail(done.stdout + done.stderr)}"
         )
-    # rank 0's progress lines, e.g. "INFO tasks.ddp: train: epoch 1 loss ...", repeated in this process's log
+    # rank 0's progress lines, e.g. "INFO tasks.train: train: epoch 1 loss ...", repeated in this process's log
     for line in done.stderr.splitlines():
-        if "tasks.ddp: train:" in line:
-            logger.info("rank 0 %s", line.split("tasks.ddp: ", 1)[1])
+        if "tasks.ddp: train:" in line or "tasks.train: train:" in line:
+            logger.info("rank 0 %s", line.split(": ", 1)[1])
     history = json.loads(history_path.read_text(encoding="utf-8"))
     best = max(history, key=lambda row: (row["val_macro_f1"], -row["epoch"]))
     return TrainResult(model_dir, history, best["epoch"], best["val_macro_f1"])
@@ -151,63 +168,24 @@ def _tail(text: str, lines: int = 30) -> str:
 
 def shard_epoch(
     ddp: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimization: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
     data: tuple[np.ndarray, np.ndarray],
     sampler: DistributedSampler,
     batch_size: int,
-    device: torch.device,
+    label_smoothing: float,
 ) -> float:
-    """One pass over this rank's shard; returns the mean training loss over every rank's texts."""
+    """One pass over this rank's shard of ``data``; returns the mean training loss over every rank's texts."""
     ids, y = data
+    device = next(ddp.parameters()).device
     ddp.train()
     order = np.fromiter(iter(sampler), dtype=np.int64)
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, texts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        loss = F.cross_entropy(ddp(trim(ids[idx]).to(device)), torch.from_numpy(y[idx]).to(device))
-        optimizer.zero_grad()
-        loss.backward()  # DDP all-reduces (averages) the gradients across ranks here
-        optimizer.step()
-        total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64, device=device)
+        loss = train_step(ddp, optimization[0], (ids[idx], y[idx]), optimization[1], label_smoothing, device)
+        total += torch.tensor([loss * len(idx), len(idx)], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return float(total[0] / total[1])
-
-
-def validate(model: nn.Module, data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    """Accuracy and macro-F1 on the validation split (rank 0, CPU copy of the weights)."""
-    ids, y = data
-    pred = predict_logits(model, ids).argmax(axis=1)
-    return float(accuracy_score(y, pred)), float(f1_score(y, pred, average="macro"))
-
-
-@dataclass
-class Tracker:
-    """Rank 0's bookkeeping: history, best weights, and whether to stop (then broadcast to every rank)."""
-
-    patience: int
-    cfg: ModelConfig
-    history: list[dict]
-    best_state: dict | None = None
-    best_epoch: int = 0
-    best_f1: float = -1.0
-
-    def update(self, epoch: int, loss: float, model: nn.Module, val: tuple[np.ndarray, np.ndarray]) -> bool:
-        """Record the epoch; True when training should stop (``patience`` epochs without a better F1)."""
-        cpu_model = _cpu_copy(model, self.cfg)
-        acc, f1 = validate(cpu_model, val)
-        row = {
-            "epoch": epoch,
-            "train_loss": round(loss, 6),
-            "val_accuracy": round(acc, 6),
-            "val_macro_f1": round(f1, 6),
-        }
-        self.history.append(row)
-        logger.info("train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f", epoch, loss, acc, f1)
-        if row["val_macro_f1"] > self.best_f1:
-            self.best_f1, self.best_epoch = row["val_macro_f1"], epoch
-            self.best_state = {k: v.detach().clone() for k, v in cpu_model.state_dict().items()}
-            return False
-        return epoch - self.best_epoch >= self.patience
 
 
 def _cpu_copy(model: nn.Module, cfg: ModelConfig) -> nn.Module:
@@ -226,6 +204,18 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def check_same_copy(ids: np.ndarray, epoch: int, device: torch.device) -> None:
+    """Fail loudly if this rank's augmented copy differs from rank 0's (the shards would overlap and miss)."""
+    mine = zlib.crc32(np.ascontiguousarray(ids).tobytes())
+    theirs = torch.tensor([mine], dtype=torch.int64, device=device)
+    dist.broadcast(theirs, src=0)
+    if int(theirs.item()) != mine:
+        raise DistributedTrainingError(
+            f"epoch {epoch}: rank {dist.get_rank()} drew a different augmented copy of the training split "
+            "than rank 0; tasks.train.epoch_ids must depend on seed and epoch only"
+        )
+
+
 def worker(job: Job) -> None:
     """One rank: shard, train, synchronise; rank 0 evaluates, decides and writes."""
     params = TrainParams.model_validate(job.params)
@@ -234,59 +224,52 @@ def worker(job: Job) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if device_kind == "cuda" else "cpu")
+    if rank != 0:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         seed_everything(job.seed, max(1, params.threads // world))
-        data = {name: load_features(Path(job.features_dir), name) for name in ("train", "val")}
-        labels = json.loads((Path(job.features_dir) / "labels.json").read_text(encoding="utf-8"))
-        vocab = json.loads((Path(job.tokenizer_dir) / "vocab.json").read_text(encoding="utf-8"))
-        cfg = model_config(params, vocab, len(labels), max_len=data["train"][0].shape[1])
-        model = build_model(cfg).to(device)  # same seed → same initial weights; DDP also broadcasts rank 0's
+        ready = setup(params, Path(job.features_dir), Path(job.tokenizer_dir), job.seed, pretrained=rank == 0)
+        model = ready.model.to(device)
+        # DDP broadcasts rank 0's parameters here (init_sync): word2vec ran on rank 0 only
         ddp = DistributedDataParallel(model, device_ids=[local_rank] if device_kind == "cuda" else None)
-        optimizer = torch.optim.AdamW(ddp.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-        sampler = DistributedSampler(range(len(data["train"][0])), world, rank, shuffle=True, seed=job.seed)
-        per_rank_batch = math.ceil(params.batch_size / world)
-        tracker = Tracker(params.patience, cfg, [])
+        tracker = train_ranks(ddp, params, ready, job.seed)
         if rank == 0:
-            logger.info(
-                "train: %d ranks (%s), %d training texts, %d per rank, batches of %d per rank",
-                world,
-                dist.get_backend(),
-                len(data["train"][0]),
-                sampler.num_samples,
-                per_rank_batch,
-            )
-        for epoch in range(1, params.epochs + 1):
-            sampler.set_epoch(epoch)
-            loss = shard_epoch(ddp, optimizer, data["train"], sampler, per_rank_batch, device)
-            stop = tracker.update(epoch, loss, model, data["val"]) if rank == 0 else False
-            if broadcast_flag(stop, device):
-                if rank == 0:
-                    logger.info("train: early stop after epoch %d (best epoch %d)", epoch, tracker.best_epoch)
-                break
-        if rank == 0:
-            save_outputs(job, tracker, labels)
+            save_outputs(tracker, ready, Path(job.tokenizer_dir), Path(job.model_dir), Path(job.history_path))
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def save_outputs(job: Job, tracker: Tracker, labels: list[str]) -> None:
-    """Rank 0 only: the best epoch's weights as the usual model folder, and the history file."""
-    cfg = tracker.cfg
-    model = build_model(cfg)
-    model.load_state_dict(tracker.best_state)
-    best = tracker.history[tracker.best_epoch - 1]
-    save_model(
-        Path(job.model_dir),
-        model,
-        cfg,
-        labels,
-        Path(job.tokenizer_dir),
-        metrics={"val_accuracy": best["val_accuracy"], "val_macro_f1": best["val_macro_f1"]},
+def train_ranks(ddp: DistributedDataParallel, params: TrainParams, ready: Setup, seed: int) -> Tracker:
+    """The epoch loop on every rank; rank 0's tracker holds the history and the best weights."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = next(ddp.parameters()).device
+    (train_ids, train_y), val = ready.data["train"], ready.data["val"]
+    sampler = DistributedSampler(range(len(train_ids)), world, rank, shuffle=True, seed=seed)
+    per_rank_batch = math.ceil(params.batch_size / world)
+    optimizer = make_optimizer(ddp, params)
+    scheduler = make_scheduler(optimizer, params, math.ceil(sampler.num_samples / per_rank_batch))
+    tracker = Tracker(params.patience)
+    logger.info(
+        "train: %d ranks (%s), %d training texts, %d per rank, batches of %d per rank",
+        world,
+        dist.get_backend(),
+        len(train_ids),
+        sampler.num_samples,
+        per_rank_batch,
     )
-    history_path = Path(job.history_path)
-    history_path.parent.mkdir(parents=True, exist_ok=True)
-    history_path.write_text(json.dumps(tracker.history, indent=2) + "\n")
+    for epoch in range(1, params.epochs + 1):
+        ids = epoch_ids(params, ready, seed, epoch)
+        check_same_copy(ids, epoch, device)
+        sampler.set_epoch(epoch)
+        loss = shard_epoch(
+            ddp, (optimizer, scheduler), (ids, train_y), sampler, per_rank_batch, params.label_smoothing
+        )
+        lr = current_lr(optimizer)
+        stop = tracker.update(epoch, loss, lr, _cpu_copy(ddp.module, ready.cfg), val) if rank == 0 else False
+        if broadcast_flag(stop, device):
+            break
+    return tracker
 
 
 @record  # a failing rank's traceback reaches torchrun's summary, hence the launcher's error
