@@ -43,7 +43,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(folder: Path, port: int) -> list[str]:
+def server_command(folder: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port``, artifacts proxied to ``folder/artifacts``; the backend store is
+    ``folder/mlflow.db`` (sqlite) unless ``backend_store_uri`` names another (a PostgreSQL URL, say)."""
     return [
         sys.executable,
         "-m",
@@ -56,7 +58,7 @@ def server_command(folder: Path, port: int) -> list[str]:
         "--workers",
         "1",
         "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}",
         "--artifacts-destination",
         str(folder / "artifacts"),
     ]
@@ -113,18 +115,16 @@ class ServerProcess:
     log_path: Path
 
 
-@pytest.fixture(scope="session")
-def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A started, not yet ready ``mlflow server``: request it before slow set-up (a model export...) so the
-    server starts meanwhile, then request ``mlflow_server``. Stopped by its PID when the session ends."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
+def spawn(folder: Path, backend_store_uri: str | None = None) -> ServerProcess:
+    """Start (not wait for) ``mlflow server`` in its own session, output to ``folder/server.log``, with no
+    ``MLFLOW_TRACKING_*`` of the caller and nothing that reaches out (``QUIET_ENV``). Stop it with :func:`stop`."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
     env.update(QUIET_ENV)
     log_path = folder / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            server_command(folder, port),
+            server_command(folder, port, backend_store_uri),
             cwd=folder,
             env=env,
             stdout=log,
@@ -132,10 +132,18 @@ def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A started, not yet ready ``mlflow server``: request it before slow set-up (a model export...) so the
+    server starts meanwhile, then request ``mlflow_server``. Stopped by its PID when the session ends."""
+    server = spawn(tmp_path_factory.mktemp("mlflow_server"))
     try:
-        yield ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        yield server
     finally:
-        stop(proc)
+        stop(server.proc)
 
 
 @pytest.fixture(scope="session")

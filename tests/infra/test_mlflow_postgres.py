@@ -3,9 +3,6 @@ step (tasks/register.py) against it. The version and its aliases are then read b
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +11,7 @@ from quantflow.params import Params
 from tasks.register import CHALLENGER, STAGING, RegisterResult, register
 from tests.infra.postgres import Postgres, postgres  # noqa: F401
 from tests.integration.test_register import build_variant, synthetic_split, write_reports
-from tests.mlflow_server import QUIET_ENV, free_port, stop, wait_until_healthy
+from tests.mlflow_server import spawn, stop, wait_until_healthy
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -25,42 +22,12 @@ MODEL = "quantflow-test-postgres"
 def mlflow_on_postgres(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: F811
     """``mlflow server --backend-store-uri postgresql+psycopg2://...`` (artifacts proxied to a local folder)."""
     postgres.create_database("mlflow")
-    folder = tmp_path_factory.mktemp("mlflow_pg")
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        postgres.url("mlflow"),
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")} | QUIET_ENV
-    log_path = folder / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=folder,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    uri = f"http://127.0.0.1:{port}"
+    server = spawn(tmp_path_factory.mktemp("mlflow_pg"), postgres.url("mlflow"))
     try:
-        wait_until_healthy(proc, uri, log_path)
-        yield uri
+        wait_until_healthy(server.proc, server.uri, server.log_path)
+        yield server.uri
     finally:
-        stop(proc)
+        stop(server.proc)
 
 
 @pytest.fixture(scope="module")
