@@ -36,6 +36,12 @@ def test_choice_follows_validation_not_test(quality: ModuleType) -> None:
     assert quality.choose(results) == "b"
 
 
+def test_probes_are_reported_but_never_chosen(quality: ModuleType) -> None:
+    probe = next(iter(quality.PROBES))
+    results = [{"rows": [row("tfidf-lr", 0.99, 0.99), row(probe, 0.98, 0.98), row("a", 0.80, 0.8)]}]
+    assert quality.choose(results) == "a"
+
+
 def test_choice_needs_a_candidate_run_on_every_dataset(quality: ModuleType) -> None:
     results = [
         {"rows": [row("a", 0.80, 0.8), row("only-here", 0.99, 0.99)]},
