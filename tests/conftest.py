@@ -57,12 +57,17 @@ def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:
     return ["".join(rng.choices(words, k=rng.randint(3, 12))) + rng.choice("。！，") for _ in range(n)]
 
 
+def two_vocabulary_frame(per_class: int = 150) -> pd.DataFrame:
+    """``per_class`` news-like then ``per_class`` comment-like texts from two disjoint vocabularies (seed 7)."""
+    rng = random.Random(7)
+    news, comments = make_texts(NEWS_WORDS, per_class, rng), make_texts(REVIEW_WORDS, per_class, rng)
+    return pd.DataFrame({"text": news + comments, "label": ["news"] * per_class + ["comment"] * per_class})
+
+
 @pytest.fixture
 def tiny_frame() -> pd.DataFrame:
     """300 news-like and comment-like texts from two disjoint vocabularies: easy to learn, fast to train."""
-    rng = random.Random(7)
-    news, comments = make_texts(NEWS_WORDS, 150, rng), make_texts(REVIEW_WORDS, 150, rng)
-    return pd.DataFrame({"text": news + comments, "label": ["news"] * 150 + ["comment"] * 150})
+    return two_vocabulary_frame(150)
 
 
 @pytest.fixture

@@ -5,32 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
 from quantflow.models import load_model
-from quantflow.params import PreprocessParams, SplitParams, TrainParams
+from quantflow.params import PreprocessParams, TrainParams
 from quantflow.pretrain import word2vec_vectors
 from tasks.ddp import DistributedTrainingError, resolve_device, uses_distributed
-from tasks.preprocess import load_features, preprocess
-from tasks.split import split
+from tasks.preprocess import load_features
 from tasks.train import predict_logits, train
-from tests.conftest import NEWS_WORDS, REVIEW_WORDS, make_texts
+from tests.conftest import two_vocabulary_frame
+from tests.model.tiny import split_and_preprocess, tiny_train_params
 
-TINY = TrainParams(
-    embed_dim=16,
-    num_filters=8,
-    kernel_sizes=[2, 3],
-    epochs=3,
-    batch_size=32,
-    lr=0.01,
-    threads=2,
-    device="cpu",
-)
+TINY = tiny_train_params(threads=2, device="cpu")
 ACCURACY_TOLERANCE = 0.05
 SMOOTHING = 0.4
 # 2 classes, smoothing ε: the target is (1 - ε/2, ε/2) and no prediction brings the loss below its entropy
@@ -52,25 +41,8 @@ RECIPE = TINY.model_copy(
 
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(7)
     root = tmp_path_factory.mktemp("ddp")
-    frame = pd.DataFrame(
-        {
-            "text": make_texts(NEWS_WORDS, 150, rng) + make_texts(REVIEW_WORDS, 150, rng),
-            "label": ["news"] * 150 + ["comment"] * 150,
-        }
-    )
-    frame.to_parquet(root / "raw.parquet")
-    split(
-        SplitParams(val_fraction=0.15, test_fraction=0.15),
-        root / "raw.parquet",
-        root / "split",
-        root / "s.json",
-    )
-    preprocess(
-        PreprocessParams(min_freq=1, max_len=32), root / "split", root / "features", root / "tokenizer"
-    )
-    return root
+    return split_and_preprocess(root, two_vocabulary_frame(150), PreprocessParams(min_freq=1, max_len=32))
 
 
 def run(root: Path, out: Path, params: TrainParams):

@@ -8,43 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from quantflow.models import ModelConfig, build_model, load_model
-from quantflow.params import EvaluateParams, PreprocessParams, SplitParams, TrainParams
+from quantflow.params import EvaluateParams, PreprocessParams
 from tasks.evaluate import evaluate
-from tasks.preprocess import preprocess
-from tasks.split import split
 from tasks.train import train
+from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
 
-TINY = TrainParams(
-    embed_dim=16,
-    num_filters=8,
-    kernel_sizes=[2, 3],
-    epochs=3,
-    batch_size=32,
-    lr=0.01,
-    threads=1,
-    transformer_layers=1,
-    transformer_heads=2,
-    transformer_ff_dim=32,
-)
+TINY = tiny_train_params(transformer_layers=1, transformer_heads=2, transformer_ff_dim=32)
 
 
 @pytest.fixture
 def features(tmp_path: Path, tiny_frame: pd.DataFrame) -> Path:
-    tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(
-        SplitParams(val_fraction=0.15, test_fraction=0.15),
-        tmp_path / "raw.parquet",
-        tmp_path / "split",
-        tmp_path / "split.json",
-    )
-    preprocess(
-        PreprocessParams(min_freq=1, max_len=32),
-        tmp_path / "split",
-        tmp_path / "features",
-        tmp_path / "tokenizer",
-        labels=("news", "comment"),
-    )
-    return tmp_path
+    return split_and_preprocess(tmp_path, tiny_frame, PreprocessParams(min_freq=1, max_len=32), labels=LABELS)
 
 
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])

@@ -5,7 +5,6 @@ each bank blind to the other part, then the pipeline on a tiny corpus: preproces
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,15 +18,14 @@ import pytest
 import torch
 
 from quantflow.models import ModelConfig, build_model, load_model
-from quantflow.params import Params, PreprocessParams, SplitParams, TrainParams
+from quantflow.params import Params, PreprocessParams, TrainParams
 from quantflow.text import SEP, Tokenizer
 from serving.model import ServedModel
 from tasks.compress import CompressResult, compress
-from tasks.preprocess import preprocess
 from tasks.register import pip_requirements
-from tasks.split import split
 from tasks.train import TrainResult, model_config, train
-from tests.conftest import NEWS_WORDS, REVIEW_WORDS, make_texts
+from tests.conftest import two_vocabulary_frame
+from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
 
 ARCH = "char_word_textcnn"
 SEP_ID = 2
@@ -100,15 +98,8 @@ def test_sep_id_is_required() -> None:
 
 # --- the pipeline on a tiny corpus --------------------------------------------------------------------------
 
-TINY = TrainParams(
+TINY = tiny_train_params(
     model=ARCH,
-    embed_dim=16,
-    num_filters=8,
-    kernel_sizes=[2, 3],
-    epochs=3,
-    batch_size=32,
-    lr=0.01,
-    threads=1,
     augment_delete=0.1,  # the <sep> must survive augmentation
     augment_swap=0.05,
 )
@@ -129,27 +120,10 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("two_channel")
-    rng = random.Random(7)
-    news, comments = make_texts(NEWS_WORDS, 120, rng), make_texts(REVIEW_WORDS, 120, rng)
-    frame = pd.DataFrame({"text": news + comments, "label": ["news"] * 120 + ["comment"] * 120})
-    frame.to_parquet(root / "raw.parquet")
-    split(
-        SplitParams(val_fraction=0.2, test_fraction=0.2),
-        root / "raw.parquet",
-        root / "split",
-        root / "s.json",
-    )
-    preprocess(
-        PreprocessParams(segmenter="char+word", min_freq=1, max_len=40),
-        root / "split",
-        root / "features",
-        root / "model_tokenizer",
-        labels=("news", "comment"),
-    )
+    preprocess = PreprocessParams(segmenter="char+word", min_freq=1, max_len=40)
+    split_and_preprocess(root, two_vocabulary_frame(120), preprocess, holdout=0.2, labels=LABELS)
     torch.set_num_threads(1)
-    trained = train(
-        TINY, root / "features", root / "model_tokenizer", root / "model", root / "h.json", seed=0
-    )
+    trained = train(TINY, root / "features", root / "tokenizer", root / "model", root / "h.json", seed=0)
     params = Params().with_overrides(
         {
             "compress.latency_texts": 10,

@@ -1,0 +1,49 @@
+"""The model tests' tiny set-up: the two-vocabulary corpus split and preprocessed into a folder, a TextCNN
+small enough to train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from quantflow.params import PreprocessParams, SplitParams, TrainParams
+from tasks.preprocess import preprocess
+from tasks.split import split
+
+LABELS = ("news", "comment")
+
+
+def tiny_train_params(**overrides: object) -> TrainParams:
+    """Embedding 16, 8 filters of widths 2 and 3, 3 epochs of batches of 32 at lr 0.01, one thread; ``overrides``
+    on top (validated like params.yaml's train section)."""
+    tiny = {
+        "embed_dim": 16,
+        "num_filters": 8,
+        "kernel_sizes": [2, 3],
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 0.01,
+        "threads": 1,
+    }
+    return TrainParams(**(tiny | overrides))
+
+
+def split_and_preprocess(
+    root: Path,
+    frame: pd.DataFrame,
+    params: PreprocessParams,
+    holdout: float = 0.15,
+    labels: tuple[str, ...] | None = None,
+) -> Path:
+    """``frame`` → root/raw.parquet → root/split (``holdout`` of the rows each for val and test) →
+    root/features and root/tokenizer, classes in the order of ``labels`` (sorted when None); returns ``root``."""
+    frame.to_parquet(root / "raw.parquet")
+    split(
+        SplitParams(val_fraction=holdout, test_fraction=holdout),
+        root / "raw.parquet",
+        root / "split",
+        root / "split.json",
+    )
+    preprocess(params, root / "split", root / "features", root / "tokenizer", labels=labels)
+    return root
