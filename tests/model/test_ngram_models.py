@@ -7,12 +7,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from quantflow.models import ModelConfig, build_model, ngram_buckets
 from quantflow.params import TrainParams
 from quantflow.pretrain import word2vec_vectors
 from tasks.train import init_embeddings, make_scheduler
+from tests.model.tiny import overfit_one_batch
 
 NGRAM_ARCHS = ["fasttext", "ngram_textcnn"]
 
@@ -61,17 +61,7 @@ def test_padding_and_batch_mates_never_change_the_logits(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", NGRAM_ARCHS)
 def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
-    torch.manual_seed(0)
-    model = build_model(tiny(arch))
-    ids, y = torch.randint(2, 50, (16, 10)), torch.randint(0, 2, (16,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(60):
-        loss = F.cross_entropy(model(ids), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_one_batch(tiny(arch))
     assert losses[-1] < 0.25 * losses[0]
 
 

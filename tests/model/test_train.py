@@ -5,13 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from quantflow.models import ModelConfig, build_model, load_model
 from quantflow.params import EvaluateParams, PreprocessParams
 from tasks.evaluate import evaluate
 from tasks.train import train
-from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
+from tests.model.tiny import LABELS, overfit_one_batch, split_and_preprocess, tiny_train_params
 
 TINY = tiny_train_params(transformer_layers=1, transformer_heads=2, transformer_ff_dim=32)
 
@@ -35,22 +34,11 @@ def test_padding_never_changes_the_logits(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
 def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
-    torch.manual_seed(0)
-    model = build_model(
+    losses = overfit_one_batch(
         ModelConfig(
             arch=arch, vocab_size=50, num_classes=2, embed_dim=16, num_filters=8, heads=2, dropout=0.0
         )
     )
-    ids = torch.randint(2, 50, (16, 10))
-    y = torch.randint(0, 2, (16,))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(60):
-        loss = F.cross_entropy(model(ids), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0]
 
 
