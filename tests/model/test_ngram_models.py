@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -16,14 +14,7 @@ from tests.model.tiny import overfit_one_batch
 
 NGRAM_ARCHS = ["fasttext", "ngram_textcnn"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: two OpenMP threads only wait on each other (10x slower when the cores are busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(arch: str, vocab_size: int = 50, classes: int = 2) -> ModelConfig:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +30,7 @@ ARCH = "char_word_textcnn"
 SEP_ID = 2
 CHARS = 12  # features of the char bank: 4 filters x 3 widths; the word bank's follow
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models: two OpenMP threads only wait on each other (10x slower when the cores are busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model() -> torch.nn.Module:
