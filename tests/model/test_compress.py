@@ -52,27 +52,19 @@ def synthetic_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def tiny_config(arch: str, vocab_size: int) -> ModelConfig:
+    """Embedding 16 and a textcnn of 8 filters of widths 2 and 3, or a transformer of 1 layer, 2 heads."""
     if arch == "textcnn":
-        return ModelConfig(
-            arch="textcnn",
-            vocab_size=vocab_size,
-            num_classes=len(LABELS),
-            embed_dim=16,
-            num_filters=8,
-            kernel_sizes=(2, 3),
-            dropout=0.1,
-            max_len=64,
-        )
+        layers = {"num_filters": 8, "kernel_sizes": (2, 3)}
+    else:
+        layers = {"layers": 1, "heads": 2, "ff_dim": 32}
     return ModelConfig(
-        arch="transformer",
+        arch=arch,
         vocab_size=vocab_size,
         num_classes=len(LABELS),
         embed_dim=16,
-        layers=1,
-        heads=2,
-        ff_dim=32,
         dropout=0.1,
         max_len=64,
+        **layers,
     )
 
 
