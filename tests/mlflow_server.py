@@ -3,6 +3,8 @@
 Import both fixtures where they are used (``from tests.mlflow_server import mlflow_server,
 mlflow_server_process  # noqa: F401``) or list the module in ``pytest_plugins``. ``mlflow_server`` gives the
 http URI of a healthy server; ``mlflow_server_process`` only starts it, so slow set-up can overlap the start.
+``start_logged``, ``wait_until_healthy`` and ``stop`` serve any server with a ``/health`` route (the infra
+tests' ``prefect server`` too).
 """
 
 from __future__ import annotations
@@ -77,30 +79,38 @@ def is_healthy(uri: str) -> bool:
         return False
 
 
-def wait_until_healthy(proc: subprocess.Popen, uri: str, log_path: Path) -> float:
-    """Seconds until ``/health`` answered; fails the session with the log's tail if the server never does."""
+def wait_until_healthy(
+    proc: subprocess.Popen,
+    uri: str,
+    log_path: Path,
+    what: str = "mlflow server",
+    timeout: float = START_TIMEOUT_S,
+) -> float:
+    """Seconds until ``uri/health`` answered; fails the session with the log's tail if ``what`` exits first or
+    does not answer within ``timeout`` seconds."""
     started = time.monotonic()
-    while time.monotonic() - started < START_TIMEOUT_S:
+    while time.monotonic() - started < timeout:
         if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with code {proc.returncode}; log tail:\n{log_tail(log_path)}")
+            pytest.fail(f"{what} exited with code {proc.returncode}; log tail:\n{log_tail(log_path)}")
         if is_healthy(uri):
             return time.monotonic() - started
         time.sleep(0.2)
-    pytest.fail(f"mlflow server not healthy after {START_TIMEOUT_S:.0f} s; log tail:\n{log_tail(log_path)}")
+    pytest.fail(f"{what} not healthy after {timeout:.0f} s; log tail:\n{log_tail(log_path)}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the mlflow CLI (it forwards it to its uvicorn child); SIGKILL to its process group if stuck.
+def stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to a process started by :func:`start_logged` (the mlflow CLI forwards it to its uvicorn child);
+    SIGKILL to its process group if it is still running after ``timeout`` seconds, and to any child it left.
 
-    The server runs in a session of its own, so its process group id is its PID: nothing else is hit.
+    The process runs in a session of its own, so its process group id is its PID: nothing else is hit.
     """
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=STOP_TIMEOUT_S)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             logger.warning(
-                "mlflow server %d ignored SIGTERM for %.0f s: killing its group", proc.pid, STOP_TIMEOUT_S
+                "pid %d ignored SIGTERM for %.0f s: killing its group (%s)", proc.pid, timeout, proc.args
             )
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=STOP_TIMEOUT_S)
@@ -115,6 +125,23 @@ class ServerProcess:
     log_path: Path
 
 
+def start_logged(
+    command: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen:
+    """Start ``command`` in a session of its own (its process group is its PID, for :func:`stop`), stdout and
+    stderr to ``log_path``, no stdin."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 def spawn(folder: Path, backend_store_uri: str | None = None) -> ServerProcess:
     """Start (not wait for) ``mlflow server`` in its own session, output to ``folder/server.log``, with no
     ``MLFLOW_TRACKING_*`` of the caller and nothing that reaches out (``QUIET_ENV``). Stop it with :func:`stop`."""
@@ -122,16 +149,7 @@ def spawn(folder: Path, backend_store_uri: str | None = None) -> ServerProcess:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
     env.update(QUIET_ENV)
     log_path = folder / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            server_command(folder, port, backend_store_uri),
-            cwd=folder,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_logged(server_command(folder, port, backend_store_uri), log_path, env, cwd=folder)
     return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
 
 
