@@ -6,14 +6,10 @@ infra/prefect.yaml's deployment on the same server. Every process is stopped by 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +35,16 @@ from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from quantflow.params import load_params
 from tasks.versioning import lock_md5s
 from tests.integration.test_pipeline import make_project
-from tests.mlflow_server import QUIET_ENV, free_port, log_tail, mlflow_server, mlflow_server_process  # noqa: F401
+from tests.mlflow_server import (  # noqa: F401
+    QUIET_ENV,
+    free_port,
+    log_tail,
+    mlflow_server,
+    mlflow_server_process,
+    start_logged,
+    stop,
+    wait_until_healthy,
+)
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -47,6 +52,7 @@ REPO = Path(__file__).resolve().parents[2]
 # `quantflow schedule --name`: apart from prefect.yaml's deployment on the same server
 SERVED = "nightly-test"
 START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0  # SIGTERM: `quantflow schedule` pauses the schedule before it exits
 RUN_TIMEOUT_S = 300.0
 
 
@@ -60,19 +66,6 @@ class PrefectServer:
         return {**os.environ, **QUIET_ENV, "PREFECT_API_URL": self.api_url, "PREFECT_HOME": str(self.home)}
 
 
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Signal our child, then SIGKILL its own process group (its PID: it was started in a new session)."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # the whole group gone: the normal case
-        os.killpg(proc.pid, signal.SIGKILL)  # uvicorn or flow-run children left behind
-
-
 def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Path | None = None) -> Any:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -81,14 +74,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, log: Path | No
             return value
         time.sleep(1)
     pytest.fail(f"{what}: not after {timeout:.0f} s" + (f"; log tail:\n{log_tail(log, 60)}" if log else ""))
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -102,26 +87,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     }
     env.pop("PREFECT_API_URL")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with server.log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_logged(command, server.log_path, env)
     try:
-        wait_for(
-            "prefect server healthy",
-            lambda: proc.poll() is None and healthy(server.api_url),
-            START_TIMEOUT_S,
-            server.log_path,
-        )
+        wait_until_healthy(proc, server.api_url, server.log_path, "prefect server", START_TIMEOUT_S)
         with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_HOME: server.home}):
             yield server
     finally:
-        stop_group(proc)
+        stop(proc, STOP_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -135,16 +107,7 @@ def served(
     log_path = project.parent / "schedule.log"
     env = prefect_server.env() | {"MLFLOW_TRACKING_URI": mlflow_server}
     command = [sys.executable, "-m", "quantflow.cli", "schedule", "--root", str(project), "--name", SERVED]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=project,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = start_logged(command, log_path, env, cwd=project)
     try:
         with get_client(sync_client=True) as client:
 
@@ -157,7 +120,7 @@ def served(
 
             yield project, wait_for("deployment registered", deployment, START_TIMEOUT_S, log_path)
     finally:
-        stop_group(proc)  # SIGTERM: serve pauses the schedule and stops
+        stop(proc, STOP_TIMEOUT_S)  # SIGTERM: serve pauses the schedule and stops
 
 
 def runs_of(deployment_id: Any, *states: StateType) -> list[FlowRun]:
