@@ -44,7 +44,7 @@ from flows.scale import prefect_api, task_runner
 from quantflow.benchmarks import write_section
 from quantflow.layout import Layout, tracking_uri
 from quantflow.params import BUILTIN_DATASETS, Params, TrainParams, load_params
-from quantflow.text import clean_text
+from quantflow.text import clean_text, load_jieba
 from tasks.compress import FP32, compress
 from tasks.evaluate import tfidf_baseline
 from tasks.preprocess import load_features
@@ -170,9 +170,7 @@ def nb_lr(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> list[np
 
 def char_word_lr(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> list[np.ndarray]:
     """The baseline's char 1-3-gram TF-IDF beside jieba word 1-2-gram TF-IDF, one logistic regression."""
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
+    jieba = load_jieba()
 
     def words(frame: pd.DataFrame) -> list[str]:
         return [" ".join(jieba.lcut(clean_text(t))) for t in frame["text"]]

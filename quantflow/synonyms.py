@@ -10,7 +10,8 @@ whether it helps.
 Works on the encoded training ids (the format preprocess writes): for a char tokenizer the ids are decoded to
 text, segmented with jieba, replaced word by word, and encoded back; for a word tokenizer (jieba) the ids are
 the words. Redrawn every epoch, like deletion and swap (:mod:`quantflow.augment`). Validation and test texts
-are never touched. gensim and jieba are imported on first use: the service never loads this module.
+are never touched. gensim and jieba are imported on first use (jieba through :func:`quantflow.text.load_jieba`): the service
+never loads this module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from quantflow.text import UNK, load_jieba
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class SynonymAugmenter:
     def replace(self, share: float, rng: np.random.Generator) -> np.ndarray:
         """(N, T) ids of one corrupted copy: each word with synonyms is replaced with probability ``share``."""
         out = np.zeros((len(self.words), self.width), dtype=np.int64)
-        unk = self.vocab.get("<unk>", 1)
+        unk = self.vocab.get(UNK, 1)
         for i, words in enumerate(self.words):
             draws = rng.random(len(words))
             chosen = [
@@ -59,13 +62,11 @@ class SynonymAugmenter:
 def decode_words(ids: np.ndarray, vocab: dict[str, int], char_level: bool) -> list[list[str]]:
     """Right-padded ids → words per text: jieba on the decoded chars, or the tokens themselves."""
     inverse = {i: t for t, i in vocab.items()}
-    inverse[vocab.get("<unk>", 1)] = UNKNOWN
+    inverse[vocab.get(UNK, 1)] = UNKNOWN
     texts = [[inverse.get(int(i), UNKNOWN) for i in row[row != 0]] for row in ids]
     if not char_level:
         return texts
-    import jieba
-
-    jieba.setLogLevel(logging.WARNING)
+    jieba = load_jieba()
     return [[w for w in jieba.lcut("".join(chars)) if w.strip()] for chars in texts]
 
 

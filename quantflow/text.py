@@ -137,11 +137,11 @@ def char_word_tokens(cleaned: str, max_len: int) -> list[str]:
     even for an empty text. One vocabulary holds both views: a one-char word and that char share an id.
     """
     h = (max_len - 1) // 2
-    words = [w for w in _jieba().lcut(cleaned) if w and not w.isspace()]
+    words = [w for w in load_jieba().lcut(cleaned) if w and not w.isspace()]
     return [*char_tokens(cleaned)[:h], SEP, *words[: max(0, max_len - 1 - h)]]
 
 
-def _jieba() -> Any:
+def load_jieba() -> Any:
     """jieba, imported on first use with its dictionary-loading chatter silenced."""
     import jieba
 
