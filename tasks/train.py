@@ -132,10 +132,11 @@ def init_embeddings(model: nn.Module, train_ids: np.ndarray, seed: int) -> None:
             table.weight.copy_(vectors[shape])
 
 
-def make_synonyms(train_ids: np.ndarray, tokenizer_dir: Path, dim: int, seed: int) -> SynonymAugmenter:
+def make_synonyms(
+    train_ids: np.ndarray, tokenizer_dir: Path, vocab: dict[str, int], dim: int, seed: int
+) -> SynonymAugmenter:
     """The synonym augmenter of the training split, at char or word level as the tokenizer segments."""
     config = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    vocab = json.loads((tokenizer_dir / "vocab.json").read_text(encoding="utf-8"))
     if config["language"] != "zh" or config["segmenter"] not in ("char", "jieba"):
         raise ValueError(
             "train.augment_synonym needs a Chinese char or jieba tokenizer "
@@ -184,7 +185,7 @@ def setup(
     )
     synonyms = None
     if params.augment_synonym > 0:
-        synonyms = make_synonyms(train_ids, tokenizer_dir, cfg.embed_dim, seed)
+        synonyms = make_synonyms(train_ids, tokenizer_dir, vocab, cfg.embed_dim, seed)
     fixed_ids = (vocab[SEP],) if SEP in vocab else ()  # a char+word tokenizer's, whatever the model
     return Setup(data, labels, cfg, model, synonyms, fixed_ids)
 
