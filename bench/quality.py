@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -43,7 +44,7 @@ from sklearn.metrics import f1_score
 from flows.scale import prefect_api, task_runner
 from quantflow.benchmarks import write_section
 from quantflow.layout import Layout, tracking_uri
-from quantflow.params import BUILTIN_DATASETS, Params, TrainParams, load_params
+from quantflow.params import BUILTIN_DATASETS, EvaluateParams, Params, TrainParams, load_params
 from quantflow.text import clean_text, load_jieba
 from tasks.compress import FP32, compress
 from tasks.evaluate import tfidf_baseline
@@ -112,6 +113,9 @@ THREADS = 1
 
 logger = logging.getLogger("bench.quality")
 
+# a classic model: fitted on the training frame, its predicted labels for each of the other frames
+ClassicModel = Callable[[pd.DataFrame, list[pd.DataFrame], int], list[np.ndarray]]
+
 
 def prepare(params: Params, root: Path) -> Layout:
     """The pipeline's data steps in ``root`` (skipped when the features are already there)."""
@@ -140,20 +144,6 @@ def cache_key(params: Params) -> str:
     data = [section.model_dump(mode="json", exclude_defaults=True) for section in parts]
     blob = json.dumps([params.seed, *data, train], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def score_baseline(params: Params, layout: Layout, labels: list[str]) -> Scored:
-    """TF-IDF + LR fitted on the training split, as the evaluate step fits it."""
-    frames = {s: pd.read_parquet(layout.split_dir / f"{s}.parquet") for s in ("train", "val", "test")}
-    start = time.perf_counter()
-    index = {label: i for i, label in enumerate(labels)}
-    out = {
-        s: np.array(
-            [index[p] for p in tfidf_baseline(frames["train"], frames[s], params.evaluate, params.seed)]
-        )
-        for s in ("val", "test")
-    }
-    return Scored(out["val"], out["test"], time.perf_counter() - start)
 
 
 def nb_lr(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> list[np.ndarray]:
@@ -187,16 +177,29 @@ def char_word_lr(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> 
     ]
 
 
+def tfidf_lr(evaluate: EvaluateParams) -> ClassicModel:
+    """The baseline as the evaluate step fits it (:func:`tasks.evaluate.tfidf_baseline`), fitted once for every
+    split it predicts."""
+
+    def fit_predict(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> list[np.ndarray]:
+        pred = np.array(tfidf_baseline(train, pd.concat(others), evaluate, seed))
+        return np.split(pred, np.cumsum([len(f) for f in others])[:-1])
+
+    return fit_predict
+
+
 # Linear probes: classic models beside the baseline, to bound what bag-of-n-gram features give on this split
 # (their C chosen on validation once). Reported, never chosen as the default: the pipeline ships a neural model.
-PROBES = {"probe: nb-lr": nb_lr, "probe: char+word-lr": char_word_lr}
+PROBES: dict[str, ClassicModel] = {"probe: nb-lr": nb_lr, "probe: char+word-lr": char_word_lr}
 
 
-def score_probe(name: str, layout: Layout, labels: list[str], seed: int) -> Scored:
-    frames = {s: pd.read_parquet(layout.split_dir / f"{s}.parquet") for s in ("train", "val", "test")}
+def score_classic(
+    fit_predict: ClassicModel, frames: dict[str, pd.DataFrame], labels: list[str], seed: int
+) -> Scored:
+    """A classic model fitted once on the training split, its predictions on val and test as label indices."""
     start = time.perf_counter()
     index = {label: i for i, label in enumerate(labels)}
-    val, test = PROBES[name](frames["train"], [frames["val"], frames["test"]], seed)
+    val, test = fit_predict(frames["train"], [frames["val"], frames["test"]], seed)
     return Scored(
         np.array([index[p] for p in val]), np.array([index[p] for p in test]), time.perf_counter() - start
     )
@@ -301,10 +304,13 @@ def summarize_dataset(
     params = base.with_overrides({"ingest.dataset": dataset})
     labels = json.loads((layout.features_dir / "labels.json").read_text(encoding="utf-8"))
     y = {s: load_features(layout.features_dir, s)[1] for s in ("val", "test")}
-    baseline = score_baseline(params, layout, labels)
+    frames = {s: pd.read_parquet(layout.split_dir / f"{s}.parquet") for s in ("train", "val", "test")}
+    baseline = score_classic(tfidf_lr(params.evaluate), frames, labels, params.seed)
     rows = [summarize(BASELINE, baseline, baseline, y, params.seed)]
-    for name in PROBES:
-        rows.append(summarize(name, score_probe(name, layout, labels, params.seed), baseline, y, params.seed))
+    for name, probe in PROBES.items():
+        rows.append(
+            summarize(name, score_classic(probe, frames, labels, params.seed), baseline, y, params.seed)
+        )
     for name, (job, result) in scored.items():
         row = summarize(name, result, baseline, y, params.seed) | {"folder": str(job.folder)}
         log_run(dataset, name, CANDIDATES[name], row, job.params)
