@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantflow.benchmarks import write_section
-from quantflow.layout import Layout
-from quantflow.params import load_params
+from quantflow.core.benchmarks import write_section
+from quantflow.core.layout import Layout
+from quantflow.core.measure import measure, onnx_runner
+from quantflow.core.params import load_params
+from quantflow.core.quantize import quantize_int8
 from tasks.compress import FP32, compress
-from tasks.measure import measure, onnx_runner
-from tasks.quantize import quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-compress:start -->", "<!-- bench-compress:end -->"

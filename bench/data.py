@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from quantflow.params import Params, load_params
-from tasks.contracts import check_batch, dataset_keys, derive
-from tasks.drift import measure_drift
+from quantflow.core.params import Params, load_params
+from quantflow.intake.contracts import check_batch, dataset_keys, derive
+from quantflow.intake.drift import measure_drift
 from tasks.ingest import load_builtin
 from tasks.validate import validate
 
@@ -80,8 +80,8 @@ def main() -> None:
 
 def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) -> None:
     """Seconds the nightly checks add for one batch against a default-size dataset (split + vocabulary)."""
-    from tasks.contracts import check_dataset
-    from tasks.drift import write_drift_report
+    from quantflow.intake.contracts import check_dataset
+    from quantflow.intake.drift import write_drift_report
     from tasks.ingest import held_back, ingest
     from tasks.preprocess import preprocess
     from tasks.split import split
@@ -120,7 +120,7 @@ def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) ->
 
 def _validate_quietly(params: Params, raw: Path, out: Path, expectations: Path) -> None:
     """The raw suite reports the corpus's real blanks and duplicates as failures: only its time counts."""
-    from quantflow.errors import ValidationFailed
+    from quantflow.core.errors import ValidationFailed
 
     with contextlib.suppress(ValidationFailed):
         validate(params, raw, out / "v", expectations)

@@ -41,17 +41,17 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
+from flows.quality import Scored, train_candidate_task
 from flows.scale import prefect_api, task_runner
-from quantflow.benchmarks import write_section
-from quantflow.layout import Layout, tracking_uri
-from quantflow.params import BUILTIN_DATASETS, EvaluateParams, Params, TrainParams, load_params
-from quantflow.text import clean_text, load_jieba
+from quantflow.core.benchmarks import write_section
+from quantflow.core.layout import Layout, tracking_uri
+from quantflow.core.params import BUILTIN_DATASETS, EvaluateParams, Params, TrainParams, load_params
+from quantflow.core.stats import compare_paired
+from quantflow.core.text import clean_text, load_jieba
 from tasks.compress import FP32, compress
 from tasks.evaluate import tfidf_baseline
 from tasks.preprocess import load_features
-from tasks.quality import Scored, train_candidate_task
 from tasks.stages import run_stage
-from tasks.stats import compare_paired
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-quality:start -->", "<!-- bench-quality:end -->"
@@ -74,7 +74,7 @@ FASTTEXT = {
 AUGMENT = {"train.augment_delete": 0.1, "train.augment_swap": 0.05}
 # the word channel alone: jieba words instead of chars (a larger vocabulary: words are sparser than chars)
 WORDS = {"preprocess.segmenter": "jieba", "preprocess.max_vocab": 30000}
-# both channels in one sequence: up to 128 chars, <sep>, the jieba words (quantflow/text.py)
+# both channels in one sequence: up to 128 chars, <sep>, the jieba words (quantflow/core/text.py)
 CHAR_WORD = {"preprocess.segmenter": "char+word", "preprocess.max_len": 257, "preprocess.max_vocab": 30000}
 CANDIDATES: dict[str, dict[str, Any]] = {
     "textcnn": {"train.model": "textcnn"},
@@ -534,7 +534,7 @@ The default model against the issue's targets (int8: the pipeline's compress ste
 
 {goals}
 
-Candidates (overrides of the `train` defaults in `quantflow/params.py`, i.e. of the founding TextCNN, and of
+Candidates (overrides of the `train` defaults in `quantflow/core/params.py`, i.e. of the founding TextCNN, and of
 `params.yaml`'s `preprocess` section; every run logged to MLflow, experiment `{EXPERIMENT}`):
 
 {describe_candidates()}

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from flows.scale import ScaleResult, run_scale, scale_layout
-from quantflow.benchmarks import write_section
-from quantflow.params import load_params
+from quantflow.core.benchmarks import write_section
+from quantflow.core.params import load_params
 from tasks.train import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[1]

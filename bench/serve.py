@@ -187,7 +187,7 @@ def child(port: int, model: str, loop: str, http: str) -> None:
     """The same service on another event loop / HTTP parser (quantflow serve runs asyncio + httptools)."""
     import uvicorn
 
-    from quantflow.params import load_params
+    from quantflow.core.params import load_params
     from serving.server import build_service
 
     params = load_params(ROOT / "params.yaml", {"serve.model_name": model.split("@")[0]})

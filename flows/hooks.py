@@ -27,8 +27,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.utilities.urls import url_for
 
-from quantflow.layout import tracking_uri
-from quantflow.params import Params, ScheduleParams, load_params
+from quantflow.core.layout import tracking_uri
+from quantflow.core.params import Params, ScheduleParams, load_params
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,21 @@ from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
 from flows.runinfo import run_links
-from quantflow.errors import QuantflowError, ValidationFailed
-from quantflow.layout import Layout
-from quantflow.params import Params, load_params
-from tasks.contracts import check_dataset_task
-from tasks.incoming import Intake, finish, take_incoming_task, withdraw
-from tasks.nightly_versions import add_accepted_task, commit_night_task, retrain_reason
+from quantflow.core.errors import QuantflowError, ValidationFailed
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params, load_params
+from quantflow.intake.contracts import check_dataset_task
+from quantflow.intake.incoming import Intake, finish, take_incoming_task, withdraw
+from quantflow.intake.nightly import add_accepted_task, commit_night_task, retrain_reason
+from quantflow.intake.versioning import (
+    commit_outputs_task,
+    lineage,
+    push_data_task,
+    require_dvc_repo,
+    restore_outputs,
+)
 from tasks.register import register_task
 from tasks.stages import STAGES, stage_args, step_function
-from tasks.versioning import commit_outputs_task, lineage, push_data_task, require_dvc_repo, restore_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -40,11 +40,11 @@ from prefect.logging.handlers import APILogWorker
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from quantflow.errors import QuantflowError
-from quantflow.layout import Layout
-from quantflow.params import Params, load_params
+from flows.sweep import grid_sizes, int8_variant, log_sweep, train_size_task, write_reports
+from quantflow.core.errors import QuantflowError
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params, load_params
 from tasks.stages import stage_args, step_function
-from tasks.sweep import grid_sizes, int8_variant, log_sweep, train_size_task, write_reports
 
 logger = logging.getLogger(__name__)
 

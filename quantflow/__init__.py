@@ -1,7 +1,8 @@
-"""quantflow core: params, text cleaning and tokenizer, vocabulary, models, ONNX inference.
+"""quantflow: retrain, compress and ship a text classifier every night.
 
-The core imports no Prefect, no MLflow and no step or flow: steps (``tasks/``), flows (``flows/``) and the
-service (``serving/``) import it, never the other way round.
+Rooms, imports pointing down only: ``quantflow.cli`` (the command) → ``flows`` → ``tasks`` (the steps) →
+``quantflow.intake`` (nightly batches, data versions) and ``quantflow.registry`` (MLflow) → ``quantflow.core``;
+``serving`` → ``quantflow.core``. This package's ``__init__`` imports nothing.
 """
 
 __version__ = "0.1.0"

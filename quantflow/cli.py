@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from quantflow.errors import QuantflowError
+from quantflow.core.errors import QuantflowError
 
 app = typer.Typer(
     help="Retrain, compress and ship a text classifier.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -99,7 +99,7 @@ def schedule(
     """Serve the nightly flow on its cron schedule until Ctrl-C (a deployment in the Prefect UI)."""
     _setup()
     from flows.schedule import build_deployment, serve_nightly
-    from quantflow.params import load_params
+    from quantflow.core.params import load_params
 
     overrides = parse_overrides(set_)
     for key, value in {
@@ -138,8 +138,8 @@ def stage(
 ) -> None:
     """Run one step as dvc.yaml does (no Prefect): `dvc repro` calls this."""
     _setup()
-    from quantflow.layout import Layout
-    from quantflow.params import load_params
+    from quantflow.core.layout import Layout
+    from quantflow.core.params import load_params
     from tasks.stages import run_stage
 
     overrides = parse_overrides(set_)
@@ -196,7 +196,7 @@ def ui(
     """Open the MLflow UI on the embedded store (sqlite:///mlflow.db, artifacts in mlartifacts/)."""
     _setup()
     project = root.resolve()
-    from quantflow.layout import artifact_root, tracking_uri
+    from quantflow.core.layout import artifact_root, tracking_uri
 
     backend = tracking_uri(project)
     args = [
@@ -241,7 +241,7 @@ def serve(
 ) -> None:
     """Serve the model behind serve.alias (default @staging) over REST: /predict, /explain, /model, /metrics."""
     _setup()
-    from quantflow.params import load_params
+    from quantflow.core.params import load_params
     from serving.server import build_service, run
 
     try:
@@ -267,7 +267,7 @@ def predict(
 ) -> None:
     """Batch prediction with the served model (same resolution and inference code as `quantflow serve`)."""
     _setup()
-    from quantflow.params import load_params
+    from quantflow.core.params import load_params
     from serving.batch import predict_file
     from serving.server import load_model
 
@@ -289,7 +289,7 @@ RegistryRootOpt = Annotated[Path, typer.Option("--root", help="project folder (h
 def _move_staging(params: Path, root: Path, version: str | None) -> None:
     """Move @staging (to ``version``, or back one step when None) and print the audit entry."""
     _setup()
-    from quantflow.params import load_params
+    from quantflow.core.params import load_params
     from tasks.register import manual_move
 
     try:
@@ -322,8 +322,8 @@ def reproduce(
 ) -> None:
     """Rebuild version N from its recorded commit and data (git worktree, dvc pull, dvc repro); compare."""
     _setup()
-    from quantflow.params import load_params
-    from tasks.reproduce import reproduce as rebuild
+    from flows.reproduce import reproduce as rebuild
+    from quantflow.core.params import load_params
 
     try:
         result = rebuild(load_params(params), root.resolve(), version, keep)

@@ -27,7 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from quantflow.params import ServeParams
+from quantflow.core.params import ServeParams
 from serving.model import ServedModel
 from serving.reload import ModelSlot
 

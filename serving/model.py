@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from quantflow.onnx_model import OnnxClassifier, softmax
-from quantflow.text import UNK, clean_text
+from quantflow.core.onnx_model import OnnxClassifier, softmax
+from quantflow.core.text import UNK, clean_text
 
 
 @dataclass(frozen=True)

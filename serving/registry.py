@@ -26,12 +26,14 @@ from pathlib import Path
 
 import yaml
 
-from quantflow.errors import QuantflowError
-from quantflow.layout import TRACKING_ENV, tracking_uri
+from quantflow.core.errors import QuantflowError
+from quantflow.core.layout import TRACKING_ENV, tracking_uri
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_KEY = "model_dir"  # serving.pyfunc.ARTIFACT_KEY, not imported (it imports mlflow); a test ties them
+ARTIFACT_KEY = (
+    "model_dir"  # quantflow.registry.pyfunc.ARTIFACT_KEY, not imported (it imports mlflow); a test ties them
+)
 FETCH_TIMEOUT_S = 300.0
 
 

@@ -12,7 +12,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from quantflow.params import Params
+from quantflow.core.params import Params
 from serving.app import Service
 from serving.model import ServedModel
 from serving.registry import Registry, resolve_tracking_uri

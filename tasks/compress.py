@@ -1,9 +1,9 @@
 """The compress step: every variant of the trained model as ONNX, measured side by side, and the choice.
 
 Variants: ``fp32`` (the export, parity with PyTorch checked), ``int8-dynamic`` and ``int8-static`` (ONNX
-Runtime quantization, see tasks/quantize.py), ``pruned-int8`` (per-layer magnitude pruning, fine-tune, int8)
+Runtime quantization, see quantflow/core/quantize.py), ``pruned-int8`` (per-layer magnitude pruning, fine-tune, int8)
 and ``slim-int8`` (conv filters dropped by L1 norm, a narrower TextCNN rebuilt, fine-tune, int8). Each is
-scored on the test split and timed in one process against PyTorch eager (tasks/measure.py); the policy in
+scored on the test split and timed in one process against PyTorch eager (quantflow/core/measure.py); the policy in
 ``params.yaml`` (``compress.policy``, ``compress.max_drop_pp``) picks the variant that register logs.
 
 Inputs: a model folder (``model.pt`` + ``model.json`` + tokenizer), the test split and, beside it, the
@@ -32,15 +32,21 @@ from prefect import task
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from quantflow.bundle import Manifest, copy_tokenizer
-from quantflow.errors import DataError, QuantflowError
-from quantflow.models import ModelConfig, build_model, load_model
-from quantflow.onnx_model import INPUT_NAME, MODEL_FILE, OnnxClassifier
-from quantflow.params import VARIANTS, CompressParams, Params
-from quantflow.pruning import count_params, magnitude_prune, make_permanent, slim_textcnn, weight_sparsity
-from quantflow.text import Tokenizer
-from tasks.measure import gzip_size, markdown_table, measure, onnx_runner, pareto_plot, torch_runner
-from tasks.quantize import BucketedReader, quantize_int8, quantize_static_qdq
+from quantflow.core.bundle import Manifest, copy_tokenizer
+from quantflow.core.errors import DataError, QuantflowError
+from quantflow.core.measure import gzip_size, markdown_table, measure, onnx_runner, pareto_plot, torch_runner
+from quantflow.core.models import ModelConfig, build_model, load_model
+from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE, OnnxClassifier
+from quantflow.core.params import VARIANTS, CompressParams, Params
+from quantflow.core.pruning import (
+    count_params,
+    magnitude_prune,
+    make_permanent,
+    slim_textcnn,
+    weight_sparsity,
+)
+from quantflow.core.quantize import BucketedReader, quantize_int8, quantize_static_qdq
+from quantflow.core.text import Tokenizer
 from tasks.train import predict_logits, train_epoch
 
 logger = logging.getLogger(__name__)

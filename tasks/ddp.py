@@ -44,9 +44,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
-from quantflow.errors import QuantflowError
-from quantflow.models import ModelConfig, build_model
-from quantflow.params import TrainParams
+from quantflow.core.errors import QuantflowError
+from quantflow.core.models import ModelConfig, build_model
+from quantflow.core.params import TrainParams
 from tasks.train import (
     Setup,
     Tracker,

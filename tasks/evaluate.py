@@ -14,9 +14,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from quantflow.models import load_model
-from quantflow.params import EvaluateParams
-from quantflow.text import clean_text
+from quantflow.core.models import load_model
+from quantflow.core.params import EvaluateParams
+from quantflow.core.text import clean_text
 from tasks.preprocess import load_features
 from tasks.train import predict_logits
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from quantflow.errors import DataError
-from quantflow.params import BUILTIN_DATASETS, IngestParams
+from quantflow.core.errors import DataError
+from quantflow.core.params import BUILTIN_DATASETS, IngestParams
+from quantflow.core.text import hash_unit
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,6 @@ def held_back(frame: pd.DataFrame, fraction: float) -> pd.Series:
 
     The hash of the raw text decides, so the same rows are held back on every machine and every night.
     """
-    from tasks.split import hash_unit
-
     if fraction <= 0:
         return pd.Series(False, index=frame.index)
     return frame["text"].map(lambda text: hash_unit(str(text), "quantflow-holdout") < fraction)

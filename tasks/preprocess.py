@@ -12,12 +12,19 @@ import pandas as pd
 from prefect import task
 from tqdm import tqdm
 
-from quantflow.params import PreprocessParams
-from quantflow.text import UNK, Tokenizer, TokenizerConfig, base_vocab, build_vocab, pad_batch, special_tokens
+from quantflow.core.layout import SPLITS
+from quantflow.core.params import PreprocessParams
+from quantflow.core.text import (
+    UNK,
+    Tokenizer,
+    TokenizerConfig,
+    base_vocab,
+    build_vocab,
+    pad_batch,
+    special_tokens,
+)
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)

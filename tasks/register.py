@@ -3,9 +3,9 @@
 Every new version gets the alias ``challenger``; it also gets ``staging`` when the gate passes: the variant's
 accuracy trails the fp32 PyTorch model by at most ``register.max_drop``, its macro-F1 reaches
 ``register.min_f1``, its latency and size stay under the optional ceilings, and (once a version holds
-``staging``) a paired test on today's test split against that champion (tasks/stats.py) satisfies
+``staging``) a paired test on today's test split against that champion (quantflow/core/stats.py) satisfies
 ``register.champion_rule``. Aliases only: registry stages are deprecated. Alias moves are serialized and
-recorded by tasks/promotion.py; every registry call is retried with backoff.
+recorded by quantflow/registry/promotion.py; every registry call is retried with backoff.
 
 A version is created ``pending`` and carries its gate tags from the start; the model card, the aliases and
 finally ``quantflow.state=complete`` follow, so a run killed half-way leaves a version no alias points at,
@@ -39,15 +39,14 @@ from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from prefect import task
 
-import quantflow.onnx_model
-import serving.pyfunc
-from quantflow.bundle import MANIFEST, TOKENIZER_FILES, Manifest
-from quantflow.errors import QuantflowError
-from quantflow.layout import TRACKING_ENV, artifact_root, tracking_uri
-from quantflow.onnx_model import MODEL_FILE, OnnxClassifier
-from quantflow.params import Params, RegisterParams
-from serving.pyfunc import ARTIFACT_KEY, PROBA_PREFIX, TEXT_COLUMN, QuantflowModel, model_signature
-from tasks.promotion import (
+import quantflow
+from quantflow.core.bundle import MANIFEST, TOKENIZER_FILES, Manifest
+from quantflow.core.errors import QuantflowError
+from quantflow.core.layout import TRACKING_ENV, artifact_root, tracking_uri
+from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier
+from quantflow.core.params import Params, RegisterParams
+from quantflow.core.stats import compare_paired, judge
+from quantflow.registry.promotion import (
     CHALLENGER,
     COMPLETE,
     OWNER_TAG,
@@ -65,7 +64,7 @@ from tasks.promotion import (
     retrying,
     rollback,
 )
-from tasks.stats import compare_paired, judge
+from quantflow.registry.pyfunc import ARTIFACT_KEY, PROBA_PREFIX, TEXT_COLUMN, QuantflowModel, model_signature
 
 logger = logging.getLogger(__name__)
 
@@ -502,7 +501,7 @@ def log_pyfunc(inputs: Inputs, labels: list[str]) -> ModelInfo:
         name=MODEL_NAME,
         python_model=QuantflowModel(),
         artifacts={ARTIFACT_KEY: str(inputs.variant_dir)},
-        code_paths=[str(Path(module.__file__).parent) for module in (quantflow.onnx_model, serving.pyfunc)],
+        code_paths=[str(Path(quantflow.__file__).parent)],
         signature=model_signature(labels),
         input_example=pd.DataFrame({TEXT_COLUMN: inputs.texts[:2]}),
         pip_requirements=pip_requirements(inputs.variant_dir),

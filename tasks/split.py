@@ -6,7 +6,6 @@ dataset grows and the test set stays comparable night after night.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,24 +14,17 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from quantflow.params import SplitParams
-from quantflow.text import clean_text
+from quantflow.core.layout import SPLITS
+from quantflow.core.params import SplitParams
+from quantflow.core.text import clean_text, hash_unit
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class SplitResult:
     paths: dict[str, Path]
     stats: dict
-
-
-def hash_unit(key: str, salt: str) -> float:
-    """A uniform number in [0, 1) fixed by the text and the salt."""
-    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def assign_split(key: str, params: SplitParams) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from quantflow.layout import Layout
-from quantflow.params import Params
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params
 
 STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "compress")
 

@@ -24,11 +24,11 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from tqdm import tqdm
 
-from quantflow.augment import augment_ids
-from quantflow.models import ModelConfig, build_model, save_model
-from quantflow.params import TrainParams
-from quantflow.synonyms import SynonymAugmenter, synonym_augmenter
-from quantflow.text import CHAR_WORD, SEP
+from quantflow.core.augment import augment_ids
+from quantflow.core.models import ModelConfig, build_model, save_model
+from quantflow.core.params import TrainParams
+from quantflow.core.synonyms import SynonymAugmenter, synonym_augmenter
+from quantflow.core.text import CHAR_WORD, SEP
 from tasks.preprocess import load_features
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def make_scheduler(
 
 def init_embeddings(model: nn.Module, train_ids: np.ndarray, seed: int) -> None:
     """Copy word2vec vectors of the training split's chars into every char embedding table of ``model``."""
-    from quantflow.pretrain import word2vec_vectors
+    from quantflow.core.pretrain import word2vec_vectors
 
     tables = [m for name, m in model.named_modules() if isinstance(m, nn.Embedding) and "ngrams" not in name]
     tables = [t for t in tables if t.padding_idx == 0]  # char tables (positions and n-gram buckets have none)

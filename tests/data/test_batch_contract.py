@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.params import Params
-from quantflow.text import clean_text
-from tasks.contracts import check_batch, dataset_keys
-from tasks.drift import ks_statistic, total_variation
+from quantflow.core.params import Params
+from quantflow.core.text import clean_text
+from quantflow.intake.contracts import check_batch, dataset_keys
+from quantflow.intake.drift import ks_statistic, total_variation
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantflow.errors import ValidationFailed
-from quantflow.params import IngestParams, Params, ParamsError
-from tasks.validate import SuiteError, load_suite, suite_parameters, validate
+from quantflow.core.errors import ValidationFailed
+from quantflow.core.params import IngestParams, Params, ParamsError
+from quantflow.core.suites import SuiteError, load_suite
+from tasks.validate import suite_parameters, validate
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 ROWS_PER_CLASS = 100

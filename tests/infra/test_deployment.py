@@ -16,7 +16,7 @@ from rich.console import Console
 
 from flows.nightly import nightly_retrain
 from flows.schedule import build_deployment
-from quantflow.params import ParamsError, load_params, parse_params
+from quantflow.core.params import ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO / "infra" / "prefect.yaml"

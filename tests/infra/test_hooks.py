@@ -19,8 +19,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.hooks import FAILURE_ARTIFACT_KEY
 from flows.nightly import nightly_retrain
-from quantflow.errors import DataError
-from quantflow.params import load_params
+from quantflow.core.errors import DataError
+from quantflow.core.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK = "custom-webhook/quantflow-test-alerts"

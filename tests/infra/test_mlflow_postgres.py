@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from quantflow.params import Params
+from quantflow.core.params import Params
 from tasks.register import CHALLENGER, STAGING, RegisterResult, register
 from tests.infra.postgres import Postgres, postgres  # noqa: F401
 from tests.integration.test_register import build_variant, synthetic_split, write_reports

@@ -6,8 +6,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from flows.runinfo import DATA_DOCS_INDEX, batch_docs_lines, data_version_lines, docs_lines, mlflow_run_link
+from quantflow.intake.versioning import Lineage
 from tasks.validate import ValidationResult
-from tasks.versioning import Lineage
 
 
 def test_http_tracking_gives_a_clickable_run_link() -> None:

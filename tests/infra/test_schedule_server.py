@@ -32,8 +32,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from quantflow.params import load_params
-from tasks.versioning import lock_md5s
+from quantflow.core.params import load_params
+from quantflow.intake.versioning import lock_md5s
 from tests.integration.test_pipeline import make_project
 from tests.mlflow_server import (  # noqa: F401
     QUIET_ENV,

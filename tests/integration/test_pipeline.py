@@ -22,9 +22,9 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.nightly import RunSummary, nightly_retrain
-from quantflow.errors import DataError, ValidationFailed
-from quantflow.params import ParamsError
-from tasks.versioning import tool_env
+from quantflow.core.errors import DataError, ValidationFailed
+from quantflow.core.params import ParamsError
+from quantflow.intake.versioning import tool_env
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 
 pytestmark = pytest.mark.slow

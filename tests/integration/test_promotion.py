@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 import tests.integration.test_register as fake
 from quantflow.cli import app
-from quantflow.params import Params
-from tasks.promotion import (
+from quantflow.core.params import Params
+from quantflow.registry.promotion import (
     CHALLENGER,
     LOCK_SUFFIX,
     STAGING,
@@ -295,7 +295,7 @@ def test_unreachable_server_fails_clearly_and_leaves_no_aliased_half_version(
 KILLED_REGISTER = """
 import sys
 from pathlib import Path
-from quantflow.params import Params
+from quantflow.core.params import Params
 from tasks.register import register
 register(Params.model_validate_json(sys.argv[2]), Path(sys.argv[1]))
 """

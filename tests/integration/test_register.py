@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 import torch
 
-from quantflow.bundle import Manifest
-from quantflow.errors import QuantflowError
-from quantflow.models import ModelConfig, build_model
-from quantflow.onnx_model import OnnxClassifier
-from quantflow.params import Params
-from quantflow.text import Tokenizer, TokenizerConfig, build_vocab
+from quantflow.core.bundle import Manifest
+from quantflow.core.errors import QuantflowError
+from quantflow.core.models import ModelConfig, build_model
+from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.params import Params
+from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from tasks.register import CHALLENGER, STAGING, RegisterResult, register
 from tests.mlflow_server import ServerProcess, mlflow_server, mlflow_server_process  # noqa: F401
 

@@ -19,8 +19,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 import tests.integration.test_pipeline as pipeline
 from flows.nightly import RunSummary, nightly_retrain
-from quantflow.params import load_params
-from tasks.reproduce import ReproduceError, reproduce
+from flows.reproduce import ReproduceError, reproduce
+from quantflow.core.params import load_params
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.onnx_model import OnnxClassifier
-from quantflow.params import Params, load_params
+from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.params import Params, load_params
 from tasks.compress import FP32, compress
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess

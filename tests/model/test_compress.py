@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
-from quantflow.errors import DataError
-from quantflow.models import ModelConfig, build_model, save_model
-from quantflow.onnx_model import OnnxClassifier
-from quantflow.params import Params
-from quantflow.text import Tokenizer, TokenizerConfig, build_vocab
+from quantflow.core.errors import DataError
+from quantflow.core.models import ModelConfig, build_model, save_model
+from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.params import Params
+from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from tasks.compress import (
     CompressResult,
     ParityError,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantflow.models import load_model
-from quantflow.params import PreprocessParams, TrainParams
-from quantflow.pretrain import word2vec_vectors
+from quantflow.core.models import load_model
+from quantflow.core.params import PreprocessParams, TrainParams
+from quantflow.core.pretrain import word2vec_vectors
 from tasks.ddp import DistributedTrainingError, resolve_device, uses_distributed
 from tasks.preprocess import load_features
 from tasks.train import predict_logits, train

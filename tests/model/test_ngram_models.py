@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from quantflow.models import ModelConfig, build_model, ngram_buckets
-from quantflow.params import TrainParams
-from quantflow.pretrain import word2vec_vectors
+from quantflow.core.models import ModelConfig, build_model, ngram_buckets
+from quantflow.core.params import TrainParams
+from quantflow.core.pretrain import word2vec_vectors
 from tasks.train import init_embeddings, make_scheduler
 from tests.model.tiny import overfit_one_batch
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from quantflow.models import ModelConfig, build_model
-from quantflow.pruning import (
+from quantflow.core.models import ModelConfig, build_model
+from quantflow.core.pruning import (
     count_params,
     magnitude_prune,
     make_permanent,
@@ -83,7 +83,7 @@ def test_pruning_is_core_code_without_steps_or_orchestration() -> None:
     import sys
 
     probe = (
-        "import sys, quantflow.pruning; "
+        "import sys, quantflow.core.pruning; "
         "print(','.join(m for m in ('prefect', 'mlflow', 'tasks', 'flows', 'serving', 'onnxruntime') "
         "if m in sys.modules))"
     )

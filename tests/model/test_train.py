@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from quantflow.models import ModelConfig, build_model, load_model
-from quantflow.params import EvaluateParams, PreprocessParams
+from quantflow.core.models import ModelConfig, build_model, load_model
+from quantflow.core.params import EvaluateParams, PreprocessParams
 from tasks.evaluate import evaluate
 from tasks.train import train
 from tests.model.tiny import LABELS, overfit_one_batch, split_and_preprocess, tiny_train_params

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from quantflow.models import ModelConfig, build_model, load_model
-from quantflow.params import Params, PreprocessParams, TrainParams
-from quantflow.text import SEP, Tokenizer
+from quantflow.core.models import ModelConfig, build_model, load_model
+from quantflow.core.params import Params, PreprocessParams, TrainParams
+from quantflow.core.text import SEP, Tokenizer
 from serving.model import ServedModel
 from tasks.compress import CompressResult, compress
 from tasks.register import pip_requirements

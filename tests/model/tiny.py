@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from quantflow.models import ModelConfig, build_model
-from quantflow.params import PreprocessParams, SplitParams, TrainParams
+from quantflow.core.models import ModelConfig, build_model
+from quantflow.core.params import PreprocessParams, SplitParams, TrainParams
 from tasks.preprocess import preprocess
 from tasks.split import split
 

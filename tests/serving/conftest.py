@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from serving.pyfunc import ARTIFACT_KEY, QuantflowModel
+from quantflow.registry.pyfunc import ARTIFACT_KEY, QuantflowModel
 from tests.integration.test_register import build_variant, synthetic_split
 from tests.mlflow_server import ServerProcess, free_port, mlflow_server, mlflow_server_process  # noqa: F401
 

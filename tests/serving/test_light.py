@@ -12,8 +12,8 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from quantflow.cli import app as cli
-from quantflow.onnx_model import OnnxClassifier
-from quantflow.params import ServeParams
+from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.params import ServeParams
 from serving.app import Service
 from serving.reload import ModelSlot
 
@@ -24,7 +24,7 @@ def test_service_imports_no_torch_prefect_or_training_code(variant: Path) -> Non
     """Import the app and load a char-tokenizer model, as ``quantflow serve --model-dir`` does."""
     probe = (
         "import sys; from pathlib import Path; from serving.server import build_service; "
-        "from quantflow.params import Params; "
+        "from quantflow.core.params import Params; "
         f"s = build_service(Params(), Path('.'), Path({str(variant)!r})); s.slot.load_latest(); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.onnx_model import OnnxClassifier
+from quantflow.core.onnx_model import OnnxClassifier
 from tests.integration.test_register import CHARS
 from tests.serving.conftest import LIMITS, MODEL_NAME, Running, register_version
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import spacy
 
-from quantflow.text import PAD, UNK, Tokenizer, TokenizerConfig, char_tokens, clean_text
+from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, char_tokens, clean_text
 from tasks.ingest import load_builtin
 
 EDGE_CASES = [

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import tests.integration.test_register as fake
-from quantflow.params import Params
-from tasks.promotion import CHALLENGER, STAGING
+from quantflow.core.params import Params
+from quantflow.registry.promotion import CHALLENGER, STAGING
 from tasks.register import register
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from quantflow.augment import augment_ids, delete_chars, swap_neighbours
+from quantflow.core.augment import augment_ids, delete_chars, swap_neighbours
 
 
 def batch() -> np.ndarray:

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.params import PreprocessParams, SplitParams
-from quantflow.text import (
+from quantflow.core.params import PreprocessParams, SplitParams
+from quantflow.core.text import (
     PAD,
     SEP,
     UNK,
@@ -109,7 +109,7 @@ def test_preprocess_with_char_segmenter_has_no_sep(tmp_path: Path, tiny_frame: p
 def test_char_word_tokenizer_needs_neither_spacy_nor_torch() -> None:
     code = (
         "import sys\n"
-        "from quantflow.text import Tokenizer, TokenizerConfig, base_vocab\n"
+        "from quantflow.core.text import Tokenizer, TokenizerConfig, base_vocab\n"
         "c = TokenizerConfig(segmenter='char+word')\n"
         "assert Tokenizer(c, base_vocab(c)).tokens('我爱北京')[-1] == '北京'\n"
         "print(sorted(m for m in ('spacy', 'thinc', 'torch') if m in sys.modules))\n"

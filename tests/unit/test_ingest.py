@@ -3,8 +3,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantflow.errors import DataError
-from quantflow.params import IngestParams
+from quantflow.core.errors import DataError
+from quantflow.core.params import IngestParams
 from tasks.ingest import ingest, load_builtin, news_sentences
 
 

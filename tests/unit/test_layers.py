@@ -6,14 +6,14 @@ import sys
 import pytest
 
 CORE = [
-    "quantflow.params",
-    "quantflow.text",
-    "quantflow.models",
-    "quantflow.bundle",
-    "quantflow.onnx_model",
-    "quantflow.layout",
-    "quantflow.errors",
-    "quantflow.pruning",
+    "quantflow.core.params",
+    "quantflow.core.text",
+    "quantflow.core.models",
+    "quantflow.core.bundle",
+    "quantflow.core.onnx_model",
+    "quantflow.core.layout",
+    "quantflow.core.errors",
+    "quantflow.core.pruning",
 ]
 FORBIDDEN = ["prefect", "mlflow", "tasks", "flows", "serving", "quantflow.cli"]
 
@@ -26,6 +26,6 @@ def test_core_module_imports_nothing_above_it(module: str) -> None:
 
 
 def test_tokenizer_and_onnx_inference_import_no_model_code() -> None:
-    probe = "import sys, quantflow.onnx_model; print('quantflow.models' in sys.modules)"
+    probe = "import sys, quantflow.core.onnx_model; print('quantflow.core.models' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from quantflow.params import ParamsError, load_params, parse_params
+from quantflow.core.params import ParamsError, load_params, parse_params
 
 
 def test_repo_params_file_parses(project_root: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from quantflow.params import Params
+from quantflow.core.params import Params
 
 
 @pytest.fixture(scope="module")

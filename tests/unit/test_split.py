@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantflow.params import SplitParams
+from quantflow.core.params import SplitParams
 from tasks.split import assign_split, deduplicate, split
 
 

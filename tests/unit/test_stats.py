@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tasks.stats import compare_paired, judge, mcnemar_exact
+from quantflow.core.stats import compare_paired, judge, mcnemar_exact
 
 
 def binom_two_sided(b: int, c: int) -> float:

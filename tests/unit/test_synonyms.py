@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantflow.synonyms import SynonymAugmenter, build_lexicon, decode_words, is_content_word
-from quantflow.text import pad_batch
+from quantflow.core.synonyms import SynonymAugmenter, build_lexicon, decode_words, is_content_word
+from quantflow.core.text import pad_batch
 
 TEXTS = ["这家酒店的服务很好", "房间干净,价格便宜", "宾馆离地铁站不远"]
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from quantflow.params import PreprocessParams, SplitParams
-from quantflow.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab, clean_text
+from quantflow.core.params import PreprocessParams, SplitParams
+from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab, clean_text
 from tasks.preprocess import load_features, preprocess
 from tasks.split import split
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantflow.bundle import Manifest
-from quantflow.text import Tokenizer
+from quantflow.core.bundle import Manifest
+from quantflow.core.text import Tokenizer
 
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "ids"
@@ -21,7 +21,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class OnnxClassifier:
-    """An ONNX model folder (see quantflow.bundle) behind one ORT session; ``threads`` sets intra-op threads."""
+    """An ONNX model folder (see quantflow.core.bundle) behind one ORT session; ``threads`` sets intra-op threads."""
 
     def __init__(self, folder: Path, threads: int = 1) -> None:
         import onnxruntime as ort

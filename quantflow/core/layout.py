@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantflow.params import Params
+from quantflow.core.params import Params
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+SPLITS = ("train", "val", "test")  # data/split/<name>.parquet, data/features/<name>.npz
 
 
 def tracking_uri(root: Path) -> str:

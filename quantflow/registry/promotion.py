@@ -33,7 +33,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from quantflow.errors import QuantflowError
+from quantflow.core.errors import QuantflowError
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ thinc, which imports torch when it is installed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -192,3 +193,9 @@ def pad_batch(rows: Sequence[Sequence[int]], min_len: int = 1) -> np.ndarray:
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
+
+
+def hash_unit(key: str, salt: str) -> float:
+    """A uniform number in [0, 1) fixed by the text and the salt."""
+    digest = hashlib.blake2b(f"{salt}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64

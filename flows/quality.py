@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from quantflow.layout import Layout
-from quantflow.models import load_model
-from quantflow.params import Params
+from quantflow.core.layout import Layout
+from quantflow.core.models import load_model
+from quantflow.core.params import Params
 from tasks.preprocess import load_features
 from tasks.train import predict_logits, train
 

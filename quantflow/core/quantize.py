@@ -24,8 +24,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from quantflow.onnx_model import INPUT_NAME
-from quantflow.text import Tokenizer
+from quantflow.core.onnx_model import INPUT_NAME
+from quantflow.core.text import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class BucketedReader(CalibrationDataReader):
 
     MinMax reduces each batch on its own, so a few buckets do; the histogram calibrators (entropy, percentile)
     stack the activations of *every* batch, so they need one shape: ``bucket = max_len`` pads all batches to
-    the tokenizer's cap. Padding never changes a text's logits (see quantflow.models) and barely moves ranges.
+    the tokenizer's cap. Padding never changes a text's logits (see quantflow.core.models) and barely moves ranges.
     """
 
     def __init__(self, tokenizer: Tokenizer, texts: Sequence[str], bucket: int = 32) -> None:

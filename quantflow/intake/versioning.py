@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 from prefect import task
 
-from quantflow.bundle import library_versions
-from quantflow.errors import QuantflowError
+from quantflow.core.bundle import library_versions
+from quantflow.core.errors import QuantflowError
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from prefect import task
 
-from quantflow.layout import Layout
-from quantflow.params import Params
-from tasks.incoming import Intake
-from tasks.versioning import VersioningError, dvc, run_tool
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params
+from quantflow.intake.incoming import Intake
+from quantflow.intake.versioning import VersioningError, dvc, run_tool
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantflow.params import DriftParams
-from quantflow.text import UNK, Tokenizer
+from quantflow.core.params import DriftParams
+from quantflow.core.text import UNK, Tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from quantflow.errors import QuantflowError
-from quantflow.params import Params, load_params
+from quantflow.core.errors import QuantflowError
+from quantflow.core.params import Params, load_params
+from quantflow.intake.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
 from tasks.register import LINEAGE_DIR, numeric_leaves, resolve_tracking_uri
-from tasks.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
 
 logger = logging.getLogger(__name__)
 

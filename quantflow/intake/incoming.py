@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from quantflow.errors import DataError
-from quantflow.layout import Layout
-from quantflow.params import Params
-from tasks.contracts import BatchVerdict, check_batch, dataset_keys
-from tasks.drift import measure_drift, write_drift_report
+from quantflow.core.errors import DataError
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params
+from quantflow.intake.contracts import BatchVerdict, check_batch, dataset_keys
+from quantflow.intake.drift import measure_drift, write_drift_report
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from prefect import task
 
-from quantflow.layout import Layout
-from quantflow.params import Params, ScaleParams
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params, ScaleParams
 from tasks.compress import compress
 from tasks.train import train
 

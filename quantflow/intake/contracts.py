@@ -20,11 +20,11 @@ from great_expectations.core import ExpectationSuite
 from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 from prefect import task
 
-from quantflow.errors import ValidationFailed
-from quantflow.params import Params
-from quantflow.text import clean_text
-from tasks.split import SPLITS
-from tasks.validate import _context, load_suite
+from quantflow.core.errors import ValidationFailed
+from quantflow.core.layout import SPLITS
+from quantflow.core.params import Params
+from quantflow.core.suites import gx_context, load_suite
+from quantflow.core.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def check_batch(
 
 
 def _validate(suite: ExpectationSuite, data: pd.DataFrame, supplied: dict[str, Any]) -> Any:
-    source = _context().data_sources.add_pandas("nightly")
+    source = gx_context().data_sources.add_pandas("nightly")
     asset = source.add_dataframe_asset(suite.name)
     batch = asset.add_batch_definition_whole_dataframe(suite.name).get_batch(
         batch_parameters={"dataframe": data}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from quantflow.models import ModelConfig, TextCNN
+from quantflow.core.models import ModelConfig, TextCNN
 
 logger = logging.getLogger(__name__)
 

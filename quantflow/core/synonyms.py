@@ -9,8 +9,8 @@ whether it helps.
 
 Works on the encoded training ids (the format preprocess writes): for a char tokenizer the ids are decoded to
 text, segmented with jieba, replaced word by word, and encoded back; for a word tokenizer (jieba) the ids are
-the words. Redrawn every epoch, like deletion and swap (:mod:`quantflow.augment`). Validation and test texts
-are never touched. gensim and jieba are imported on first use (jieba through :func:`quantflow.text.load_jieba`): the service
+the words. Redrawn every epoch, like deletion and swap (:mod:`quantflow.core.augment`). Validation and test texts
+are never touched. gensim and jieba are imported on first use (jieba through :func:`quantflow.core.text.load_jieba`): the service
 never loads this module.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantflow.text import UNK, load_jieba
+from quantflow.core.text import UNK, load_jieba
 
 logger = logging.getLogger(__name__)
 

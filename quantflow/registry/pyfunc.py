@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from quantflow.onnx_model import OnnxClassifier
+from quantflow.core.onnx_model import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 

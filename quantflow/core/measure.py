@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantflow.onnx_model import OnnxClassifier
-from quantflow.text import Tokenizer
+from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.text import Tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from quantflow.errors import QuantflowError
+from quantflow.core.errors import QuantflowError
 
 BUILTIN_DATASETS: dict[str, tuple[str, ...]] = {
     "news_vs_comment": ("news", "comment"),
@@ -89,7 +89,7 @@ class SplitParams(_Section):
 
 class PreprocessParams(_Section):
     language: str = "zh"
-    # char+word (zh): chars, <sep>, jieba words in one sequence (quantflow.text.char_word_tokens)
+    # char+word (zh): chars, <sep>, jieba words in one sequence (quantflow.core.text.char_word_tokens)
     segmenter: Literal["char", "jieba", "char+word"] = "char"
     lowercase: bool = True
     min_freq: int = Field(default=2, ge=1)
@@ -123,12 +123,12 @@ class TrainParams(_Section):
     schedule: Literal["constant", "cosine"] = "constant"
     warmup_fraction: float = Field(default=0.0, ge=0, lt=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # augmentation of the training split only, redrawn every epoch (quantflow/augment.py)
+    # augmentation of the training split only, redrawn every epoch (quantflow/core/augment.py)
     augment_delete: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars dropped from a text
     augment_swap: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars swapped with their neighbour
-    # share of words with a synonym replaced by one, lexicon learned on the training split (quantflow/synonyms.py)
+    # share of words with a synonym replaced by one, lexicon learned on the training split (quantflow/core/synonyms.py)
     augment_synonym: float = Field(default=0.0, ge=0, le=1)
-    # initialize the char embedding with word2vec vectors trained on the training split (quantflow/pretrain.py)
+    # initialize the char embedding with word2vec vectors trained on the training split (quantflow/core/pretrain.py)
     pretrained_embeddings: bool = False
 
     @model_validator(mode="after")
@@ -212,7 +212,7 @@ class RegisterParams(_Section):
     max_drop: float = Field(default=0.01, ge=0, le=1)
     min_f1: float = Field(default=0.8, ge=0, le=1)
     champion_tolerance: float = Field(default=0.005, ge=0, le=1)
-    # the paired test against the champion (tasks/stats.py): "better" or "not_worse"
+    # the paired test against the champion (quantflow/core/stats.py): "better" or "not_worse"
     champion_rule: Literal["better", "not_worse"] = "not_worse"
     alpha: float = Field(default=0.05, gt=0, lt=1)
     bootstrap_samples: int = Field(default=2000, ge=100)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantflow.bundle import Manifest, copy_tokenizer
+from quantflow.core.bundle import Manifest, copy_tokenizer
 
 
 @dataclass(frozen=True)
