@@ -108,6 +108,7 @@ def test_registry_polling_reads_sqlite_without_importing_mlflow(tmp_path: Path) 
 
 
 def test_artifact_key_matches_the_pyfunc() -> None:
-    from serving import pyfunc, registry
+    from quantflow.registry import pyfunc
+    from serving import registry
 
     assert registry.ARTIFACT_KEY == pyfunc.ARTIFACT_KEY
