@@ -28,7 +28,8 @@ from quantflow.core.layout import Layout
 from quantflow.core.measure import measure, onnx_runner
 from quantflow.core.params import load_params
 from quantflow.core.quantize import quantize_int8
-from tasks.compress import FP32, compress
+from quantflow.core.variants import FP32
+from tasks.compress import compress
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-compress:start -->", "<!-- bench-compress:end -->"
@@ -138,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         report = scratch / "reports" / "compression.json"
-        compress(params, layout.model_dir, test_path, scratch / "variants", report)
+        compress(params.compress, layout.model_dir, test_path, scratch / "variants", report, params.seed)
         report_md = report.with_suffix(".md").read_text(encoding="utf-8")
         goals_md = goals_table(json.loads(report.read_text(encoding="utf-8")))
         weights_md = weight_type_table(scratch / "variants", texts, args.rounds, scratch)

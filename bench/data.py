@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.params import Params, load_params
 from quantflow.intake.contracts import check_batch, dataset_keys, derive
 from quantflow.intake.drift import measure_drift
-from tasks.ingest import load_builtin
 from tasks.validate import validate
 
 
@@ -82,7 +82,7 @@ def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) ->
     """Seconds the nightly checks add for one batch against a default-size dataset (split + vocabulary)."""
     from quantflow.intake.contracts import check_dataset
     from quantflow.intake.drift import write_drift_report
-    from tasks.ingest import held_back, ingest
+    from tasks.ingest import ingest
     from tasks.preprocess import preprocess
     from tasks.split import split
 
@@ -123,7 +123,7 @@ def _validate_quietly(params: Params, raw: Path, out: Path, expectations: Path) 
     from quantflow.core.errors import ValidationFailed
 
     with contextlib.suppress(ValidationFailed):
-        validate(params, raw, out / "v", expectations)
+        validate(params.validate_, raw, out / "v", expectations, params.labels, params.ingest.dataset)
 
 
 if __name__ == "__main__":

@@ -43,14 +43,15 @@ from sklearn.metrics import f1_score
 
 from flows.quality import Scored, train_candidate_task
 from flows.scale import prefect_api, task_runner
+from quantflow.core.baseline import tfidf_baseline
 from quantflow.core.benchmarks import write_section
+from quantflow.core.features import load_features
 from quantflow.core.layout import Layout, tracking_uri
 from quantflow.core.params import BUILTIN_DATASETS, EvaluateParams, Params, TrainParams, load_params
 from quantflow.core.stats import compare_paired
 from quantflow.core.text import clean_text, load_jieba
-from tasks.compress import FP32, compress
-from tasks.evaluate import tfidf_baseline
-from tasks.preprocess import load_features
+from quantflow.core.variants import FP32
+from tasks.compress import compress
 from tasks.stages import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +179,7 @@ def char_word_lr(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> 
 
 
 def tfidf_lr(evaluate: EvaluateParams) -> ClassicModel:
-    """The baseline as the evaluate step fits it (:func:`tasks.evaluate.tfidf_baseline`), fitted once for every
+    """The baseline as the evaluate step fits it (:func:`quantflow.core.baseline.tfidf_baseline`), fitted once for every
     split it predicts."""
 
     def fit_predict(train: pd.DataFrame, others: list[pd.DataFrame], seed: int) -> list[np.ndarray]:
@@ -369,7 +370,7 @@ def compress_chosen(base: Params, result: dict[str, Any], chosen: str) -> dict[s
     if not out.is_file():
         params = base.with_overrides({"compress.latency_texts": 50, "compress.throughput_texts": 128})
         test_path = Path(result["split_dir"]) / "test.parquet"
-        compress(params, folder, test_path, folder / "variants", out)
+        compress(params.compress, folder, test_path, folder / "variants", out, params.seed)
     report = json.loads(out.read_text())
     chosen_variant = report["chosen"]
     variant = report["variants"][chosen_variant]

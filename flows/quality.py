@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from quantflow.core.features import load_features
 from quantflow.core.layout import Layout
 from quantflow.core.models import load_model
 from quantflow.core.params import Params
-from tasks.preprocess import load_features
-from tasks.train import predict_logits, train
+from quantflow.core.training import predict_logits
+from tasks.train import train
 
 logger = logging.getLogger(__name__)
 

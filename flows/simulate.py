@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import tracking_uri
 from quantflow.core.params import load_params
 from quantflow.intake.versioning import tool_env
-from tasks.ingest import held_back, load_builtin
 
 logger = logging.getLogger(__name__)
 

@@ -111,11 +111,12 @@ def train_size(params: Params, size: Size, layout: Layout, out_dir: Path) -> dic
     )
     train_seconds = time.perf_counter() - started
     result = compress(
-        p,
+        p.compress,
         folder / "model",
         layout.split_dir / "test.parquet",
         folder / "variants",
         folder / "compression.json",
+        p.seed,
     )
     fp32, int8 = result.variants["fp32"], result.variants[int8_variant(p.scale)]
     row = {

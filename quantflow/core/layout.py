@@ -22,6 +22,15 @@ def artifact_root(root: Path) -> Path:
     return root.resolve() / "mlartifacts"
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working folder (the project root under DVC and `quantflow run`), so a report
+    that names it reads the same on every machine; as given when it lies elsewhere."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
 @dataclass(frozen=True)
 class Layout:
     """Absolute paths of one project folder; ``dvc.yaml`` templates the same paths from params.yaml."""

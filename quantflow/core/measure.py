@@ -8,6 +8,7 @@ single-text (batch 1, one intra-op thread) and includes tokenization, as a reque
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -198,3 +199,25 @@ def pareto_plot(variants: dict[str, dict], reference: dict[str, dict], chosen: s
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
     return path
+
+
+def report_paths(report_path: Path) -> tuple[Path, Path]:
+    """The markdown table beside the JSON report, the Pareto plot under its plots/ folder."""
+    return report_path.with_suffix(".md"), report_path.parent / "plots" / "compression_pareto.png"
+
+
+def write_report(report_path: Path, report: dict) -> None:
+    """compression.json, compression.md (table + decision) and the Pareto plot."""
+    table_path, plot_path = report_paths(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    variants, reference, chosen = report["variants"], report["reference"], report["chosen"]
+    table = markdown_table(variants, reference, chosen)
+    facts = ", ".join(f"{k} {v}" for k, v in report["ratios"].items())
+    table_path.write_text(
+        f"# Compression\n\n{table}\n\nDecision: {report['decision']['reason']}.\n\nRatios: {facts}.\n\n"
+        f"Latency: batch 1, 1 thread, tokenization included, {report['measurement']['latency_texts']} test "
+        f"texts; throughput: batch 64, 1 thread. Δ acc is vs ONNX fp32.\n",
+        encoding="utf-8",
+    )
+    pareto_plot(variants, reference, chosen, plot_path)

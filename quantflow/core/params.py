@@ -113,7 +113,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(default=0.0001, ge=0)
     patience: int = Field(default=2, ge=1)
     threads: int = Field(default=2, ge=1)
-    # data-parallel training (tasks/ddp.py): N processes under torchrun; 1 on CPU is the plain in-process path
+    # data-parallel training (quantflow/core/ddp.py): N processes under torchrun; 1 on CPU: in-process
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else CPU
     # fasttext and ngram_textcnn: hashed char n-grams, n = 2..ngram_max, into one table of `buckets` rows

@@ -12,7 +12,7 @@ import pytest
 from quantflow.core.errors import ValidationFailed
 from quantflow.core.params import IngestParams, Params, ParamsError
 from quantflow.core.suites import SuiteError, load_suite
-from tasks.validate import suite_parameters, validate
+from tasks.validate import ValidationResult, suite_parameters, validate
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 ROWS_PER_CLASS = 100
@@ -39,6 +39,15 @@ def write(frame: pd.DataFrame, tmp_path: Path) -> Path:
     return path
 
 
+def run_validate(params: Params, raw: Path, report_dir: Path) -> ValidationResult:
+    """The step as tasks/stages.py wires it: the validate section, the label set, the dataset's name."""
+    return validate(params.validate_, raw, report_dir, EXPECTATIONS, params.labels, params.ingest.dataset)
+
+
+def supplied(params: Params) -> dict:
+    return suite_parameters(params.validate_, params.labels, params.ingest.dataset)
+
+
 def files_under(root: Path) -> set[Path]:
     return {p.relative_to(root) for p in root.rglob("*") if p.is_file()}
 
@@ -47,7 +56,7 @@ def test_good_dataset_passes_and_writes_its_report(params: Params, tmp_path: Pat
     raw = write(good_frame(), tmp_path)
     before = raw.read_bytes()
 
-    result = validate(params, raw, tmp_path / "reports", EXPECTATIONS)
+    result = run_validate(params, raw, tmp_path / "reports")
 
     assert result.success
     assert result.report_path == tmp_path / "reports" / "news_vs_comment.json"
@@ -135,7 +144,7 @@ def test_bad_data_fails_naming_expectation_column_and_row(params: Params, tmp_pa
     report_path = tmp_path / "reports" / "news_vs_comment.json"
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(params, raw, tmp_path / "reports", EXPECTATIONS)
+        run_validate(params, raw, tmp_path / "reports")
 
     message = str(caught.value)
     evaluated = 8 if case == "missing label column" else 10
@@ -162,7 +171,7 @@ def test_report_holds_failing_rows_with_their_numbers_and_texts(params: Params, 
     raw = write(frame, tmp_path)
 
     with pytest.raises(ValidationFailed) as caught:
-        validate(params, raw, tmp_path / "reports", EXPECTATIONS)
+        run_validate(params, raw, tmp_path / "reports")
 
     (entry,) = [e for e in caught.value.report["expectations"] if not e["success"]]
     assert entry["type"] == "expect_column_values_to_be_in_set" and entry["column"] == "label"
@@ -183,7 +192,7 @@ def test_user_data_without_a_label_set_is_a_params_error(tmp_path: Path) -> None
     params = Params().model_copy(update={"ingest": user_data})
 
     with pytest.raises(ParamsError, match="validate.labels must list the allowed labels"):
-        validate(params, write(good_frame(), tmp_path), tmp_path / "reports", EXPECTATIONS)
+        run_validate(params, write(good_frame(), tmp_path), tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
 
 
@@ -206,7 +215,7 @@ def test_a_suite_entry_gx_cannot_build_is_an_error_not_a_skipped_check(
     with pytest.raises(
         SuiteError, match=r"broken.json: expectation #2 \('expect_column_values_to_be_bogus'\)"
     ):
-        load_suite(suite, suite_parameters(params))
+        load_suite(suite, supplied(params))
 
 
 def test_a_suite_parameter_validate_does_not_supply_is_named(params: Params, tmp_path: Path) -> None:
@@ -226,4 +235,4 @@ def test_a_suite_parameter_validate_does_not_supply_is_named(params: Params, tmp
     )
 
     with pytest.raises(SuiteError, match=r"odd.json: uses suite parameter\(s\) \['min_chars'\]"):
-        load_suite(suite, suite_parameters(params))
+        load_suite(suite, supplied(params))

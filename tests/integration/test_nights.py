@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from flows.nightly import BatchesBlocked, RunSummary, nightly_retrain
-from tasks.ingest import held_back, load_builtin
+from quantflow.core.corpora import held_back, load_builtin
 from tests.integration.test_pipeline import (  # noqa: F401
     dvc,
     harness,

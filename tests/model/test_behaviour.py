@@ -24,7 +24,8 @@ import pytest
 
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params, load_params
-from tasks.compress import FP32, compress
+from quantflow.core.variants import FP32
+from tasks.compress import compress
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 from tasks.split import split
@@ -100,7 +101,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         params.seed,
     )
     result = compress(
-        params, root / "model", root / "split" / "test.parquet", root / "variants", root / "c.json"
+        params.compress,
+        root / "model",
+        root / "split" / "test.parquet",
+        root / "variants",
+        root / "c.json",
+        params.seed,
     )
     texts = pd.read_parquet(root / "split" / "test.parquet")["text"].tolist()
     return Trained(params, root / "variants", int8_variant(result.variants, result.chosen, params), texts)

@@ -19,18 +19,12 @@ import torch
 from torch import nn
 
 from quantflow.core.errors import DataError
+from quantflow.core.export import ParityError, check_parity
 from quantflow.core.models import ModelConfig, build_model, save_model
 from quantflow.core.onnx_model import OnnxClassifier
-from quantflow.core.params import Params
+from quantflow.core.params import CompressParams, Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
-from tasks.compress import (
-    CompressResult,
-    ParityError,
-    check_parity,
-    choose,
-    compress,
-    compress_task,
-)
+from tasks.compress import CompressResult, choose, compress, compress_task
 
 LABELS = ["体育", "财经", "娱乐"]
 ATOL = 1e-4
@@ -122,11 +116,12 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
 
 def run_compress(root: Path) -> CompressResult:
     return compress(
-        Params(),
+        Params().compress,
         root / "model",
         root / "test.parquet",
         root / "variants",
         root / "reports" / "compression.json",
+        Params().seed,
     )
 
 
@@ -398,7 +393,9 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
         pytest.skip("one architecture is enough: a run costs seconds")
     monkeypatch.chdir(setup.root)
     only = Params().with_overrides({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
-    result = compress(only, Path("model"), Path("test.parquet"), Path("again"), Path("again.json"))
+    result = compress(
+        only.compress, Path("model"), Path("test.parquet"), Path("again"), Path("again.json"), only.seed
+    )
     report = json.loads(Path("again.json").read_text())
     assert set(report["variants"]) == {"fp32", "int8-dynamic", "int8-static"}
     assert report["variants"]["int8-static"]["path"] == "again/int8-static/model.onnx"
@@ -415,21 +412,42 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
 
 def test_missing_test_split_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="test split not found"):
-        compress(Params(), tmp_path / "model", tmp_path / "nope.parquet", tmp_path / "v", tmp_path / "r.json")
+        compress(
+            CompressParams(),
+            tmp_path / "model",
+            tmp_path / "nope.parquet",
+            tmp_path / "v",
+            tmp_path / "r.json",
+            0,
+        )
     assert not (tmp_path / "v").exists()
 
 
 def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["你好"]}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError, match=r"missing column\(s\) \['label'\]"):
-        compress(Params(), tmp_path / "model", tmp_path / "test.parquet", tmp_path / "v", tmp_path / "r.json")
+        compress(
+            CompressParams(),
+            tmp_path / "model",
+            tmp_path / "test.parquet",
+            tmp_path / "v",
+            tmp_path / "r.json",
+            0,
+        )
     assert not (tmp_path / "v").exists()
 
 
 def test_missing_training_split_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["你好"], "label": ["体育"]}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError, match=r"train\.parquet: train split not found"):
-        compress(Params(), tmp_path / "model", tmp_path / "test.parquet", tmp_path / "v", tmp_path / "r.json")
+        compress(
+            CompressParams(),
+            tmp_path / "model",
+            tmp_path / "test.parquet",
+            tmp_path / "v",
+            tmp_path / "r.json",
+            0,
+        )
     assert not (tmp_path / "v").exists()
 
 

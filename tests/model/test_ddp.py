@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantflow.core.ddp import DistributedTrainingError, resolve_device, uses_distributed
+from quantflow.core.features import load_features
 from quantflow.core.models import load_model
 from quantflow.core.params import PreprocessParams, TrainParams
 from quantflow.core.pretrain import word2vec_vectors
-from tasks.ddp import DistributedTrainingError, resolve_device, uses_distributed
-from tasks.preprocess import load_features
-from tasks.train import predict_logits, train
+from quantflow.core.training import predict_logits
+from tasks.train import train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess, tiny_train_params
 
@@ -74,7 +75,7 @@ def test_two_processes_match_one_and_only_rank_zero_writes(
     features: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     single = run(features, tmp_path / "single", TINY)
-    with caplog.at_level(logging.INFO, logger="tasks.ddp"):
+    with caplog.at_level(logging.INFO, logger="quantflow.core.ddp"):
         double = run(features, tmp_path / "ddp", TINY.model_copy(update={"workers": 2}))
     assert any("rank 0 train: 2 ranks (gloo)" in r.getMessage() for r in caplog.records)
     # the saved folder loads and scores like the single-process model on the held-out split

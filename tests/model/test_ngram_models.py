@@ -9,7 +9,7 @@ import torch
 from quantflow.core.models import ModelConfig, build_model, ngram_buckets
 from quantflow.core.params import TrainParams
 from quantflow.core.pretrain import word2vec_vectors
-from tasks.train import init_embeddings, make_scheduler
+from quantflow.core.training import init_embeddings, make_scheduler
 from tests.model.tiny import overfit_one_batch
 
 NGRAM_ARCHS = ["fasttext", "ngram_textcnn"]

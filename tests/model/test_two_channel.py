@@ -19,10 +19,11 @@ import torch
 from quantflow.core.models import ModelConfig, build_model, load_model
 from quantflow.core.params import Params, PreprocessParams, TrainParams
 from quantflow.core.text import SEP, Tokenizer
+from quantflow.core.training import model_config
 from serving.model import ServedModel
 from tasks.compress import CompressResult, compress
 from tasks.register import pip_requirements
-from tasks.train import TrainResult, model_config, train
+from tasks.train import TrainResult, train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
 
@@ -125,7 +126,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
         }
     )
     test_path = root / "split" / "test.parquet"
-    compressed = compress(params, root / "model", test_path, root / "variants", root / "c.json")
+    compressed = compress(
+        params.compress, root / "model", test_path, root / "variants", root / "c.json", params.seed
+    )
     return Pipeline(root, trained, compressed, pd.read_parquet(test_path)["text"].tolist())
 
 

@@ -7,8 +7,8 @@ import random
 import pytest
 import spacy
 
+from quantflow.core.corpora import load_builtin
 from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, char_tokens, clean_text
-from tasks.ingest import load_builtin
 
 EDGE_CASES = [
     "",

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantflow.core.features import load_features
 from quantflow.core.params import PreprocessParams, SplitParams
 from quantflow.core.text import (
     PAD,
@@ -22,7 +23,7 @@ from quantflow.core.text import (
     build_vocab,
     special_tokens,
 )
-from tasks.preprocess import load_features, preprocess
+from tasks.preprocess import preprocess
 from tasks.split import split
 
 CW = TokenizerConfig(segmenter="char+word", max_len=32)

@@ -3,9 +3,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quantflow.core.corpora import load_builtin, news_sentences
 from quantflow.core.errors import DataError
 from quantflow.core.params import IngestParams
-from tasks.ingest import ingest, load_builtin, news_sentences
+from tasks.ingest import ingest
 
 
 def user(path: Path, **kw: object) -> IngestParams:

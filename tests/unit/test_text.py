@@ -3,9 +3,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from quantflow.core.features import load_features
 from quantflow.core.params import PreprocessParams, SplitParams
 from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab, clean_text
-from tasks.preprocess import load_features, preprocess
+from tasks.preprocess import preprocess
 from tasks.split import split
 
 

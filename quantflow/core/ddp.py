@@ -1,15 +1,15 @@
 """Data-parallel training: the train step on N processes with PyTorch DistributedDataParallel under torchrun.
 
-``train.workers: N`` (or ``quantflow stage train --workers N``) routes :func:`tasks.train.train` here. The
-launcher writes the job to a JSON file and runs ``python -m torch.distributed.run --standalone
---nproc-per-node N -m tasks.ddp <job.json>``; each rank runs :func:`worker`. Backend gloo on CPU, nccl on GPUs
+``train.workers: N`` (or ``quantflow stage train --workers N``) routes the train step here. The launcher
+writes the job to a JSON file and runs ``python -m torch.distributed.run --standalone --nproc-per-node N
+-m quantflow.core.ddp <job.json>``; each rank runs :func:`worker`. Backend gloo on CPU, nccl on GPUs
 (``train.device``: auto picks CUDA when torch sees one).
 
 What stays the same as the single-process path: the recipe, because both call the same functions of
-tasks/train.py: the model config and seeds, word2vec-initialized embeddings (``pretrained_embeddings``), the
-synonym, deletion and swap augmentation of the training split, AdamW, the learning-rate schedule
-(``schedule``, ``warmup_fraction``), ``label_smoothing``, the validation macro-F1 that picks the best epoch and
-stops early, the history rows, and the saved folder (the very same files). What differs: every rank draws the
+quantflow/core/training.py: the model config and seeds, word2vec-initialized embeddings
+(``pretrained_embeddings``), the synonym, deletion and swap augmentation of the training split, AdamW, the
+learning-rate schedule (``schedule``, ``warmup_fraction``), ``label_smoothing``, the validation macro-F1 that
+picks the best epoch and stops early, the history rows, and the saved folder (the very same files). What differs: every rank draws the
 same augmented copy of the training split each epoch (its rng depends on seed and epoch only) and trains on
 its own shard of it (DistributedSampler), in batches of ``ceil(batch_size / N)`` per rank so one optimizer
 step still averages ``batch_size`` texts (DDP all-reduces the gradients); the schedule counts this rank's
@@ -47,7 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 from quantflow.core.errors import QuantflowError
 from quantflow.core.models import ModelConfig, build_model
 from quantflow.core.params import TrainParams
-from tasks.train import (
+from quantflow.core.training import (
     Setup,
     Tracker,
     TrainResult,
@@ -61,9 +61,9 @@ from tasks.train import (
     train_step,
 )
 
-logger = logging.getLogger("tasks.ddp")  # not __name__: torchrun runs this module as __main__
+logger = logging.getLogger("quantflow.core.ddp")  # not __name__: torchrun runs this module as __main__
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class DistributedTrainingError(QuantflowError):
@@ -111,7 +111,7 @@ def torchrun_command(workers: int, job_file: Path) -> list[str]:
         "--nproc-per-node",
         str(workers),
         "-m",
-        "tasks.ddp",
+        "quantflow.core.ddp",
         str(job_file),
     ]
 
@@ -150,9 +150,9 @@ def train_distributed(
             f"torchrun exited with code {done.returncode} training into {model_dir}; "
             f"its output ends with:\n{_tail(done.stdout + done.stderr)}"
         )
-    # rank 0's progress lines, e.g. "INFO tasks.train: train: epoch 1 loss ...", repeated in this process's log
+    # rank 0's progress lines, e.g. "INFO quantflow.core.training: train: epoch 1 loss ...", repeated here
     for line in done.stderr.splitlines():
-        if "tasks.ddp: train:" in line or "tasks.train: train:" in line:
+        if "quantflow.core.ddp: train:" in line or "quantflow.core.training: train:" in line:
             logger.info("rank 0 %s", line.split(": ", 1)[1])
     history = json.loads(history_path.read_text(encoding="utf-8"))
     best = max(history, key=lambda row: (row["val_macro_f1"], -row["epoch"]))
@@ -212,7 +212,7 @@ def check_same_copy(ids: np.ndarray, epoch: int, device: torch.device) -> None:
     if int(theirs.item()) != mine:
         raise DistributedTrainingError(
             f"epoch {epoch}: rank {dist.get_rank()} drew a different augmented copy of the training split "
-            "than rank 0; tasks.train.epoch_ids must depend on seed and epoch only"
+            "than rank 0; quantflow.core.training.epoch_ids must depend on seed and epoch only"
         )
 
 
@@ -274,10 +274,10 @@ def train_ranks(ddp: DistributedDataParallel, params: TrainParams, ready: Setup,
 
 @record  # a failing rank's traceback reaches torchrun's summary, hence the launcher's error
 def main(argv: list[str]) -> None:
-    """torchrun's entry point on every rank: ``python -m tasks.ddp <job.json>``."""
+    """torchrun's entry point on every rank: ``python -m quantflow.core.ddp <job.json>``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
     if len(argv) != 1:
-        raise SystemExit("usage: python -m torch.distributed.run ... -m tasks.ddp <job.json>")
+        raise SystemExit("usage: python -m torch.distributed.run ... -m quantflow.core.ddp <job.json>")
     worker(Job(**json.loads(Path(argv[0]).read_text(encoding="utf-8"))))
 
 
