@@ -53,6 +53,7 @@ class CompressResult:
 
 @contextmanager
 def _timed(message: str, *args: object) -> Iterator[None]:
+    """Log ``message`` before a phase and again with its wall time after it: a slow variant shows itself."""
     logger.info(message + " …", *args)
     start = time.perf_counter()
     yield
@@ -94,6 +95,7 @@ def evaluate_onnx(folder: Path, texts: Sequence[str], labels: Sequence[str]) -> 
 
 
 def scores(labels: Sequence[str], predicted: Sequence[str], label_set: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro-F1 over the model's whole label set (a class missing from the split counts as 0)."""
     return {
         "accuracy": round(float(accuracy_score(labels, predicted)), 6),
         "macro_f1": round(float(f1_score(labels, predicted, average="macro", labels=list(label_set))), 6),
