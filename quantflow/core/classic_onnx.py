@@ -1,0 +1,222 @@
+"""A fitted classic model (quantflow/core/classic.py) as an ONNX graph of standard operators, its model folder
+and its int8 variant.
+
+The graph, ``ids`` (B, T) int64 → ``logits`` (B, C) float32, batch and sequence axes dynamic::
+
+    Slice ids[:, :max_len]                                         (B, T') the tokenizer's cap, as in training
+    → TfIdfVectorizer, int64 pool of 1..ngram_max-grams            (B, F) x = tf · idf
+        mode TFIDF, weights idf;  sublinear_tf: mode TF, then Relu((Log(c) + 1) · idf) = (1 + log c) · idf, 0 at c = 0
+    → ReduceL2 → Max(·, eps)                                       (B, 1) |x|
+    → Gemm(x, W) ÷ |x| + b                                         (B, K) = (x / |x|) W + b, NB ratios folded into W
+    → logits: 2 classes [0, z] (Mul by [0, 1]); multinomial z; one-vs-rest log σ(z) = -Softplus(-z)
+
+so ``softmax(logits)`` is scikit-learn's ``predict_proba`` in each case. Padding (id 0) is in no pooled n-gram,
+so it counts nothing and a padded row scores as the unpadded one. A row with no known n-gram has norm 0:
+scikit-learn leaves it at 0, and so does 0 / eps (any other row's norm is at least 1: tf ≥ 1 and idf ≥ 1).
+Dividing the (B, K) scores rather than the (B, F) features saves a pass over the widest tensor: the elementwise
+passes over (B, F) are what the graph spends its time on.
+
+The folder (``model.onnx``, ``model.json``, tokenizer files) is what
+:class:`quantflow.core.onnx_model.OnnxClassifier` loads, so the service, ``quantflow predict`` and the MLflow
+pyfunc serve it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from quantflow.core.bundle import Manifest, copy_tokenizer
+from quantflow.core.classic import ClassicFit
+from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
+from quantflow.core.quantize import quantize_int8
+from quantflow.core.text import TokenizerConfig
+
+OPSET = 18  # as the neural exports (tasks/compress.py)
+OUTPUT_NAME = "logits"
+NORM_EPS = 1e-12
+FP32_VARIANT = "fp32"
+INT8_VARIANT = "int8-dynamic"
+# ORT's dynamic quantizer first rewrites a Gemm as MatMul (+ Add) and then quantizes only the listed op types:
+# with "Gemm" alone nothing is quantized
+QUANT_OPS = ("Gemm", "MatMul")
+
+
+def ngram_pool(grams: list[tuple[int, ...]], ngram_max: int) -> tuple[list[int], list[int], list[int]]:
+    """TfIdfVectorizer's ``pool_int64s``, ``ngram_counts`` and ``ngram_indexes`` for feature columns ``grams``.
+
+    The pool lists all 1-grams, then all 2-grams, ...; ``ngram_counts[n-1]`` is where the n-grams start in it;
+    ``ngram_indexes[k]`` is the output column of the pool's k-th n-gram (scikit-learn's column order kept).
+    """
+    order = sorted(range(len(grams)), key=lambda j: (len(grams[j]), grams[j]))
+    pool: list[int] = []
+    counts: list[int] = []
+    for n in range(1, ngram_max + 1):
+        counts.append(len(pool))
+        pool.extend(i for j in order if len(grams[j]) == n for i in grams[j])
+    return pool, counts, order
+
+
+def _const(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(array, name)
+
+
+def _counting_nodes(fit: ClassicFit) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """ids → (B, F) TF-IDF before the norm; returns nodes, initializers and the output's name."""
+    settings = fit.settings
+    pool, counts, indexes = ngram_pool(fit.ngrams(), settings.ngram_max)
+    idf = fit.vectorizer.idf_.astype(np.float32)
+    inits = [
+        _const("starts", np.array([0], np.int64)),
+        _const("ends", np.array([fit.max_len], np.int64)),
+        _const("seq_axis", np.array([1], np.int64)),
+    ]
+    nodes = [helper.make_node("Slice", [INPUT_NAME, "starts", "ends", "seq_axis"], ["kept"])]
+    tfidf = dict(
+        max_gram_length=settings.ngram_max,
+        min_gram_length=1,
+        max_skip_count=0,
+        ngram_counts=counts,
+        ngram_indexes=indexes,
+        pool_int64s=pool,
+    )
+    if not settings.sublinear_tf:  # count · weight, weights listed in pool order (not output column order)
+        weights = idf[indexes].tolist()
+        nodes.append(
+            helper.make_node("TfIdfVectorizer", ["kept"], ["tfidf"], mode="TFIDF", weights=weights, **tfidf)
+        )
+        return nodes, inits, "tfidf"
+    # 1 + log c where c > 0, else 0: Log(0) = -inf stays -inf through + 1 and · idf (idf >= 1), and Relu
+    # makes it 0; 4 passes over the (B, F) tensor (the widest of the graph) where Min/Max/Log/Add/Mul take 5
+    inits += [_const("one", np.array(1.0, np.float32)), _const("idf", idf)]
+    nodes += [
+        helper.make_node("TfIdfVectorizer", ["kept"], ["counts"], mode="TF", **tfidf),
+        helper.make_node("Log", ["counts"], ["log_count"]),
+        helper.make_node("Add", ["log_count", "one"], ["sublinear"]),
+        helper.make_node("Mul", ["sublinear", "idf"], ["signed_tfidf"]),
+        helper.make_node("Relu", ["signed_tfidf"], ["tfidf"]),
+    ]
+    return nodes, inits, "tfidf"
+
+
+def _norm_node(source: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """(B, F) → (B, 1) L2 norm, at least ``eps``: sklearn leaves an all-zero row at 0, so does 0 / eps."""
+    inits = [_const("feature_axis", np.array([1], np.int64)), _const("eps", np.array(NORM_EPS, np.float32))]
+    nodes = [
+        helper.make_node("ReduceL2", [source, "feature_axis"], ["norm"], keepdims=1),  # (B, 1)
+        helper.make_node("Max", ["norm", "eps"], ["safe_norm"]),
+    ]
+    return nodes, inits, "safe_norm"
+
+
+def _linear_nodes(
+    fit: ClassicFit, source: str, norm: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """(B, F) TF-IDF → Gemm → ÷ norm → + bias → ``logits`` (B, C), whose softmax is the model's predict_proba.
+
+    ``(x / |x|) W + b = (x W) / |x| + b``: dividing the (B, K) scores instead of the (B, F) features saves a
+    pass over the widest tensor of the graph.
+    """
+    coef, bias = fit.linear()  # (K, F), (K,)
+    inits = [_const("weight", coef.T.astype(np.float32)), _const("bias", bias.astype(np.float32))]
+    nodes = [
+        helper.make_node("Gemm", [source, "weight"], ["raw_scores"]),  # (B, K)
+        helper.make_node("Div", ["raw_scores", norm], ["normalized_scores"]),
+        helper.make_node("Add", ["normalized_scores", "bias"], ["scores"]),
+    ]
+    if fit.num_classes == 2:  # one score z: logits [0, z], softmax = [1 - σ(z), σ(z)]
+        inits.append(_const("binary_mask", np.array([0.0, 1.0], np.float32)))
+        nodes.append(helper.make_node("Mul", ["scores", "binary_mask"], [OUTPUT_NAME]))
+    elif fit.ratios is None:  # multinomial: the scores are the logits
+        nodes.append(helper.make_node("Identity", ["scores"], [OUTPUT_NAME]))
+    else:  # one-vs-rest: logits log σ(z) = -softplus(-z), softmax = σ(z) / Σ σ(z)
+        nodes += [
+            helper.make_node("Neg", ["scores"], ["neg_scores"]),
+            helper.make_node("Softplus", ["neg_scores"], ["softplus"]),
+            helper.make_node("Neg", ["softplus"], [OUTPUT_NAME]),
+        ]
+    return nodes, inits
+
+
+def classic_graph(fit: ClassicFit) -> onnx.ModelProto:
+    """The checked ONNX model of a fitted classic model (standard ``ai.onnx`` operators only)."""
+    count_nodes, count_inits, tfidf = _counting_nodes(fit)
+    norm_nodes, norm_inits, norm = _norm_node(tfidf)
+    linear_nodes, linear_inits = _linear_nodes(fit, tfidf, norm)
+    graph = helper.make_graph(
+        count_nodes + norm_nodes + linear_nodes,
+        f"quantflow_{fit.settings.model}",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", fit.num_classes])],
+        initializer=count_inits + norm_inits + linear_inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quantflow.core.classic_onnx"
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def classic_config(fit: ClassicFit) -> dict[str, Any]:
+    """``model.json``'s config: the architecture under ``arch`` (as the torch models' ModelConfig) and the settings."""
+    coef, _ = fit.linear()
+    return {
+        "arch": fit.settings.model,
+        "family": "classic",
+        "num_classes": fit.num_classes,
+        "max_len": fit.max_len,
+        "features": int(coef.shape[1]),
+        **fit.settings.model_dump(exclude={"model"}),
+    }
+
+
+def export_classic(fit: ClassicFit, out_path: Path) -> Path:
+    """Write the fitted model's ONNX graph to ``out_path`` (one self-contained file)."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(classic_graph(fit), out_path, save_as_external_data=False)
+    return out_path
+
+
+def save_classic_folder(
+    fit: ClassicFit,
+    folder: Path,
+    labels: list[str],
+    tokenizer_dir: Path,
+    variant: str = FP32_VARIANT,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """A model folder :class:`~quantflow.core.onnx_model.OnnxClassifier` loads: model.onnx, model.json, tokenizer.
+
+    ``labels`` name the classes in index order (``data/features/labels.json``).
+    """
+    if len(labels) != fit.num_classes:
+        raise ValueError(f"{len(labels)} labels {labels} for a model of {fit.num_classes} classes")
+    config = TokenizerConfig(**json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8")))
+    if config.max_len != fit.max_len:
+        raise ValueError(
+            f"{tokenizer_dir / 'tokenizer.json'}: max_len {config.max_len}, but the model was fitted on ids cut "
+            f"to {fit.max_len}; fit it with max_len={config.max_len} (the tokenizer's) so both cut alike"
+        )
+    export_classic(fit, folder / MODEL_FILE)
+    Manifest(labels=list(labels), config=classic_config(fit), variant=variant, metrics=metrics).save(folder)
+    copy_tokenizer(tokenizer_dir, folder)
+    return folder
+
+
+def quantize_classic(fp32_folder: Path, out_folder: Path, weight_type: str = "uint8") -> Path:
+    """The ``int8-dynamic`` variant of a classic folder: the Gemm's weights in 8 bits, its (B, F) input
+    quantized per batch (ORT fuses both into ``DynamicQuantizeMatMul``); the TfIdfVectorizer stays as it is.
+
+    Not static QDQ: ORT's QDQ Gemm quantizes the (B, K) scores to 8 bits as well (``QGemm`` with a uint8
+    output), a second rounding that dynamic quantization does not make, with no speed to show for it here.
+    """
+    manifest = Manifest.load(fp32_folder)
+    quantize_int8(fp32_folder / MODEL_FILE, out_folder / MODEL_FILE, QUANT_OPS, weight_type)
+    Manifest(labels=manifest.labels, config=manifest.config, variant=INT8_VARIANT).save(out_folder)
+    copy_tokenizer(fp32_folder, out_folder)
+    return out_folder
