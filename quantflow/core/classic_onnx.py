@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quantflow.core.bundle import Manifest, copy_tokenizer
+from quantflow.core.bundle import Manifest, copy_tokenizer, library_versions
 from quantflow.core.classic import ClassicFit
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
 from quantflow.core.quantize import quantize_int8
@@ -203,7 +203,8 @@ def save_classic_folder(
             f"to {fit.max_len}; fit it with max_len={config.max_len} (the tokenizer's) so both cut alike"
         )
     export_classic(fit, folder / MODEL_FILE)
-    Manifest(labels=list(labels), config=classic_config(fit), variant=variant, metrics=metrics).save(folder)
+    versions = library_versions() | library_versions(("scikit-learn",))  # the fit's library, too
+    Manifest(list(labels), classic_config(fit), variant, metrics, versions).save(folder)
     copy_tokenizer(tokenizer_dir, folder)
     return folder
 
@@ -217,6 +218,6 @@ def quantize_classic(fp32_folder: Path, out_folder: Path, weight_type: str = "ui
     """
     manifest = Manifest.load(fp32_folder)
     quantize_int8(fp32_folder / MODEL_FILE, out_folder / MODEL_FILE, QUANT_OPS, weight_type)
-    Manifest(labels=manifest.labels, config=manifest.config, variant=INT8_VARIANT).save(out_folder)
+    Manifest(manifest.labels, manifest.config, INT8_VARIANT, versions=manifest.versions).save(out_folder)
     copy_tokenizer(fp32_folder, out_folder)
     return out_folder

@@ -162,6 +162,11 @@ def test_padding_and_ids_past_max_len_change_nothing(two_classes: Prepared, tmp_
     beyond = np.hstack([full, np.full((len(full), 9), 7, np.int64)])
     assert np.abs(onnx_proba(classifier, beyond) - onnx_proba(classifier, full)).max() <= 1e-6
     assert np.abs(onnx_proba(classifier, beyond) - fit.predict_proba(beyond)).max() <= PARITY_ATOL
+    holed = (
+        full.copy()
+    )  # a pad inside a row (the tokenizer makes none) ends a run of ids in both models alike
+    holed[:, MAX_LEN // 2] = 0
+    assert np.abs(onnx_proba(classifier, holed) - fit.predict_proba(holed)).max() <= PARITY_ATOL
 
 
 def test_the_service_serves_and_explains_a_classic_folder(two_classes: Prepared, tmp_path: Path) -> None:
