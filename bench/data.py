@@ -51,7 +51,7 @@ def main() -> None:
         frame.to_parquet(raw, index=False)
         results = {
             "derived columns (normalize, script, markup, known)": timed(
-                lambda: derive(frame, known, params.preprocess.language, params.preprocess.lowercase),
+                lambda: derive(frame, known, params.preprocess.language),
                 args.rounds,
             ),
             "batch contract (derive + GX batch.json + Data Docs)": timed(

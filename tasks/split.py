@@ -16,7 +16,7 @@ from prefect import task
 
 from quantflow.core.layout import SPLITS
 from quantflow.core.params import SplitParams
-from quantflow.core.text import clean_text, hash_unit
+from quantflow.core.text import hash_unit, text_key
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def assign_split(key: str, params: SplitParams) -> str:
 
 def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """Keep one row per normalized text; drop blank texts and every text seen with two or more labels."""
-    frame = frame.assign(key=frame["text"].map(clean_text))
+    frame = frame.assign(key=frame["text"].map(text_key))
     blank = frame["key"].eq("")
     frame = frame[~blank]
     labels_per_key = frame.groupby("key")["label"].nunique()

@@ -57,9 +57,9 @@ def make_texts(words: list[str], n: int, rng: random.Random) -> list[str]:
     return ["".join(rng.choices(words, k=rng.randint(3, 12))) + rng.choice("。！，") for _ in range(n)]
 
 
-def two_vocabulary_frame(per_class: int = 150) -> pd.DataFrame:
-    """``per_class`` news-like then ``per_class`` comment-like texts from two disjoint vocabularies (seed 7)."""
-    rng = random.Random(7)
+def two_vocabulary_frame(per_class: int = 150, seed: int = 7) -> pd.DataFrame:
+    """``per_class`` news-like then ``per_class`` comment-like texts from two disjoint vocabularies."""
+    rng = random.Random(seed)
     news, comments = make_texts(NEWS_WORDS, per_class, rng), make_texts(REVIEW_WORDS, per_class, rng)
     return pd.DataFrame({"text": news + comments, "label": ["news"] * per_class + ["comment"] * per_class})
 

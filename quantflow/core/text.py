@@ -40,6 +40,16 @@ def clean_text(text: str, lowercase: bool = True) -> str:
     return text.lower() if lowercase else text
 
 
+def text_key(text: str) -> str:
+    """The key that says two texts are the same text: :func:`clean_text`, always lower-cased.
+
+    The split dedupes and assigns splits by it, the nightly contract finds known and conflicting texts by it;
+    it depends on no params (``preprocess.lowercase`` shapes the tokenizer's input, not a text's identity), so
+    a key stored in the split is comparable with a key computed from a batch under any configuration.
+    """
+    return clean_text(text, lowercase=True)
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """Everything needed to rebuild the tokenizer: saved beside the vocabulary."""

@@ -24,7 +24,7 @@ from quantflow.core.errors import ValidationFailed
 from quantflow.core.layout import SPLITS
 from quantflow.core.params import Params
 from quantflow.core.suites import gx_context, load_suite
-from quantflow.core.text import clean_text
+from quantflow.core.text import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +70,15 @@ def dataset_keys(split_dir: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f, columns=["key", "label"]) for f in files], ignore_index=True)
 
 
-def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str, lowercase: bool) -> pd.DataFrame:
+def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str) -> pd.DataFrame:
     """The batch with the columns the suite checks besides text and label.
 
-    key: the normalized text split uses; script_share: expected-script characters among letters and digits;
+    key: the split's key of the text (:func:`text_key`, whatever preprocess.lowercase says); script_share: expected-script characters among letters and digits;
     markup: 1 when the text holds HTML or a URL; known: 1 when the key is already in the dataset;
     conflict: the key carries another label in the dataset or in this batch.
     """
     texts = frame["text"].map(lambda t: t if isinstance(t, str) else "")
-    key = texts.map(lambda t: clean_text(t, lowercase))
+    key = texts.map(text_key)
     known_labels: dict[str, set] = known.groupby("key")["label"].agg(set).to_dict() if len(known) else {}
     in_batch = pd.DataFrame({"key": key, "label": frame["label"]}).dropna()
     batch_labels = in_batch[in_batch["key"] != ""].groupby("key")["label"].nunique().to_dict()
@@ -118,7 +118,7 @@ def check_batch(
     """Run expectations/<batch_suite>.json; quarantine failing rows; block on contract-level failures."""
     supplied = batch_parameters(params)
     suite = load_suite(expectations_dir / f"{params.nightly.batch_suite}.json", supplied)
-    data = derive(frame, known, params.preprocess.language, params.preprocess.lowercase)
+    data = derive(frame, known, params.preprocess.language)
     result = _validate(suite, data, supplied)
     verdict = _judge(result, suite, data, params, name)
     verdict.data_docs = write_data_docs(result, report_dir / "data_docs.html")

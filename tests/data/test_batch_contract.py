@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 
 from quantflow.core.params import Params
-from quantflow.core.text import clean_text
+from quantflow.core.text import text_key
 from quantflow.intake.contracts import check_batch, dataset_keys
 from quantflow.intake.drift import ks_statistic, total_variation
+from tasks.split import split
+from tests.conftest import two_vocabulary_frame
+from tests.params_helpers import params_with
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 
@@ -39,7 +42,7 @@ def test_texts_labelled_otherwise_in_the_dataset_are_quarantined(
     tiny_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     known = pd.DataFrame(
-        {"key": [clean_text(tiny_frame.loc[0, "text"])], "label": ["comment"]}
+        {"key": [text_key(tiny_frame.loc[0, "text"])], "label": ["comment"]}
     )  # row 0: news
     verdict = judge(tiny_frame, tmp_path, known)
     assert verdict.quarantined["row"].tolist() == [0]
@@ -64,3 +67,30 @@ def test_drift_figures() -> None:
     assert ks_statistic(a, a) == 0.0
     assert ks_statistic(a, a + 1000) == 1.0
     assert total_variation({"news": 0.5, "comment": 0.5}, {"news": 1.0}) == pytest.approx(0.5)
+
+
+def cased_texts(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """The same texts with a Latin prefix: the rows differ from ``frame``'s only in letter case."""
+    return frame.assign(text=prefix + frame["text"])
+
+
+def test_texts_in_the_dataset_in_another_case_are_known_whatever_preprocess_lowercase(
+    tiny_frame: pd.DataFrame, tmp_path: Path, project_root: Path
+) -> None:
+    """The split keys texts case-blind; the batch contract must key them the same way, even when the
+    tokenizer keeps case (preprocess.lowercase: false), or yesterday's texts pass as new."""
+    cased = cased_texts(tiny_frame, "qf")
+    cased.to_parquet(tmp_path / "raw.parquet")
+    split(params_with({}).split, tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "split.json")
+    known = dataset_keys(tmp_path / "split")
+    params = params_with({"preprocess.lowercase": False})
+    repeat = cased_texts(tiny_frame, "QF")
+    verdict = check_batch(repeat, params, known, EXPECTATIONS, tmp_path / "repeat", "repeat.csv")
+    assert any("already in the dataset" in line for line in verdict.failures), verdict.failures
+    flipped = repeat.iloc[:10].assign(label=lambda f: f["label"].map({"news": "comment", "comment": "news"}))
+    fresh = cased_texts(two_vocabulary_frame(40, seed=11), "QF")
+    batch = pd.concat([flipped, fresh], ignore_index=True)
+    verdict = check_batch(batch, params, known, EXPECTATIONS, tmp_path / "flipped", "flipped.csv")
+    quarantined = verdict.quarantined.to_dict("records")
+    conflicting = [r["row"] for r in quarantined if "labelled otherwise" in r["reason"]]
+    assert conflicting == list(range(10)), quarantined
