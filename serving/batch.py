@@ -7,40 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantflow.core.tables import read_table, table_kind, write_table
 from serving.model import ServedModel
 
 logger = logging.getLogger(__name__)
-
-READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
-
-
-def file_kind(path: Path) -> str:
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
-    return kind
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    kind = file_kind(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found (--input)")
-    if kind == "csv":
-        return pd.read_csv(path)
-    if kind == "parquet":
-        return pd.read_parquet(path)
-    return pd.read_json(path, lines=True)
-
-
-def write_table(frame: pd.DataFrame, path: Path) -> None:
-    kind = file_kind(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "csv":
-        frame.to_csv(path, index=False)
-    elif kind == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_json(path, orient="records", lines=True, force_ascii=False)
 
 
 def predict_file(
@@ -50,9 +20,8 @@ def predict_file(
     on stderr counts the texts."""
     from tqdm import tqdm
 
-    frame = read_table(src)
-    if text_column not in frame.columns:
-        raise ValueError(f"{src}: no {text_column!r} column (has: {list(frame.columns)}); pass --text-column")
+    table_kind(dst)  # an unsupported --output suffix fails before any text is predicted
+    frame = read_table(src, {text_column: "--text-column"}, setting="--input")
     texts = frame[text_column].fillna("").astype(str).tolist()
     rows: list[dict] = []
     with tqdm(total=len(texts), unit="text", desc=src.name) as bar:

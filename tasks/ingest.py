@@ -11,12 +11,10 @@ import pandas as pd
 from prefect import task
 
 from quantflow.core.corpora import held_back, load_builtin
-from quantflow.core.errors import DataError
 from quantflow.core.params import IngestParams
+from quantflow.core.tables import labelled_texts, read_table
 
 logger = logging.getLogger(__name__)
-
-READERS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -30,36 +28,12 @@ class IngestResult:
 
 def read_user_file(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
     """Read CSV, Parquet or JSONL and keep the two configured columns as ``text`` and ``label``."""
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(READERS)}")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (ingest.path)")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    frame = _read_table(path, kind)
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
-    if missing:
-        fields = ", ".join(
-            f"{c!r} (ingest.{'text' if c == text_column else 'label'}_column)" for c in missing
-        )
-        raise DataError(f"{path}: missing column {fields}; the file has columns {list(frame.columns)}")
-    if frame.empty:
-        raise DataError(f"{path}: the file has a header but no rows")
-    out = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
-    # Labels are names: 1 and "1" must not become two classes.
-    return out.assign(label=out["label"].map(lambda v: v if pd.isna(v) else str(v)))
-
-
-def _read_table(path: Path, kind: str) -> pd.DataFrame:
-    try:
-        if kind == "csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        if kind == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_json(path, lines=True, dtype=False)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: cannot read it as {kind}: {exc}") from None
+    frame = read_table(
+        path,
+        {text_column: "ingest.text_column", label_column: "ingest.label_column"},
+        setting="ingest.path",
+    )
+    return labelled_texts(frame, text_column, label_column, str(path))
 
 
 def cap_per_class(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

@@ -8,7 +8,6 @@ with its report and changes nothing else.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -22,13 +21,11 @@ from prefect import task
 from quantflow.core.errors import DataError
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params
+from quantflow.core.tables import TableError, labelled_texts, read_table
 from quantflow.intake.contracts import BatchVerdict, check_batch, dataset_keys
 from quantflow.intake.drift import measure_drift, write_drift_report
 
 logger = logging.getLogger(__name__)
-
-SUFFIXES = (".csv", ".parquet", ".jsonl")
-SNIFF_BYTES = 8192
 
 
 class BatchError(DataError):
@@ -84,66 +81,11 @@ def read_batch(path: Path, text_column: str = "text", label_column: str = "label
 
     Bytes that are not UTF-8 are decoded as U+FFFD, so the contract quarantines those rows and names them.
     """
-    kind = path.suffix.lower()
-    if kind not in SUFFIXES:
-        raise BatchError(f"{path.name}: unsupported file type {kind or '(none)'!r}; use one of {SUFFIXES}")
-    if path.stat().st_size == 0:
-        raise BatchError(f"{path.name}: the file is empty (0 bytes); drop a file with a header and rows")
-    frame = _read_table(path, kind)
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
-    if missing:
-        raise BatchError(f"{path.name}: missing column(s) {missing}; {_columns_hint(frame)}")
-    if frame.empty:
-        raise BatchError(f"{path.name}: the file has a header but no rows")
-    out = frame[[text_column, label_column]].rename(columns={text_column: "text", label_column: "label"})
-    texts = out["text"].dropna()
-    not_text = texts[~texts.map(lambda v: isinstance(v, str))]
-    if len(not_text):
-        raise BatchError(
-            f"{path.name}: column {text_column!r} must hold strings, found {type(not_text.iloc[0]).__name__} "
-            f"values (e.g. row {not_text.index[0]}: {not_text.iloc[0]!r})"
-        )
-    # labels are names: 1 and "1" must be the same (unknown) label
-    return out.assign(label=out["label"].map(lambda v: v if pd.isna(v) else str(v))).reset_index(drop=True)
-
-
-def _read_table(path: Path, kind: str) -> pd.DataFrame:
-    if kind == ".parquet":
-        try:
-            return pd.read_parquet(path)
-        except (ValueError, OSError) as exc:
-            raise BatchError(f"{path.name}: cannot read it as Parquet: {exc}") from None
-    raw = path.read_bytes()
-    if b"\x00" in raw[:SNIFF_BYTES]:
-        raise BatchError(
-            f"{path.name}: a binary file (NUL bytes in the first {SNIFF_BYTES} bytes), not {kind[1:]} text; "
-            "export it as UTF-8 text"
-        )
-    text = raw.decode("utf-8", errors="replace")
-    header = text.split("\n", 1)[0]
-    if kind == ".csv" and "," not in header:
-        for sep in (";", "\t", "|"):
-            if sep in header:
-                raise BatchError(
-                    f"{path.name}: wrong delimiter {sep!r}? the header is {header.strip()!r}; "
-                    "CSV batches must be comma-separated"
-                )
     try:
-        if kind == ".csv":
-            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-        return pd.read_json(io.StringIO(text), lines=True, dtype=False)
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise BatchError(f"{path.name}: cannot read it as {kind[1:]}: {exc}") from None
-
-
-def _columns_hint(frame: pd.DataFrame) -> str:
-    """The columns found, and the likely cause when one column name holds several (a wrong delimiter)."""
-    columns = [str(c) for c in frame.columns]
-    hint = f"the file has columns {columns}"
-    for sep in (";", "\t", "|"):
-        if len(columns) == 1 and sep in columns[0]:
-            return f"{hint}: wrong delimiter {sep!r}? CSV batches must be comma-separated"
-    return hint
+        frame = read_table(path, {text_column: "", label_column: ""}, shown=path.name, undecodable="replace")
+        return labelled_texts(frame, text_column, label_column, path.name)
+    except TableError as exc:
+        raise BatchError(str(exc)) from None
 
 
 def batch_id(path: Path, taken: set[str]) -> str:

@@ -41,9 +41,7 @@ def test_a_few_bad_rows_are_quarantined_with_reasons_and_the_rest_kept(
 def test_texts_labelled_otherwise_in_the_dataset_are_quarantined(
     tiny_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
-    known = pd.DataFrame(
-        {"key": [text_key(tiny_frame.loc[0, "text"])], "label": ["comment"]}
-    )  # row 0: news
+    known = pd.DataFrame({"key": [text_key(tiny_frame.loc[0, "text"])], "label": ["comment"]})  # row 0: news
     verdict = judge(tiny_frame, tmp_path, known)
     assert verdict.quarantined["row"].tolist() == [0]
     assert verdict.quarantined["reason"].iloc[0].startswith("text already labelled otherwise")

@@ -113,7 +113,7 @@ def bad_batches(held: pd.DataFrame, train: pd.DataFrame) -> dict[str, tuple[str,
             b"\x00not parquet\xff",
             ["junk.parquet", "cannot read it as Parquet"],
         ),
-        "missing label column": ("nolabel.csv", write_csv(good[["text"]]), ["missing column(s) ['label']"]),
+        "missing label column": ("nolabel.csv", write_csv(good[["text"]]), ["missing column 'label'"]),
         "text not a string": ("ints.parquet", parquet.getvalue(), ["'text' must hold strings", "int"]),
         "numeric labels": (
             "numeric.csv",

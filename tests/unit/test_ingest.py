@@ -77,7 +77,7 @@ def test_missing_text_column_names_file_and_field(tmp_path: Path, tiny_frame: pd
     [
         (b"", "the file is empty"),
         (b"text,label\n", "a header but no rows"),
-        (b"\x00\x01garbage\xff", "cannot read it as parquet"),
+        (b"\x00\x01garbage\xff", "cannot read it as Parquet"),
     ],
 )
 def test_empty_and_unreadable_files(tmp_path: Path, content: bytes, message: str) -> None:
