@@ -124,7 +124,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = load_params(ROOT / "params.yaml")
     layout = Layout.of(params, ROOT)
-    test_path = layout.split_dir / "test.parquet"
+    test_path = layout.split_file("test")
     if not (layout.model_dir / "model.pt").is_file() or not test_path.is_file():
         raise SystemExit(f"no trained model in {layout.model_dir} or no {test_path}: run `make run` first")
     texts = pd.read_parquet(test_path)["text"].astype(str).tolist()
@@ -137,15 +137,13 @@ def main() -> None:
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
-        report = scratch / "reports" / "compression.json"
-        compress(params.compress, layout.model_dir, test_path, scratch / "variants", report, params.seed)
-        report_md = report.with_suffix(".md").read_text(encoding="utf-8")
+        scratch = Layout.of(params, Path(tmp))
+        report = scratch.compression_report
+        compress(params.compress, layout.model_dir, test_path, scratch.variants_dir, report, params.seed)
+        report_md = scratch.compression_table.read_text(encoding="utf-8")
         goals_md = goals_table(json.loads(report.read_text(encoding="utf-8")))
-        weights_md = weight_type_table(scratch / "variants", texts, args.rounds, scratch)
-        shutil.copy(
-            report.parent / "plots" / "compression_pareto.png", ROOT / "bench" / "compression_pareto.png"
-        )
+        weights_md = weight_type_table(scratch.variants_dir, texts, args.rounds, scratch.root)
+        shutil.copy(scratch.compression_plot, ROOT / "bench" / "compression_pareto.png")
     text = section(report_md, weights_md, goals_md, args.rounds, time.perf_counter() - start, len(texts))
     print(text)
     if not args.no_write:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quantflow.core.corpora import held_back, load_builtin
+from quantflow.core.layout import BatchReports, Layout
 from quantflow.core.params import Params, load_params
 from quantflow.intake.contracts import check_batch, dataset_keys, derive
 from quantflow.intake.drift import measure_drift
@@ -42,7 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.root / "params.yaml")
     frame = load_builtin(params.ingest.dataset)
-    split_dir, tokenizer_dir = args.root / params.paths.split_dir, args.root / params.paths.tokenizer_dir
+    project = Layout.of(params, args.root)
+    split_dir, tokenizer_dir = project.split_dir, project.tokenizer_dir
     known = dataset_keys(split_dir)
     rows = len(frame)
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,15 +57,17 @@ def main() -> None:
                 args.rounds,
             ),
             "batch contract (derive + GX batch.json + Data Docs)": timed(
-                lambda: check_batch(frame, params, known, args.root / "expectations", out / "b", "corpus"),
+                lambda: check_batch(
+                    frame, params, known, project.expectations_dir, BatchReports(out / "b"), "corpus"
+                ),
                 args.rounds,
             ),
             "validate step (GX raw_dataset + class counts)": timed(
-                lambda: _validate_quietly(params, raw, out, args.root / "expectations"), args.rounds
+                lambda: _validate_quietly(params, raw, out, project.expectations_dir), args.rounds
             ),
         }
         clean = frame.dropna()
-        if (split_dir / "train.parquet").is_file():
+        if project.split_file("train").is_file():
             results["drift (KS, label mix, OOV vs val)"] = timed(
                 lambda: measure_drift(clean, split_dir, tokenizer_dir, params.nightly.drift), args.rounds
             )
@@ -89,25 +93,34 @@ def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) ->
     held_params = params.with_overrides({"ingest.holdout_fraction": 0.1})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        raw = ingest(held_params.ingest, out / "raw", params.seed).path
-        split(params.split, raw, out / "split", out / "split.json")
-        preprocess(params.preprocess, out / "split", out / "features", out / "tok", params.labels)
+        scratch = Layout.of(held_params, out)
+        raw = ingest(held_params.ingest, scratch.raw, params.seed).path
+        split(params.split, raw, scratch.split_dir, scratch.split_stats)
+        preprocess(
+            params.preprocess, scratch.split_dir, scratch.features_dir, scratch.tokenizer_dir, params.labels
+        )
         corpus = load_builtin(params.ingest.dataset)
         held = corpus[held_back(corpus, 0.1)]
         batch = held.groupby("label").head(per_class).reset_index(drop=True)
-        known = dataset_keys(out / "split")
+        known = dataset_keys(scratch.split_dir)
+        reports = scratch.batch_reports("batch")
 
         def intake() -> None:
-            verdict = check_batch(batch, params, known, root / "expectations", out / "r", "batch")
-            drift = measure_drift(verdict.clean, out / "split", out / "tok", params.nightly.drift)
-            write_drift_report(drift, verdict.clean, out / "split", out / "r")
+            verdict = check_batch(batch, params, known, root / "expectations", reports, "batch")
+            drift = measure_drift(
+                verdict.clean, scratch.split_dir, scratch.tokenizer_dir, params.nightly.drift
+            )
+            write_drift_report(drift, verdict.clean, scratch.split_dir, reports)
 
         times = {
             f"batch contract + drift (+ Data Docs, table, plot), one batch of {len(batch)} rows": timed(
                 intake, rounds
             ),
             f"dataset contract on the merged split ({len(known)} rows)": timed(
-                lambda: check_dataset(held_params, out / "split", root / "expectations", out / "r"), rounds
+                lambda: check_dataset(
+                    held_params, scratch.split_dir, root / "expectations", scratch.dataset_contract
+                ),
+                rounds,
             ),
         }
     print(f"nightly overhead against a default-size dataset, median of {rounds} rounds\n")
@@ -123,7 +136,14 @@ def _validate_quietly(params: Params, raw: Path, out: Path, expectations: Path) 
     from quantflow.core.errors import ValidationFailed
 
     with contextlib.suppress(ValidationFailed):
-        validate(params.validate_, raw, out / "v", expectations, params.labels, params.ingest.dataset)
+        validate(
+            params.validate_,
+            raw,
+            Layout.of(params, out).validation_dir,
+            expectations,
+            params.labels,
+            params.ingest.dataset,
+        )
 
 
 if __name__ == "__main__":

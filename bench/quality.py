@@ -46,8 +46,8 @@ from flows.scale import prefect_api, task_runner
 from quantflow.core.baseline import tfidf_baseline
 from quantflow.core.benchmarks import write_section
 from quantflow.core.features import load_features
-from quantflow.core.layout import Layout, tracking_uri
-from quantflow.core.params import BUILTIN_DATASETS, EvaluateParams, Params, TrainParams, load_params
+from quantflow.core.layout import SPLITS, Layout, split_file, tracking_uri
+from quantflow.core.params import BUILTIN_DATASETS, EvaluateParams, Params, load_params
 from quantflow.core.stats import compare_paired
 from quantflow.core.text import clean_text, load_jieba
 from quantflow.core.variants import FP32
@@ -61,8 +61,38 @@ BASELINE = "tfidf-lr"
 SAMPLES = 2000  # bootstrap resamples per interval
 PREP_STAGES = ("ingest", "validate", "split", "preprocess")
 
-# name -> train.* overrides of TrainParams' defaults (the founding TextCNN), not of params.yaml's train section:
-# a candidate means the same model whatever params.yaml's default is. The order is the order of the table.
+# The founding design's TextCNN: every train.* key, written out. A candidate is this train section with its own
+# overrides, not params.yaml's train section with them: a candidate means the same model whatever params.yaml
+# ships. A new train key goes here too, with the value that keeps the old behaviour (the cache key counts only
+# the values that differ from this dict, so old results stay valid).
+FOUNDING_TEXTCNN: dict[str, Any] = {
+    "model": "textcnn",
+    "embed_dim": 64,
+    "num_filters": 64,
+    "kernel_sizes": [2, 3, 4],
+    "dropout": 0.3,
+    "transformer_layers": 2,
+    "transformer_heads": 4,
+    "transformer_ff_dim": 128,
+    "epochs": 6,
+    "batch_size": 64,
+    "lr": 0.002,
+    "weight_decay": 0.0001,
+    "patience": 2,
+    "threads": 2,
+    "workers": 1,
+    "device": "auto",
+    "ngram_max": 3,
+    "buckets": 100003,
+    "schedule": "constant",
+    "warmup_fraction": 0.0,
+    "label_smoothing": 0.0,
+    "augment_delete": 0.0,
+    "augment_swap": 0.0,
+    "augment_synonym": 0.0,
+    "pretrained_embeddings": False,
+}
+# name -> train.* (and preprocess.*) overrides of FOUNDING_TEXTCNN. The order is the order of the table.
 COSINE = {"train.schedule": "cosine", "train.warmup_fraction": 0.05}
 FASTTEXT = {
     "train.model": "fasttext",
@@ -121,7 +151,7 @@ ClassicModel = Callable[[pd.DataFrame, list[pd.DataFrame], int], list[np.ndarray
 def prepare(params: Params, root: Path) -> Layout:
     """The pipeline's data steps in ``root`` (skipped when the features are already there)."""
     layout = Layout.of(params, root)
-    if (layout.features_dir / "test.npz").is_file():
+    if layout.features_file("test").is_file():
         return layout
     shutil.copytree(ROOT / "expectations", root / "expectations", dirs_exist_ok=True)
     (root / "data" / "external").mkdir(parents=True, exist_ok=True)
@@ -131,18 +161,21 @@ def prepare(params: Params, root: Path) -> Layout:
 
 
 def candidate_params(base: Params, overrides: dict[str, Any]) -> Params:
-    """``base`` (data and preprocess settings of params.yaml) with a train section of defaults + overrides."""
-    fresh = base.with_overrides({"train": TrainParams().model_dump(mode="json")})
+    """``base`` (data and preprocess settings of params.yaml) with FOUNDING_TEXTCNN as the train section, then
+    the candidate's overrides."""
+    fresh = base.with_overrides({"train": FOUNDING_TEXTCNN})
     return fresh.with_overrides({**overrides, "train.threads": THREADS})
 
 
 def cache_key(params: Params) -> str:
-    """A digest of what changes the trained model: the seed and the values of ingest, split, preprocess and
-    train that differ from their defaults (a new field with a default keeps old results; threads do not change
-    what is learned)."""
-    train = params.train.model_dump(mode="json", exclude_defaults=True, exclude={"threads"})
-    parts = [params.ingest, params.split, params.preprocess]
-    data = [section.model_dump(mode="json", exclude_defaults=True) for section in parts]
+    """A digest of what changes the trained model: the seed, the ingest, split and preprocess sections, and the
+    train values that differ from FOUNDING_TEXTCNN (threads do not change what is learned)."""
+    train = {
+        key: value
+        for key, value in params.train.model_dump(mode="json").items()
+        if key != "threads" and value != FOUNDING_TEXTCNN.get(key)
+    }
+    data = [section.model_dump(mode="json") for section in (params.ingest, params.split, params.preprocess)]
     blob = json.dumps([params.seed, *data, train], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -305,7 +338,7 @@ def summarize_dataset(
     params = base.with_overrides({"ingest.dataset": dataset})
     labels = json.loads((layout.features_dir / "labels.json").read_text(encoding="utf-8"))
     y = {s: load_features(layout.features_dir, s)[1] for s in ("val", "test")}
-    frames = {s: pd.read_parquet(layout.split_dir / f"{s}.parquet") for s in ("train", "val", "test")}
+    frames = {s: pd.read_parquet(layout.split_file(s)) for s in SPLITS}
     baseline = score_classic(tfidf_lr(params.evaluate), frames, labels, params.seed)
     rows = [summarize(BASELINE, baseline, baseline, y, params.seed)]
     for name, probe in PROBES.items():
@@ -369,7 +402,7 @@ def compress_chosen(base: Params, result: dict[str, Any], chosen: str) -> dict[s
     out = folder / "compression.json"
     if not out.is_file():
         params = base.with_overrides({"compress.latency_texts": 50, "compress.throughput_texts": 128})
-        test_path = Path(result["split_dir"]) / "test.parquet"
+        test_path = split_file(Path(result["split_dir"]), "test")
         compress(params.compress, folder, test_path, folder / "variants", out, params.seed)
     report = json.loads(out.read_text())
     chosen_variant = report["chosen"]
@@ -535,7 +568,7 @@ The default model against the issue's targets (int8: the pipeline's compress ste
 
 {goals}
 
-Candidates (overrides of the `train` defaults in `quantflow/core/params.py`, i.e. of the founding TextCNN, and of
+Candidates (overrides of `FOUNDING_TEXTCNN` in `bench/quality.py`, the founding TextCNN's train section, and of
 `params.yaml`'s `preprocess` section; every run logged to MLflow, experiment `{EXPERIMENT}`):
 
 {describe_candidates()}

@@ -21,6 +21,7 @@ import yaml
 
 from flows.scale import ScaleResult, run_scale, scale_layout
 from quantflow.core.benchmarks import write_section
+from quantflow.core.layout import Layout
 from quantflow.core.params import load_params
 from tasks.train import TrainResult, train
 
@@ -51,7 +52,7 @@ def time_ddp(overrides: dict, processes: int) -> tuple[float, TrainResult]:
     params = load_params(ROOT / "params.yaml", overrides)
     layout = scale_layout(params, ROOT)
     p = params.train.model_copy(update={"workers": processes, "device": "cpu"})
-    out = ROOT / params.scale.work_dir / f"ddp-{processes}"
+    out = Layout.of(params, ROOT).scale_dir / f"ddp-{processes}"
     started = time.perf_counter()
     result = train(
         p, layout.features_dir, layout.tokenizer_dir, out / "model", out / "history.json", params.seed

@@ -27,8 +27,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.utilities.urls import url_for
 
-from quantflow.core.layout import tracking_uri
-from quantflow.core.params import Params, ScheduleParams, load_params
+from quantflow.core.layout import Layout, tracking_uri
+from quantflow.core.params import Params, load_params
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +136,13 @@ def render_failure(failure: Failure, summary_path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def failure_file(failure: Failure, schedule: ScheduleParams) -> Path:
-    """reports/failures/<time>-<run name>.md under the project (or schedule.failure_dir when absolute)."""
-    folder = (
-        schedule.failure_dir if schedule.failure_dir.is_absolute() else failure.root / schedule.failure_dir
-    )
+def failure_file(failure: Failure, params: Params | None) -> Path:
+    """``<schedule.failure_dir>/<time>-<run name>.md`` (Layout.failure_dir: under the project unless absolute).
+
+    When the run's params do not load there is no failure_dir to read: the summary goes to the project folder
+    itself, where it is seen, and says why the params are missing.
+    """
+    folder = Layout.of(params, failure.root).failure_dir if params is not None else failure.root
     folder.mkdir(parents=True, exist_ok=True)
     stamp = failure.at.replace(":", "").replace("+0000", "Z")
     return folder / f"{stamp}-{failure.flow_run_name}.md"
@@ -178,17 +180,13 @@ def _attempt(what: str, call: Any, problems: list[str]) -> None:
 def on_failure(flow: Any, flow_run: FlowRun, state: Any) -> None:
     """Prefect ``on_failure`` hook of ``nightly_retrain``: file, artifact and (optional) notification."""
     failure, params = describe(flow, flow_run, state)
-    schedule = params.schedule if params is not None else ScheduleParams()
-    path = failure_file(failure, schedule)
+    path = failure_file(failure, params)
     markdown = render_failure(failure, path)
     problems: list[str] = []
     _attempt("Prefect artifact", lambda: publish_artifact(failure, markdown), problems)
-    if schedule.notify_block:
-        _attempt(
-            f"notification block {schedule.notify_block}",
-            lambda: notify(schedule.notify_block, failure, markdown),
-            problems,
-        )
+    block = params.schedule.notify_block if params is not None else None
+    if block:
+        _attempt(f"notification block {block}", lambda: notify(block, failure, markdown), problems)
     if problems:
         markdown += "\n\n### Reporting problems\n" + "\n".join(f"- {p}" for p in problems)
     path.write_text(markdown + "\n", encoding="utf-8")

@@ -44,6 +44,7 @@ class RunSummary:
     """What a run did: per-step wall times, the metrics that matter and the registry outcome."""
 
     dataset: str
+    layout: Layout | None = None  # the project's paths: the summary names the night's folders by them
     timings: dict[str, float] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     registered: Any = None
@@ -88,7 +89,7 @@ def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
                     params,
                     layout.split_dir,
                     layout.expectations_dir,
-                    layout.reports_dir / "nightly",  # not reports/validation: a DVC output of validate
+                    layout.dataset_contract,  # not under reports/validation: a DVC output of validate
                 )
         except ValidationFailed:
             stale = [layout.raw, layout.split_dir] if (layout.root / "dvc.lock").is_file() else [layout.raw]
@@ -101,12 +102,12 @@ def retrain_night(summary: RunSummary, params: Params, layout: Layout) -> None:
     try:
         run_steps(summary, params, layout)
     except ValidationFailed as exc:
-        withdraw(summary.intake, params, layout, f"the night's dataset failed: {str(exc).splitlines()[0]}")
+        withdraw(summary.intake, layout, f"the night's dataset failed: {str(exc).splitlines()[0]}")
         raise
     except Exception:
-        withdraw(summary.intake, params, layout, None)  # left in incoming for the next night
+        withdraw(summary.intake, layout, None)  # left in incoming for the next night
         raise
-    finish(summary.intake, params, layout)
+    finish(summary.intake, layout)
 
 
 @flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
@@ -119,7 +120,7 @@ def nightly_retrain(
     require_dvc_repo(project)
     layout = Layout.of(params, project)
     layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
-    summary = RunSummary(dataset=params.ingest.dataset)
+    summary = RunSummary(dataset=params.ingest.dataset, layout=layout)
     summary.results["root"] = project
     summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
     summary.retrain = retrain_reason(params, layout, summary.intake, bool(overrides))
@@ -198,8 +199,8 @@ def render_intake(summary: RunSummary) -> list[str]:
             for b in intake.batches
         ]
     for b in intake.batches:
-        reports = f"reports/nightly/{b.name}/" + " (data_docs.html, drift.md, drift.png)"
-        where = f"; also in data/rejected/{b.name}/" if b.status == "blocked" else ""
+        reports = f"{_shown(summary, b.report_dir)}/ (data_docs.html, drift.md, drift.png)"
+        where = f"; also in {_shown(summary, b.rejected)}/" if b.rejected is not None else ""
         lines += ["", f"**{b.name}** ({b.status}): reports in the run's artifacts under `{reports}`{where}"]
         lines += [
             f"- {line}" for text in b.reasons + b.warnings for line in [text.replace(chr(10), chr(10) + "  ")]
@@ -207,8 +208,16 @@ def render_intake(summary: RunSummary) -> list[str]:
     if summary.retrain:
         lines += ["", f"Retrained: {summary.retrain}."]
     if summary.git_commit:
-        lines += [f"Data version: git commit `{summary.git_commit}` (dvc.lock, data/accepted/*.dvc)."]
+        accepted = _shown(summary, summary.layout.accepted_dir if summary.layout else None)
+        lines += [f"Data version: git commit `{summary.git_commit}` (dvc.lock, {accepted}/*.dvc)."]
     return lines
+
+
+def _shown(summary: RunSummary, path: Path | None) -> str:
+    """A path as the summary shows it: relative to the project folder when inside it."""
+    if path is None:
+        return "(none)"
+    return str(summary.layout.relative(path) if summary.layout is not None else path)
 
 
 def render_model(summary: RunSummary) -> list[str]:

@@ -28,7 +28,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from quantflow.core.errors import QuantflowError
-from quantflow.core.params import Params, load_params
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params, ParamsError, load_params
 from quantflow.intake.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
 from tasks.register import LINEAGE_DIR, numeric_leaves, resolve_tracking_uri
 
@@ -150,11 +151,10 @@ def pin_remote(root: Path, folder: Path) -> None:
     dvc_in(folder, ["remote", "modify", "--local", name, "url", url])
 
 
-def rebuilt_metrics(folder: Path, reports_dir: Path) -> dict[str, float]:
+def rebuilt_metrics(rebuilt: Layout) -> dict[str, float]:
     """The same metric names the register step logs: fp32_*, baseline_*, onnx_<variant>_*."""
-    reports = folder / reports_dir
-    metrics = numeric_leaves(json.loads((reports / "metrics.json").read_text(encoding="utf-8")))
-    compression = json.loads((reports / "compression.json").read_text(encoding="utf-8"))
+    metrics = numeric_leaves(json.loads(rebuilt.metrics.read_text(encoding="utf-8")))
+    compression = json.loads(rebuilt.compression_report.read_text(encoding="utf-8"))
     return metrics | numeric_leaves(compression["variants"], "onnx")
 
 
@@ -164,6 +164,22 @@ def compare(recorded: dict[str, float], rebuilt: dict[str, float], tolerance: fl
         MetricCheck(k, recorded[k], rebuilt[k], abs(recorded[k] - rebuilt[k]) <= tolerance + 1e-12)
         for k in names
     ]
+
+
+def committed_params(folder: Path, digest: str | None, result: Reproduction) -> Params | None:
+    """params.yaml at the commit (None, with a warning, when this version's schema cannot read it); a warning
+    too when it is not the configuration the run recorded."""
+    try:
+        committed = load_params(folder / "params.yaml")
+    except ParamsError as exc:
+        result.warnings.append(f"params.yaml at the commit does not parse with this version's schema: {exc}")
+        return None
+    if committed.digest() != digest:
+        result.warnings.append(
+            "params.yaml at the commit differs from the run's params (run with --set overrides?): the "
+            "rebuild uses the committed file"
+        )
+    return committed
 
 
 def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> Reproduction:
@@ -184,19 +200,14 @@ def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> R
     with tempfile.TemporaryDirectory() as scratch, worktree(root, commit, keep) as folder:
         lock = recorded_lock(client, run.info.run_id, digest, Path(scratch))
         shutil.copyfile(lock, folder / "dvc.lock")
-        if load_params(folder / "params.yaml").digest() != tags.get("params_digest"):
-            result.warnings.append(
-                "params.yaml at the commit differs from the run's params (run with --set overrides?): the "
-                "rebuild uses the committed file"
-            )
+        committed = committed_params(folder, tags.get("params_digest"), result)
         pin_remote(root, folder)
         logger.info("reproduce: %s v%s at %s in %s: dvc pull", name, version, commit[:12], folder)
         dvc_in(folder, ["pull"])
         logger.info("reproduce: dvc repro --force (every stage, the commit's code)")
         dvc_in(folder, ["repro", "--force", "--quiet"])
-        result.checks = compare(
-            run.data.metrics, rebuilt_metrics(folder, params.paths.reports_dir), result.tolerance
-        )
+        rebuilt = Layout.of(committed or params, folder)
+        result.checks = compare(run.data.metrics, rebuilt_metrics(rebuilt), result.tolerance)
         before, after = lock_md5s(lock), lock_md5s(folder / "dvc.lock")
         for path, md5 in sorted(before.items()):
             (result.identical_outputs if after.get(path) == md5 else result.different_outputs).append(path)

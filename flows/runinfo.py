@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from quantflow.core.layout import BatchReports
+
 # where a GX file context writes Data Docs, relative to the project root
 DATA_DOCS_INDEX = Path("gx/uncommitted/data_docs/local_site/index.html")
 MD5_SHOWN = 12
@@ -74,7 +76,7 @@ def batch_docs_lines(intake: Any) -> list[str]:
     """One Data Docs link per incoming batch the contract judged (reports/nightly/<batch>/data_docs.html)."""
     lines = []
     for batch in getattr(intake, "batches", None) or []:
-        docs = batch.report_dir / "data_docs.html" if batch.report_dir is not None else None
+        docs = BatchReports(batch.report_dir).data_docs if batch.report_dir is not None else None
         if docs is not None and docs.is_file():
             lines.append(f"- Data Docs of batch {batch.name} ({batch.status}): {docs.resolve().as_uri()}")
     return lines

@@ -193,7 +193,7 @@ def scale_layout(params: Params, root: Path) -> Layout:
     """The pipeline's layout moved under ``scale.work_dir`` (its own data and models); expectations, user data
     and the accepted nightly batches still come from the project, so the study sees the nightly's dataset."""
     project = Layout.of(params, root)
-    moved = Layout.of(params, root / params.scale.work_dir)
+    moved = Layout.of(params, project.scale_dir)
     return dataclasses.replace(
         moved, root=project.root, expectations_dir=project.expectations_dir, accepted_dir=project.accepted_dir
     )
@@ -217,14 +217,15 @@ def scale_study(
     project = Path(root).resolve()
     params = load_params(project / params_file, overrides)
     layout = scale_layout(params, project)
+    home = Layout.of(params, project)
     prepare_data(params, layout)
     prepared = time.perf_counter()
     sizes = grid_sizes(params.scale)
     logger.info("scale: %d sizes: %s", len(sizes), ", ".join(s.name for s in sizes))
-    sizes_dir = project / params.scale.work_dir / "sizes"
+    sizes_dir = home.scale_dir / "sizes"
     futures = [train_size_task.submit(params, size, layout, sizes_dir) for size in sizes]
     rows = [future.result() for future in futures]
-    files = write_reports(rows, project / params.scale.reports_dir, int8_variant(params.scale))
+    files = write_reports(rows, home, int8_variant(params.scale))
     seconds = time.perf_counter() - started
     timing = {"sweep_seconds": round(seconds, 2), "prepare_seconds": round(prepared - started, 2)}
     tags = {
@@ -249,7 +250,7 @@ def run_scale(
     params = load_params(project / params_file, overrides)
     n = workers or params.scale.workers
     runner = task_runner(n, dask_address)
-    with prefect_api(project / params.scale.work_dir):
+    with prefect_api(Layout.of(params, project).scale_dir):
         return scale_study.with_options(task_runner=runner)(
             str(project), params_file, overrides, dask_address or str(n)
         )

@@ -2,7 +2,7 @@
 
 A sandbox project (git + DVC + its own MLflow store) is built from this project's pipeline files with
 ``ingest.holdout_fraction`` set, so part of the corpus never enters the base dataset. Each night releases
-a class-balanced slice of those held-back rows as ``data/incoming/night-NN.csv``; one night's batch is made
+a class-balanced slice of those held-back rows as ``<nightly.incoming_dir>/night-NN.csv``; one night's batch is made
 bad on purpose (its labels come from another dataset) and must be blocked.
 """
 
@@ -22,7 +22,7 @@ import yaml
 
 from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.errors import QuantflowError
-from quantflow.core.layout import tracking_uri
+from quantflow.core.layout import Layout, tracking_uri
 from quantflow.core.params import load_params
 from quantflow.intake.versioning import tool_env
 
@@ -83,16 +83,13 @@ def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path
             shutil.copy2(src, dst)
         else:
             raise SimulationError(f"{src}: not found; run simulate-nights from the quantflow project folder")
-    (workdir / "data" / "accepted").mkdir(parents=True, exist_ok=True)
-    (workdir / "data" / "accepted" / ".gitkeep").touch()
-    params = load_params(source / "params.yaml", overrides).model_dump(mode="json", by_alias=True)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
-    ignored = ["mlflow.db", "mlartifacts", "reports", "dvc-remote", "artifacts", "dvc_plots"]
-    ignored += [
-        f"data/{name}"
-        for name in ("raw", "split", "features", "incoming", "processed", "rejected", "quarantine")
-    ]
-    (workdir / ".gitignore").write_text("".join(f"/{name}/\n" for name in ignored))
+    params = load_params(source / "params.yaml", overrides)
+    layout = Layout.of(params, workdir)
+    layout.accepted_dir.mkdir(parents=True, exist_ok=True)
+    (layout.accepted_dir / ".gitkeep").touch()
+    dumped = params.model_dump(mode="json", by_alias=True)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(dumped, allow_unicode=True, sort_keys=False))
+    (workdir / ".gitignore").write_text("".join(f"/{name}/\n" for name in ignored_paths(layout)))
     for args in (
         ["git", "init", "-q"],
         [sys.executable, "-m", "dvc", "init", "-q"],
@@ -109,6 +106,27 @@ def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path
                 f"`{' '.join(args)}` failed in {workdir}: {(done.stderr or done.stdout).strip()}"
             )
     return workdir
+
+
+def ignored_paths(layout: Layout) -> list[str]:
+    """What git leaves to DVC, the stores and the night: every output folder of the sandbox's Layout."""
+    folders = [
+        layout.raw_dir,
+        layout.split_dir,
+        layout.features_dir,
+        layout.tokenizer_dir,
+        layout.model_dir,
+        layout.variants_dir,
+        layout.reports_dir,
+        layout.failure_dir,
+        layout.scale_dir,
+        layout.incoming_dir,
+        layout.processed_dir,
+        layout.rejected_dir,
+        layout.quarantine_dir,
+    ]
+    inside = [layout.relative(f).as_posix() for f in folders if f.is_relative_to(layout.root)]
+    return ["mlflow.db", "mlartifacts", "dvc-remote", "dvc_plots", *dict.fromkeys(inside)]
 
 
 def night_batches(
@@ -160,7 +178,8 @@ def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
     from flows.nightly import BatchesBlocked, nightly_retrain
 
     name = f"night-{night:02d}"
-    incoming = root / "data" / "incoming"
+    params = load_params(root / "params.yaml")
+    incoming = Layout.of(params, root).incoming_dir
     incoming.mkdir(parents=True, exist_ok=True)
     batch.to_csv(incoming / f"{name}.csv", index=False)
     started = time.perf_counter()
@@ -170,7 +189,6 @@ def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
         summary = exc.summary
     (outcome,) = summary.intake.batches
     reg = summary.registered
-    model_name = load_params(root / "params.yaml").model_name
     return NightRow(
         night=night,
         batch=outcome.name,
@@ -181,7 +199,7 @@ def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
         drift=outcome.drift,
         retrained=reg is not None,
         version=f"v{reg.version}" if reg else "-",
-        staging=staging_version(root, model_name),
+        staging=staging_version(root, params.model_name),
         seconds=time.perf_counter() - started,
         checks_seconds=summary.timings["incoming batches"] + summary.timings.get("dataset contract", 0.0),
         reason=outcome.reasons[0].splitlines()[0] if outcome.reasons else "",

@@ -29,9 +29,6 @@ from tasks.train import train
 
 logger = logging.getLogger(__name__)
 
-CSV_NAME = "scale.csv"
-ACCURACY_PLOT = "accuracy_vs_params.png"
-LATENCY_PLOT = "latency_vs_params.png"
 METRICS = (
     "params",
     "accuracy_fp32",
@@ -113,7 +110,7 @@ def train_size(params: Params, size: Size, layout: Layout, out_dir: Path) -> dic
     result = compress(
         p.compress,
         folder / "model",
-        layout.split_dir / "test.parquet",
+        layout.split_file("test"),
         folder / "variants",
         folder / "compression.json",
         p.seed,
@@ -186,14 +183,14 @@ def plot_vs_params(rows: list[dict[str, Any]], metric: str, ylabel: str, int8_na
     return path
 
 
-def write_reports(rows: list[dict[str, Any]], reports_dir: Path, int8_name: str) -> list[Path]:
-    """scale.csv and the two plots: accuracy vs parameters and latency p50 vs parameters, fp32 vs int8."""
+def write_reports(rows: list[dict[str, Any]], layout: Layout, int8_name: str) -> list[Path]:
+    """scale.csv and the two plots (Layout.scale_table, Layout.scale_plots): accuracy vs parameters and latency
+    p50 vs parameters, fp32 vs int8."""
+    accuracy_plot, latency_plot = layout.scale_plots
     return [
-        write_table(rows, reports_dir / CSV_NAME),
-        plot_vs_params(rows, "accuracy", "test accuracy", int8_name, reports_dir / ACCURACY_PLOT),
-        plot_vs_params(
-            rows, "latency_p50_ms", "latency p50, ms (1 text)", int8_name, reports_dir / LATENCY_PLOT
-        ),
+        write_table(rows, layout.scale_table),
+        plot_vs_params(rows, "accuracy", "test accuracy", int8_name, accuracy_plot),
+        plot_vs_params(rows, "latency_p50_ms", "latency p50, ms (1 text)", int8_name, latency_plot),
     ]
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from prefect import task
 
 from quantflow.core.corpora import held_back, load_builtin
+from quantflow.core.layout import accepted_files
 from quantflow.core.params import IngestParams
 from quantflow.core.tables import labelled_texts, read_table
 
@@ -46,20 +47,20 @@ def cap_per_class(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataF
 
 def read_accepted(accepted_dir: Path | None) -> pd.DataFrame:
     """Every accepted nightly batch (``<accepted_dir>/*.parquet``) in name order, as text and label."""
-    files = sorted(accepted_dir.glob("*.parquet")) if accepted_dir is not None else []
+    files = accepted_files(accepted_dir) if accepted_dir is not None else []
     if not files:
         return pd.DataFrame({"text": pd.Series(dtype="str"), "label": pd.Series(dtype="str")})
     return pd.concat([pd.read_parquet(f, columns=["text", "label"]) for f in files], ignore_index=True)
 
 
 def ingest(
-    params: IngestParams, out_dir: Path, seed: int, root: Path = Path("."), accepted_dir: Path | None = None
+    params: IngestParams, out: Path, seed: int, root: Path = Path("."), accepted_dir: Path | None = None
 ) -> IngestResult:
     """Load the configured source, append the accepted nightly batches, write it as Parquet.
 
     A relative ``ingest.path`` is read from ``root``, the project folder. The base is capped per class
     before the batches are appended, so a night never changes which base rows are kept. Nothing is written
-    when the source is bad.
+    when the source is bad. ``out`` is the raw file (``Layout.raw``).
     """
     if params.path is None:
         frame = load_builtin(params.dataset)
@@ -69,7 +70,6 @@ def ingest(
         frame = read_user_file(source, params.text_column, params.label_column)
     frame = cap_per_class(frame, params.max_rows_per_class, seed)
     frame = pd.concat([frame, read_accepted(accepted_dir)], ignore_index=True)
-    out = out_dir / f"{params.dataset}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".parquet.tmp")
     frame.to_parquet(tmp, index=False)

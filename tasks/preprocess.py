@@ -12,7 +12,7 @@ import pandas as pd
 from prefect import task
 from tqdm import tqdm
 
-from quantflow.core.layout import SPLITS
+from quantflow.core.layout import SPLITS, features_file, split_file
 from quantflow.core.params import PreprocessParams
 from quantflow.core.text import (
     UNK,
@@ -67,7 +67,7 @@ def preprocess(
     labels: tuple[str, ...] | None = None,
 ) -> PreprocessResult:
     """Tokenize every split with one tokenizer, save it and the encoded arrays."""
-    frames = {name: pd.read_parquet(split_dir / f"{name}.parquet") for name in SPLITS}
+    frames = {name: pd.read_parquet(split_file(split_dir, name)) for name in SPLITS}
     config = TokenizerConfig(params.language, params.segmenter, params.lowercase, params.max_len)
     bootstrap = Tokenizer(config, base_vocab(config))
     tokens = {name: tokenize_texts(bootstrap, frames[name]["text"].tolist(), name) for name in SPLITS}
@@ -79,7 +79,7 @@ def preprocess(
     features_dir.mkdir(parents=True, exist_ok=True)
     oov = {
         name: encode_split(
-            tokenizer, tokens[name], frames[name]["label"], label_index, features_dir / f"{name}.npz"
+            tokenizer, tokens[name], frames[name]["label"], label_index, features_file(features_dir, name)
         )
         for name in SPLITS
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from quantflow.core.layout import SPLITS
+from quantflow.core.layout import SPLITS, split_file
 from quantflow.core.params import SplitParams
 from quantflow.core.text import hash_unit, text_key
 
@@ -62,7 +62,7 @@ def split(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) 
     paths, per_split = {}, {}
     for name in SPLITS:
         part = frame[frame["split"] == name].drop(columns="split").reset_index(drop=True)
-        paths[name] = out_dir / f"{name}.parquet"
+        paths[name] = split_file(out_dir, name)
         part.to_parquet(paths[name], index=False)
         per_split[name] = {"rows": len(part), "labels": _label_counts(part)}
     stats = {**counts, "splits": per_split}

@@ -50,7 +50,7 @@ class Sections:
 def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]]:
     """Each step's positional arguments: its params sections first, then paths, then derived values."""
     return {
-        "ingest": lambda: (s.ingest, lay.raw.parent, s.seed, lay.root, lay.accepted_dir),
+        "ingest": lambda: (s.ingest, lay.raw, s.seed, lay.root, lay.accepted_dir),
         "validate": lambda: (
             s.validate,
             lay.raw,
@@ -80,7 +80,7 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
         "compress": lambda: (
             s.compress,
             lay.model_dir,
-            lay.split_dir / "test.parquet",
+            lay.split_file("test"),
             lay.variants_dir,
             lay.compression_report,
             s.seed,

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 
 from quantflow.core.errors import DataError
+from quantflow.core.layout import features_file
 
 
 def load_features(features_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     """``ids`` (N, max_len) int64 and ``y`` (N,) int64 of split ``name``."""
-    with np.load(features_dir / f"{name}.npz") as data:
+    with np.load(features_file(features_dir, name)) as data:
         return data["ids"], data["y"]
 
 

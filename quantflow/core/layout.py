@@ -1,4 +1,10 @@
-"""Where every step reads and writes, derived once from ``params.paths`` and the project folder."""
+"""Where every step reads and writes, derived once from ``params.yaml`` and the project folder.
+
+The folders come from ``params.paths`` (and ``params.nightly``, ``params.schedule``, ``params.scale``); the file
+names inside them are written here and nowhere else. ``dvc.yaml`` templates the same folders from params.yaml
+(``${paths.*}``) and spells the file names again: ``tests/unit/test_layout.py`` renders it and checks that
+every output it declares is the Layout path the step writes.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +37,57 @@ def shown_path(path: Path) -> str:
         return path.as_posix()
 
 
+def split_file(split_dir: Path, name: str) -> Path:
+    """``<split_dir>/<name>.parquet``: where split writes split ``name`` (one of SPLITS) and readers find it."""
+    return split_dir / f"{name}.parquet"
+
+
+def features_file(features_dir: Path, name: str) -> Path:
+    """``<features_dir>/<name>.npz``: the encoded ids and labels of split ``name``."""
+    return features_dir / f"{name}.npz"
+
+
+def accepted_files(accepted_dir: Path) -> list[Path]:
+    """The accepted nightly batches (``<accepted_dir>/<batch>.parquet``) in name order."""
+    return sorted(accepted_dir.glob("*.parquet")) if accepted_dir.is_dir() else []
+
+
+@dataclass(frozen=True)
+class BatchReports:
+    """``reports/nightly/<batch>/``: what the batch contract and the drift check write for one nightly batch."""
+
+    folder: Path
+
+    @property
+    def contract(self) -> Path:
+        """The GX validation result of expectations/<nightly.batch_suite>.json."""
+        return self.folder / "contract.json"
+
+    @property
+    def data_docs(self) -> Path:
+        return self.folder / "data_docs.html"
+
+    @property
+    def drift(self) -> Path:
+        return self.folder / "drift.json"
+
+    @property
+    def drift_table(self) -> Path:
+        return self.folder / "drift.md"
+
+    @property
+    def drift_plot(self) -> Path:
+        return self.folder / "drift.png"
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Absolute paths of one project folder; ``dvc.yaml`` templates the same paths from params.yaml."""
+    """Absolute paths of one project folder. A relative folder in params.yaml is under ``root``; an absolute
+    one (e.g. ``nightly.incoming_dir: /mnt/drop``) is used as it is."""
 
     root: Path
-    raw: Path
+    dataset: str
+    raw_dir: Path
     split_dir: Path
     features_dir: Path
     tokenizer_dir: Path
@@ -45,14 +96,22 @@ class Layout:
     reports_dir: Path
     expectations_dir: Path
     accepted_dir: Path
+    incoming_dir: Path
+    processed_dir: Path
+    rejected_dir: Path
+    quarantine_dir: Path
+    failure_dir: Path
+    scale_dir: Path
+    scale_reports_dir: Path
 
     @classmethod
     def of(cls, params: Params, root: Path) -> Layout:
         root = root.resolve()
-        paths = params.paths
+        paths, nightly = params.paths, params.nightly
         return cls(
             root=root,
-            raw=params.raw_path(root),
+            dataset=params.ingest.dataset,
+            raw_dir=root / paths.raw_dir,
             split_dir=root / paths.split_dir,
             features_dir=root / paths.features_dir,
             tokenizer_dir=root / paths.tokenizer_dir,
@@ -61,11 +120,46 @@ class Layout:
             reports_dir=root / paths.reports_dir,
             expectations_dir=root / "expectations",
             accepted_dir=root / paths.accepted_dir,
+            incoming_dir=root / nightly.incoming_dir,
+            processed_dir=root / nightly.processed_dir,
+            rejected_dir=root / nightly.rejected_dir,
+            quarantine_dir=root / nightly.quarantine_dir,
+            failure_dir=root / params.schedule.failure_dir,
+            scale_dir=root / params.scale.work_dir,
+            scale_reports_dir=root / params.scale.reports_dir,
         )
+
+    def relative(self, path: Path) -> Path:
+        """``path`` relative to the project folder (as dvc.yaml and git name it); absolute when outside it."""
+        return path.relative_to(self.root) if path.is_relative_to(self.root) else path
+
+    # --- the pipeline's data ----------------------------------------------------------------------------
+
+    @property
+    def raw(self) -> Path:
+        """The ingest step's output: ``<raw_dir>/<dataset>.parquet``."""
+        return self.raw_dir / f"{self.dataset}.parquet"
+
+    def split_file(self, name: str) -> Path:
+        return split_file(self.split_dir, name)
+
+    def features_file(self, name: str) -> Path:
+        return features_file(self.features_dir, name)
+
+    def variant_dir(self, variant: str) -> Path:
+        """One compressed model folder: ``<variants_dir>/<variant>/`` (model.onnx + model.json)."""
+        return self.variants_dir / variant
+
+    # --- reports the steps write ------------------------------------------------------------------------
 
     @property
     def validation_dir(self) -> Path:
         return self.reports_dir / "validation"
+
+    @property
+    def validation_report(self) -> Path:
+        """validate: the suites' results on the raw dataset."""
+        return self.validation_dir / f"{self.dataset}.json"
 
     @property
     def split_stats(self) -> Path:
@@ -76,5 +170,75 @@ class Layout:
         return self.reports_dir / "train_history.json"
 
     @property
+    def metrics(self) -> Path:
+        """evaluate: fp32 and baseline accuracy and macro-F1 on the test split."""
+        return self.reports_dir / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        """evaluate: actual and predicted label per test row (DVC's confusion plot)."""
+        return self.reports_dir / "predictions.csv"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.reports_dir / "plots"
+
+    @property
+    def confusion_plot(self) -> Path:
+        return self.plots_dir / "confusion_matrix.png"
+
+    @property
     def compression_report(self) -> Path:
+        """compress: every variant's size, accuracy, latency, and the chosen one."""
         return self.reports_dir / "compression.json"
+
+    @property
+    def compression_table(self) -> Path:
+        return self.reports_dir / "compression.md"
+
+    @property
+    def compression_plot(self) -> Path:
+        return self.plots_dir / "compression_pareto.png"
+
+    # --- the nightly intake -----------------------------------------------------------------------------
+
+    @property
+    def nightly_reports(self) -> Path:
+        """reports/nightly/: the night's dataset contract and one folder per batch (not a DVC output)."""
+        return self.reports_dir / "nightly"
+
+    def batch_reports(self, batch: str) -> BatchReports:
+        """reports/nightly/<batch>/: contract.json, data_docs.html, drift.json/.md/.png."""
+        return BatchReports(self.nightly_reports / batch)
+
+    @property
+    def dataset_contract(self) -> Path:
+        """The merged dataset's contract after split (expectations/<nightly.dataset_suite>.json)."""
+        return self.nightly_reports / "dataset_contract.json"
+
+    def accepted_file(self, batch: str) -> Path:
+        """An accepted batch, normalized (text, label, key, batch), DVC-tracked: ``<accepted_dir>/<batch>.parquet``."""
+        return self.accepted_dir / f"{batch}.parquet"
+
+    def quarantine_file(self, batch: str) -> Path:
+        """The rows of an accepted batch set aside, with their reasons: ``<quarantine_dir>/<batch>.csv``."""
+        return self.quarantine_dir / f"{batch}.csv"
+
+    def rejected_batch(self, batch: str) -> Path:
+        """A blocked batch's file and its report: ``<rejected_dir>/<batch>/``."""
+        return self.rejected_dir / batch
+
+    # --- the scaling study ------------------------------------------------------------------------------
+
+    @property
+    def scale_table(self) -> Path:
+        """scale.csv: one row per size (dvc.yaml's top-level plots read it)."""
+        return self.scale_reports_dir / "scale.csv"
+
+    @property
+    def scale_plots(self) -> tuple[Path, Path]:
+        """Accuracy and latency against parameter count."""
+        return (
+            self.scale_reports_dir / "accuracy_vs_params.png",
+            self.scale_reports_dir / "latency_vs_params.png",
+        )

@@ -359,9 +359,6 @@ with warnings.catch_warnings():
         def model_name(self) -> str:
             return self.register.model_name or f"quantflow-{self.ingest.dataset}"
 
-        def raw_path(self, root: Path) -> Path:
-            return root / self.paths.raw_dir / f"{self.ingest.dataset}.parquet"
-
         def digest(self) -> str:
             """A short, stable hash of every value: tags a run with the exact configuration it used."""
             blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)

@@ -21,7 +21,7 @@ from great_expectations.core.expectation_validation_result import ExpectationSui
 from prefect import task
 
 from quantflow.core.errors import ValidationFailed
-from quantflow.core.layout import SPLITS
+from quantflow.core.layout import SPLITS, BatchReports, split_file
 from quantflow.core.params import Params
 from quantflow.core.suites import gx_context, load_suite
 from quantflow.core.text import text_key
@@ -64,7 +64,7 @@ def batch_parameters(params: Params) -> dict[str, Any]:
 
 def dataset_keys(split_dir: Path) -> pd.DataFrame:
     """Normalized text and label of every row of the current split (empty before the first run)."""
-    files = [split_dir / f"{name}.parquet" for name in SPLITS]
+    files = [split_file(split_dir, name) for name in SPLITS]
     if not all(f.is_file() for f in files):
         return pd.DataFrame({"key": pd.Series(dtype="str"), "label": pd.Series(dtype="str")})
     return pd.concat([pd.read_parquet(f, columns=["key", "label"]) for f in files], ignore_index=True)
@@ -112,7 +112,7 @@ def check_batch(
     params: Params,
     known: pd.DataFrame,
     expectations_dir: Path,
-    report_dir: Path,
+    reports: BatchReports,
     name: str,
 ) -> BatchVerdict:
     """Run expectations/<batch_suite>.json; quarantine failing rows; block on contract-level failures."""
@@ -121,8 +121,8 @@ def check_batch(
     data = derive(frame, known, params.preprocess.language)
     result = _validate(suite, data, supplied)
     verdict = _judge(result, suite, data, params, name)
-    verdict.data_docs = write_data_docs(result, report_dir / "data_docs.html")
-    _write_json(report_dir / "contract.json", result.to_json_dict())
+    verdict.data_docs = write_data_docs(result, reports.data_docs)
+    _write_json(reports.contract, result.to_json_dict())
     return verdict
 
 
@@ -252,7 +252,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def dataset_frames(split_dir: Path, labels: list[str]) -> dict[str, pd.DataFrame]:
     """The frames dataset.json checks: per class, per normalized text, per (split, class)."""
-    parts = [pd.read_parquet(split_dir / f"{s}.parquet").assign(split=s) for s in SPLITS]
+    parts = [pd.read_parquet(split_file(split_dir, s)).assign(split=s) for s in SPLITS]
     data = pd.concat(parts, ignore_index=True)
     counts = data["label"].value_counts()
     classes = pd.DataFrame({"label": list(counts.index), "share": (counts / max(len(data), 1)).to_list()})
@@ -268,9 +268,10 @@ def dataset_frames(split_dir: Path, labels: list[str]) -> dict[str, pd.DataFrame
 
 
 def check_dataset(
-    params: Params, split_dir: Path, expectations_dir: Path, report_dir: Path
+    params: Params, split_dir: Path, expectations_dir: Path, report_path: Path
 ) -> dict[str, Any]:
-    """Run expectations/<dataset_suite>.json on the split; raise DatasetContractFailed with examples."""
+    """Run expectations/<dataset_suite>.json on the split, write ``report_path`` (``Layout.dataset_contract``);
+    raise DatasetContractFailed with examples."""
     nightly = params.nightly
     supplied = {
         "min_class_share": nightly.min_class_share,
@@ -296,7 +297,7 @@ def check_dataset(
                     f"  - {frame_name}.{column}: {res.result.get('unexpected_count')} bad, e.g. {examples}"
                 )
     report = {"success": not failures, "suite_parameters": supplied, "results": results}
-    _write_json(report_dir / "dataset_contract.json", report)
+    _write_json(report_path, report)
     if failures:
         message = f"{split_dir}: the merged dataset breaks expectations/{nightly.dataset_suite}.json:\n"
         raise DatasetContractFailed(message + "\n".join(failures), report)

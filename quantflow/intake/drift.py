@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantflow.core.layout import BatchReports, split_file
 from quantflow.core.params import DriftParams
 from quantflow.core.text import UNK, Tokenizer
 
@@ -86,8 +87,8 @@ def _level(value: float, warn: float, block: float) -> str:
 def measure_drift(
     batch: pd.DataFrame, split_dir: Path, tokenizer_dir: Path, params: DriftParams
 ) -> DriftReport:
-    """Compare the batch's accepted rows with ``train.parquet`` (and the val split for the OOV baseline)."""
-    train_path = split_dir / "train.parquet"
+    """Compare the batch's accepted rows with the train split (and the val split for the OOV baseline)."""
+    train_path = split_file(split_dir, "train")
     if not train_path.is_file():
         return DriftReport(note="no training data yet (first run): drift not measured")
     train = pd.read_parquet(train_path, columns=["text", "label"])
@@ -113,7 +114,7 @@ def measure_drift(
     if (tokenizer_dir / "vocab.json").is_file():
         tokenizer = Tokenizer.load(tokenizer_dir)
         rate, unknown = oov(tokenizer, batch["text"].tolist())
-        val_path = split_dir / "val.parquet"
+        val_path = split_file(split_dir, "val")
         base = (
             oov(tokenizer, pd.read_parquet(val_path, columns=["text"])["text"].tolist())[0]
             if val_path.is_file()
@@ -166,19 +167,16 @@ def render_table(report: DriftReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_drift_report(report: DriftReport, batch: pd.DataFrame, split_dir: Path, out_dir: Path) -> None:
-    """``drift.json``, ``drift.md`` and, when there is training data, ``drift.png`` under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "drift.json").write_text(
-        json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n", "utf-8"
-    )
-    (out_dir / "drift.md").write_text(render_table(report), encoding="utf-8")
+def write_drift_report(
+    report: DriftReport, batch: pd.DataFrame, split_dir: Path, reports: BatchReports
+) -> None:
+    """``drift.json``, ``drift.md`` and, when there is training data, ``drift.png`` in the batch's reports."""
+    reports.folder.mkdir(parents=True, exist_ok=True)
+    reports.drift.write_text(json.dumps(asdict(report), indent=2, ensure_ascii=False) + "\n", "utf-8")
+    reports.drift_table.write_text(render_table(report), encoding="utf-8")
     if report.rows:
-        _plot(
-            batch,
-            pd.read_parquet(split_dir / "train.parquet", columns=["text", "label"]),
-            out_dir / "drift.png",
-        )
+        train = pd.read_parquet(split_file(split_dir, "train"), columns=["text", "label"])
+        _plot(batch, train, reports.drift_plot)
 
 
 def _plot(batch: pd.DataFrame, train: pd.DataFrame, path: Path) -> None:

@@ -1,7 +1,7 @@
-"""Nightly batches: read each file in ``data/incoming/``, judge it, then store, quarantine or reject it.
+"""Nightly batches: read each file in ``nightly.incoming_dir``, judge it, then store, quarantine or reject it.
 
-A batch that passes its contract and drift check is stored normalized (text, label, batch) as
-``<accepted_dir>/<batch>.parquet``, which the ``ingest`` stage appends to the base dataset, so ``dvc repro``
+Every folder and file name comes from :class:`~quantflow.core.layout.Layout`. A batch that passes its contract
+and drift check is stored normalized (text, label, key, batch) as ``<accepted_dir>/<batch>.parquet``, which the ``ingest`` stage appends to the base dataset, so ``dvc repro``
 rebuilds every night's dataset from files DVC tracks. A blocked batch goes to ``<rejected_dir>/<batch>/``
 with its report and changes nothing else.
 """
@@ -19,7 +19,7 @@ import pandas as pd
 from prefect import task
 
 from quantflow.core.errors import DataError
-from quantflow.core.layout import Layout
+from quantflow.core.layout import Layout, accepted_files
 from quantflow.core.params import Params
 from quantflow.core.tables import TableError, labelled_texts, read_table
 from quantflow.intake.contracts import BatchVerdict, check_batch, dataset_keys
@@ -47,6 +47,7 @@ class BatchOutcome:
     warnings: list[str] = field(default_factory=list)
     report_dir: Path | None = None  # reports/nightly/<batch>/: Data Docs, drift table and plot
     stored: Path | None = None  # <accepted_dir>/<batch>.parquet
+    rejected: Path | None = None  # <rejected_dir>/<batch>/: the blocked file, report.md and report.json
     pending: Path | None = None  # the incoming file, moved once the night's dataset passed its contract
 
 
@@ -63,10 +64,6 @@ class Intake:
     @property
     def blocked(self) -> list[BatchOutcome]:
         return [b for b in self.batches if b.status == "blocked"]
-
-
-def nightly_dir(layout: Layout, relative: Path) -> Path:
-    return layout.root / relative
 
 
 def list_incoming(folder: Path) -> list[Path]:
@@ -101,45 +98,47 @@ def batch_id(path: Path, taken: set[str]) -> str:
 def judge(path: Path, name: str, params: Params, layout: Layout, known: pd.DataFrame) -> BatchOutcome:
     """Read, contract, drift: the outcome of one batch and its reports under ``reports/nightly/<batch>/``."""
     outcome = BatchOutcome(name=name, source=path.name, status="blocked")
-    outcome.report_dir = layout.reports_dir / "nightly" / name
+    reports = layout.batch_reports(name)
+    outcome.report_dir = reports.folder
     try:
         frame = read_batch(path)
     except BatchError as exc:
         outcome.reasons.append(str(exc))
         return outcome
     outcome.rows = len(frame)
-    verdict = check_batch(frame, params, known, layout.expectations_dir, outcome.report_dir, path.name)
+    verdict = check_batch(frame, params, known, layout.expectations_dir, reports, path.name)
     outcome.quarantined_rows = len(verdict.quarantined)
     outcome.reasons += verdict.failures
     outcome.warnings += verdict.warnings
     if verdict.failures:
         return outcome
     drift = measure_drift(verdict.clean, layout.split_dir, layout.tokenizer_dir, params.nightly.drift)
-    write_drift_report(drift, verdict.clean, layout.split_dir, outcome.report_dir)
+    write_drift_report(drift, verdict.clean, layout.split_dir, reports)
     outcome.drift = drift.verdict
     outcome.reasons += [f"{path.name}: {line}" for line in drift.blocks]
     outcome.warnings += [f"{path.name}: {line}" for line in drift.warns]
     if not drift.blocks:
         outcome.status = "accepted"
         outcome.accepted_rows = len(verdict.clean)
-        _store(outcome, verdict, params, layout)
+        _store(outcome, verdict, layout)
     return outcome
 
 
-def _store(outcome: BatchOutcome, verdict: BatchVerdict, params: Params, layout: Layout) -> None:
+def _store(outcome: BatchOutcome, verdict: BatchVerdict, layout: Layout) -> None:
     """The clean rows as ``<accepted_dir>/<batch>.parquet``; the quarantined ones as a CSV with reasons."""
-    layout.accepted_dir.mkdir(parents=True, exist_ok=True)
-    outcome.stored = layout.accepted_dir / f"{outcome.name}.parquet"
+    outcome.stored = layout.accepted_file(outcome.name)
+    outcome.stored.parent.mkdir(parents=True, exist_ok=True)
     verdict.clean.assign(batch=outcome.name).to_parquet(outcome.stored, index=False)
     if len(verdict.quarantined):
-        folder = nightly_dir(layout, params.nightly.quarantine_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        verdict.quarantined.to_csv(folder / f"{outcome.name}.csv", index=False)
+        quarantine = layout.quarantine_file(outcome.name)
+        quarantine.parent.mkdir(parents=True, exist_ok=True)
+        verdict.quarantined.to_csv(quarantine, index=False)
 
 
-def reject(path: Path, outcome: BatchOutcome, params: Params, layout: Layout) -> Path:
+def reject(path: Path, outcome: BatchOutcome, layout: Layout) -> Path:
     """Move a blocked batch to ``<rejected_dir>/<batch>/`` beside ``report.md`` / ``report.json``."""
-    folder = nightly_dir(layout, params.nightly.rejected_dir) / outcome.name
+    folder = layout.rejected_batch(outcome.name)
+    outcome.rejected = folder
     folder.mkdir(parents=True, exist_ok=True)
     shutil.move(path, folder / path.name)
     report = {
@@ -168,8 +167,8 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
     """
     intake = Intake()
     known = dataset_keys(layout.split_dir)
-    taken = {p.stem for p in layout.accepted_dir.glob("*.parquet")}
-    for path in list_incoming(nightly_dir(layout, params.nightly.incoming_dir)):
+    taken = {p.stem for p in accepted_files(layout.accepted_dir)}
+    for path in list_incoming(layout.incoming_dir):
         name = batch_id(path, taken)
         outcome = judge(path, name, params, layout, known)
         if outcome.status == "accepted":
@@ -177,7 +176,7 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
             outcome.pending = path
             known = pd.concat([known, pd.read_parquet(outcome.stored, columns=["key", "label"])])
         else:
-            reject(path, outcome, params, layout)
+            reject(path, outcome, layout)
         logger.info(
             "batch %s: %s (%d rows, %d quarantined, drift %s)%s",
             name,
@@ -191,9 +190,9 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
     return intake
 
 
-def finish(intake: Intake, params: Params, layout: Layout) -> None:
+def finish(intake: Intake, layout: Layout) -> None:
     """After the night's dataset passed its contract: move each accepted file to the processed folder."""
-    folder = nightly_dir(layout, params.nightly.processed_dir)
+    folder = layout.processed_dir
     for outcome in intake.accepted:
         if outcome.pending is not None and outcome.pending.exists():
             folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +200,7 @@ def finish(intake: Intake, params: Params, layout: Layout) -> None:
             outcome.pending = None
 
 
-def withdraw(intake: Intake, params: Params, layout: Layout, reason: str | None) -> None:
+def withdraw(intake: Intake, layout: Layout, reason: str | None) -> None:
     """Undo tonight's accepted batches after a later failure: their stored files go.
 
     With a ``reason`` (the dataset contract failed) the batches are rejected with it; without one (a crash)
@@ -214,7 +213,7 @@ def withdraw(intake: Intake, params: Params, layout: Layout, reason: str | None)
         if reason is not None and outcome.pending is not None:
             outcome.status = "blocked"
             outcome.reasons.append(f"{outcome.source}: {reason}")
-            reject(outcome.pending, outcome, params, layout)
+            reject(outcome.pending, outcome, layout)
             outcome.pending = None
 
 

@@ -65,10 +65,12 @@ def commit_night(root: Path, params: Params, intake: Intake) -> str | None:
     if why_not:
         logger.warning("git commit of the night's data skipped: %s", why_not)
         return None
-    paths = ["dvc.lock", str(params.paths.accepted_dir)]
+    layout = Layout.of(params, root)
+    accepted = layout.relative(layout.accepted_dir)
+    paths = ["dvc.lock", str(accepted)]
     run_tool(["git", "add", "-A", "--", *paths], root)
     if not run_tool(["git", "diff", "--cached", "--name-only", "--", *paths], root).strip():
-        logger.info("git commit skipped: dvc.lock and %s are unchanged", params.paths.accepted_dir)
+        logger.info("git commit skipped: dvc.lock and %s are unchanged", accepted)
         return None
     names = ", ".join(b.name for b in intake.accepted) or "no new batches"
     run_tool(["git", "commit", "-q", "-m", f"nightly data: {names}", "--", *paths], root)

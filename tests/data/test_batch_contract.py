@@ -8,20 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.core.params import Params
+from quantflow.core.layout import BatchReports
 from quantflow.core.text import text_key
 from quantflow.intake.contracts import check_batch, dataset_keys
 from quantflow.intake.drift import ks_statistic, total_variation
 from tasks.split import split
 from tests.conftest import two_vocabulary_frame
-from tests.params_helpers import params_with
+from tests.params_helpers import params_with, shipped_params
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 
 
 def judge(frame: pd.DataFrame, tmp_path: Path, known: pd.DataFrame | None = None):  # noqa: ANN201
     empty = dataset_keys(tmp_path / "no-split")
-    return check_batch(frame, Params(), empty if known is None else known, EXPECTATIONS, tmp_path, "b.csv")
+    reports = BatchReports(tmp_path)
+    return check_batch(
+        frame, shipped_params(), empty if known is None else known, EXPECTATIONS, reports, "b.csv"
+    )
 
 
 def test_a_few_bad_rows_are_quarantined_with_reasons_and_the_rest_kept(
@@ -83,12 +86,12 @@ def test_texts_in_the_dataset_in_another_case_are_known_whatever_preprocess_lowe
     known = dataset_keys(tmp_path / "split")
     params = params_with({"preprocess.lowercase": False})
     repeat = cased_texts(tiny_frame, "QF")
-    verdict = check_batch(repeat, params, known, EXPECTATIONS, tmp_path / "repeat", "repeat.csv")
+    verdict = check_batch(repeat, params, known, EXPECTATIONS, BatchReports(tmp_path / "r"), "r.csv")
     assert any("already in the dataset" in line for line in verdict.failures), verdict.failures
     flipped = repeat.iloc[:10].assign(label=lambda f: f["label"].map({"news": "comment", "comment": "news"}))
     fresh = cased_texts(two_vocabulary_frame(40, seed=11), "QF")
     batch = pd.concat([flipped, fresh], ignore_index=True)
-    verdict = check_batch(batch, params, known, EXPECTATIONS, tmp_path / "flipped", "flipped.csv")
+    verdict = check_batch(batch, params, known, EXPECTATIONS, BatchReports(tmp_path / "f"), "f.csv")
     quarantined = verdict.quarantined.to_dict("records")
     conflicting = [r["row"] for r in quarantined if "labelled otherwise" in r["reason"]]
     assert conflicting == list(range(10)), quarantined

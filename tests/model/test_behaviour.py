@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params, load_params
 from quantflow.core.variants import FP32
@@ -89,7 +90,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     project_root = Path(__file__).resolve().parents[2]
     root = tmp_path_factory.mktemp("behaviour")
     params = subset_params(project_root)
-    raw = ingest(params.ingest, root / "raw", params.seed).path
+    raw = ingest(params.ingest, Layout.of(params, root).raw, params.seed).path
     split(params.split, raw, root / "split", root / "split.json")
     preprocess(params.preprocess, root / "split", root / "features", root / "tokenizer", params.labels)
     train(

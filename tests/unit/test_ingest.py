@@ -9,6 +9,10 @@ from quantflow.core.params import IngestParams
 from tasks.ingest import ingest
 
 
+def RAW(tmp_path: Path) -> Path:  # noqa: N802 - reads like the folder it names
+    return tmp_path / "raw" / "mine.parquet"
+
+
 def user(path: Path, **kw: object) -> IngestParams:
     return IngestParams(dataset="mine", path=path, **kw)
 
@@ -33,8 +37,8 @@ def test_news_sentences_drop_the_pos_tags(tmp_path: Path) -> None:
 
 def test_cap_per_class_is_seeded_and_balanced(tmp_path: Path) -> None:
     params = IngestParams(dataset="review_sentiment", max_rows_per_class=100)
-    first = ingest(params, tmp_path / "a", seed=1)
-    again = ingest(params, tmp_path / "b", seed=1)
+    first = ingest(params, tmp_path / "a" / "raw.parquet", seed=1)
+    again = ingest(params, tmp_path / "b" / "raw.parquet", seed=1)
     assert first.class_counts == {"negative": 100, "positive": 100}
     assert pd.read_parquet(first.path).equals(pd.read_parquet(again.path))
 
@@ -48,7 +52,7 @@ def test_user_files_with_custom_columns(tmp_path: Path, tiny_frame: pd.DataFrame
         ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
         ".parquet": lambda: frame.to_parquet(path),
     }[suffix]()
-    result = ingest(user(path, text_column="content", label_column="category"), tmp_path / "raw", seed=0)
+    result = ingest(user(path, text_column="content", label_column="category"), RAW(tmp_path), seed=0)
     out = pd.read_parquet(result.path)
     assert list(out.columns) == ["text", "label"]
     assert out["text"].tolist() == tiny_frame["text"].tolist()
@@ -59,7 +63,7 @@ def test_missing_label_column_names_file_and_field(tmp_path: Path, tiny_frame: p
     path = tmp_path / "mine.csv"
     tiny_frame[["text"]].to_csv(path, index=False)
     with pytest.raises(DataError) as err:
-        ingest(user(path), tmp_path / "raw", seed=0)
+        ingest(user(path), RAW(tmp_path), seed=0)
     assert str(path) in str(err.value)
     assert "'label' (ingest.label_column)" in str(err.value)
     assert not (tmp_path / "raw").exists()
@@ -69,7 +73,7 @@ def test_missing_text_column_names_file_and_field(tmp_path: Path, tiny_frame: pd
     path = tmp_path / "mine.jsonl"
     tiny_frame.rename(columns={"text": "body"}).to_json(path, orient="records", lines=True)
     with pytest.raises(DataError, match=r"missing column 'text' \(ingest.text_column\)"):
-        ingest(user(path), tmp_path / "raw", seed=0)
+        ingest(user(path), RAW(tmp_path), seed=0)
 
 
 @pytest.mark.parametrize(
@@ -84,24 +88,24 @@ def test_empty_and_unreadable_files(tmp_path: Path, content: bytes, message: str
     path = tmp_path / ("mine.parquet" if b"garbage" in content else "mine.csv")
     path.write_bytes(content)
     with pytest.raises(DataError, match=message) as err:
-        ingest(user(path), tmp_path / "raw", seed=0)
+        ingest(user(path), RAW(tmp_path), seed=0)
     assert str(path) in str(err.value)
 
 
 def test_missing_file_and_unknown_type(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="file not found"):
-        ingest(user(tmp_path / "absent.csv"), tmp_path / "raw", seed=0)
+        ingest(user(tmp_path / "absent.csv"), RAW(tmp_path), seed=0)
     with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
-        ingest(user(tmp_path / "data.xlsx"), tmp_path / "raw", seed=0)
+        ingest(user(tmp_path / "data.xlsx"), RAW(tmp_path), seed=0)
 
 
 def test_a_failed_ingest_leaves_the_previous_output(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     good = tmp_path / "mine.csv"
     tiny_frame.to_csv(good, index=False)
-    result = ingest(user(good), tmp_path / "raw", seed=0)
+    result = ingest(user(good), RAW(tmp_path), seed=0)
     before = result.path.read_bytes()
     bad = tmp_path / "bad.csv"
     tiny_frame[["text"]].to_csv(bad, index=False)
     with pytest.raises(DataError):
-        ingest(user(bad), tmp_path / "raw", seed=0)
+        ingest(user(bad), RAW(tmp_path), seed=0)
     assert result.path.read_bytes() == before

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from quantflow.core.params import Params
+from tests.params_helpers import shipped_params
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_texts(qu
 
 
 def test_a_candidate_means_the_same_model_whatever_params_yaml_says(quality: ModuleType) -> None:
-    shipped = Params()
+    shipped = shipped_params()
     changed = shipped.with_overrides({"train.model": "fasttext", "train.lr": 0.1, "train.threads": 2})
     overrides = quality.CANDIDATES["textcnn"]
     a, b = quality.candidate_params(shipped, overrides), quality.candidate_params(changed, overrides)

@@ -1,0 +1,81 @@
+"""dvc.yaml and Layout name the same files: DVC renders dvc.yaml's ``${...}`` templates from params.yaml, and
+every output a stage declares must be the Layout path its step writes (tasks/stages.py passes Layout paths)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from dvc.dependency.param import ParamsDependency
+from dvc.repo import Repo
+
+from quantflow.core.layout import SPLITS, Layout
+from quantflow.core.params import load_params
+
+# stage -> the Layout attributes of its outs, metrics and plots
+STAGE_OUTPUTS = {
+    "ingest": ("raw",),
+    "validate": ("validation_dir",),
+    "split": ("split_dir", "split_stats"),
+    "preprocess": ("features_dir", "tokenizer_dir"),
+    "train": ("model_dir", "train_history"),
+    "evaluate": ("metrics", "predictions", "confusion_plot"),
+    "compress": ("variants_dir", "compression_table", "compression_report", "compression_plot"),
+}
+# non-default folders: an output that matches only because dvc.yaml spells the shipped path fails here
+MOVED = {
+    "paths": {"raw_dir": "d/raw", "split_dir": "d/split", "reports_dir": "out/rep", "variants_dir": "v"},
+    "ingest": {"dataset": "review_sentiment"},
+    "scale": {"reports_dir": "out/scale"},
+}
+
+
+def rendered_project(project_root: Path, folder: Path, changes: dict[str, dict[str, str]]) -> Repo:
+    """dvc.yaml and params.yaml (with ``changes`` per section) in a fresh DVC project (no git)."""
+    params = yaml.safe_load((project_root / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in changes.items():
+        params[section].update(values)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    shutil.copy(project_root / "dvc.yaml", folder / "dvc.yaml")
+    return Repo.init(str(folder), no_scm=True)
+
+
+def layout_paths(layout: Layout) -> set[Path]:
+    """Every path Layout names (folders, files, per-split files), relative to the project."""
+    names = [name for name in dir(layout) if not name.startswith("_")]
+    values = [getattr(layout, name) for name in names]
+    paths = [v for v in values if isinstance(v, Path)] + [
+        p for v in values if isinstance(v, tuple) for p in v
+    ]
+    paths += [layout.split_file(s) for s in SPLITS]
+    return {layout.relative(p) for p in paths}
+
+
+@pytest.mark.parametrize("changes", [{}, MOVED], ids=["shipped", "moved"])
+def test_every_declared_output_is_the_layout_path_its_step_writes(
+    project_root: Path, tmp_path: Path, changes: dict
+) -> None:
+    repo = rendered_project(project_root, tmp_path, changes)
+    layout = Layout.of(load_params(tmp_path / "params.yaml"), tmp_path)
+    stages = {stage.name: stage for stage in repo.index.stages}
+    assert set(stages) == set(STAGE_OUTPUTS)
+    known = layout_paths(layout)
+    for name, attributes in STAGE_OUTPUTS.items():
+        declared = sorted(Path(out.def_path) for out in stages[name].outs)
+        assert declared == sorted(layout.relative(getattr(layout, a)) for a in attributes), name
+        files = [d for d in stages[name].deps if not isinstance(d, ParamsDependency)]
+        data_deps = [Path(d.def_path) for d in files if not d.def_path.endswith(".py")]
+        strays = [d for d in data_deps if d not in known and d != Path("data/external")]
+        assert not strays, f"{name} depends on paths Layout does not name: {strays}"
+
+
+@pytest.mark.parametrize("changes", [{}, MOVED], ids=["shipped", "moved"])
+def test_the_scale_plots_are_the_files_the_study_writes(
+    project_root: Path, tmp_path: Path, changes: dict
+) -> None:
+    repo = rendered_project(project_root, tmp_path, changes)
+    layout = Layout.of(load_params(tmp_path / "params.yaml"), tmp_path)
+    sources = {Path(p) for p in repo.index._plot_sources}  # DVC's own resolution of the top-level plots
+    assert sources == {layout.relative(p) for p in (layout.scale_table, *layout.scale_plots)}
