@@ -10,9 +10,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from quantflow.core.params import Params, load_params
+from quantflow.core.params import (
+    IngestParams,
+    Params,
+    PreprocessParams,
+    SplitParams,
+    TrainParams,
+    load_params,
+)
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -28,7 +33,23 @@ def params_with(changes: dict[str, Any]) -> Params:
     return shipped_params().with_overrides(changes) if changes else shipped_params()
 
 
-def section_with(section: str, **changes: Any) -> BaseModel:
-    """One section of params.yaml (``train``, ``split``...) with some of its keys changed."""
-    params = params_with({f"{section}.{key}": value for key, value in changes.items()})
-    return getattr(params, "validate_" if section == "validate" else section)
+def _section(name: str, changes: dict[str, Any]) -> Any:
+    params = params_with({f"{name}.{key}": value for key, value in changes.items()})
+    return getattr(params, "validate_" if name == "validate" else name)
+
+
+def ingest_with(**changes: Any) -> IngestParams:
+    """params.yaml's ingest section with ``changes``; user data needs validate.labels too: use params_with."""
+    return _section("ingest", changes)
+
+
+def split_with(**changes: Any) -> SplitParams:
+    return _section("split", changes)
+
+
+def preprocess_with(**changes: Any) -> PreprocessParams:
+    return _section("preprocess", changes)
+
+
+def train_with(**changes: Any) -> TrainParams:
+    return _section("train", changes)

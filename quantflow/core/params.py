@@ -1,4 +1,9 @@
-"""The one typed view of ``params.yaml``: every step reads its own section of :class:`Params`."""
+"""The one typed view of ``params.yaml``: every step reads its own section of :class:`Params`.
+
+The models validate; they hold no values. params.yaml is the one place a shipped value is written, so every
+key is required here: a file without one fails, naming the dotted key. Tests build their params from the repo's
+params.yaml and say what they change (tests/params_helpers.py).
+"""
 
 from __future__ import annotations
 
@@ -25,28 +30,30 @@ class ParamsError(QuantflowError):
 
 
 class _Section(BaseModel):
+    """A section of params.yaml: every key required (no defaults), unknown keys are errors, values frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PathsParams(_Section):
-    raw_dir: Path = Path("data/raw")
-    split_dir: Path = Path("data/split")
-    features_dir: Path = Path("data/features")
-    tokenizer_dir: Path = Path("artifacts/tokenizer")
-    model_dir: Path = Path("artifacts/model")
-    variants_dir: Path = Path("artifacts/variants")
-    reports_dir: Path = Path("reports")
-    accepted_dir: Path = Path("data/accepted")  # nightly batches that passed their contracts (DVC-tracked)
+    raw_dir: Path
+    split_dir: Path
+    features_dir: Path
+    tokenizer_dir: Path
+    model_dir: Path
+    variants_dir: Path
+    reports_dir: Path
+    accepted_dir: Path  # nightly batches that passed their contracts (DVC-tracked)
 
 
 class IngestParams(_Section):
-    dataset: str = "news_vs_comment"
-    path: Path | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    max_rows_per_class: int | None = Field(default=None, ge=1)
+    dataset: str
+    path: Path | None
+    text_column: str
+    label_column: str
+    max_rows_per_class: int | None = Field(ge=1)
     # share of the built-in corpus held back (by text hash) for `quantflow simulate-nights` to release
-    holdout_fraction: float = Field(default=0.0, ge=0, lt=1)
+    holdout_fraction: float = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
     def _known_source(self) -> IngestParams:
@@ -63,19 +70,19 @@ class IngestParams(_Section):
 
 
 class ValidateParams(_Section):
-    suite: str = "raw_dataset"
-    class_suite: str = "raw_class_counts"
-    labels: list[str] | None = None
-    min_text_length: int = Field(default=1, ge=1)
-    max_text_length: int = Field(default=5000, ge=1)
-    min_rows_per_class: int = Field(default=50, ge=1)
-    example_rows: int = Field(default=5, ge=1)
+    suite: str
+    class_suite: str
+    labels: list[str] | None
+    min_text_length: int = Field(ge=1)
+    max_text_length: int = Field(ge=1)
+    min_rows_per_class: int = Field(ge=1)
+    example_rows: int = Field(ge=1)
 
 
 class SplitParams(_Section):
-    val_fraction: float = Field(default=0.1, gt=0, lt=1)
-    test_fraction: float = Field(default=0.1, gt=0, lt=1)
-    salt: str = "quantflow-v1"
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    salt: str
 
     @model_validator(mode="after")
     def _room_for_train(self) -> SplitParams:
@@ -88,48 +95,48 @@ class SplitParams(_Section):
 
 
 class PreprocessParams(_Section):
-    language: str = "zh"
+    language: str
     # char+word (zh): chars, <sep>, jieba words in one sequence (quantflow.core.text.char_word_tokens)
-    segmenter: Literal["char", "jieba", "char+word"] = "char"
-    lowercase: bool = True
-    min_freq: int = Field(default=2, ge=1)
-    max_vocab: int = Field(default=8000, ge=10)
-    max_len: int = Field(default=128, ge=8)
+    segmenter: Literal["char", "jieba", "char+word"]
+    lowercase: bool
+    min_freq: int = Field(ge=1)
+    max_vocab: int = Field(ge=10)
+    max_len: int = Field(ge=8)
 
 
 class TrainParams(_Section):
     # char_word_textcnn needs preprocess.segmenter = char+word
-    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"] = "textcnn"
-    embed_dim: int = Field(default=64, ge=2)
-    num_filters: int = Field(default=64, ge=1)
-    kernel_sizes: list[int] = Field(default=[2, 3, 4], min_length=1)
-    dropout: float = Field(default=0.3, ge=0, lt=1)
-    transformer_layers: int = Field(default=2, ge=1)
-    transformer_heads: int = Field(default=4, ge=1)
-    transformer_ff_dim: int = Field(default=128, ge=1)
-    epochs: int = Field(default=6, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=0.002, gt=0)
-    weight_decay: float = Field(default=0.0001, ge=0)
-    patience: int = Field(default=2, ge=1)
-    threads: int = Field(default=2, ge=1)
+    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"]
+    embed_dim: int = Field(ge=2)
+    num_filters: int = Field(ge=1)
+    kernel_sizes: list[int] = Field(min_length=1)
+    dropout: float = Field(ge=0, lt=1)
+    transformer_layers: int = Field(ge=1)
+    transformer_heads: int = Field(ge=1)
+    transformer_ff_dim: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    patience: int = Field(ge=1)
+    threads: int = Field(ge=1)
     # data-parallel training (quantflow/core/ddp.py): N processes under torchrun; 1 on CPU: in-process
-    workers: int = Field(default=1, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees a GPU, else CPU
+    workers: int = Field(ge=1)
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when torch sees a GPU, else CPU
     # fasttext and ngram_textcnn: hashed char n-grams, n = 2..ngram_max, into one table of `buckets` rows
-    ngram_max: int = Field(default=3, ge=1, le=5)
-    buckets: int = Field(default=100_003, ge=1)
+    ngram_max: int = Field(ge=1, le=5)
+    buckets: int = Field(ge=1)
     # learning rate per step: constant, or linear warm-up over warmup_fraction of the steps then cosine to 0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_fraction: float = Field(default=0.0, ge=0, lt=1)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    schedule: Literal["constant", "cosine"]
+    warmup_fraction: float = Field(ge=0, lt=1)
+    label_smoothing: float = Field(ge=0, lt=1)
     # augmentation of the training split only, redrawn every epoch (quantflow/core/augment.py)
-    augment_delete: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars dropped from a text
-    augment_swap: float = Field(default=0.0, ge=0, lt=0.5)  # share of chars swapped with their neighbour
+    augment_delete: float = Field(ge=0, lt=0.5)  # share of chars dropped from a text
+    augment_swap: float = Field(ge=0, lt=0.5)  # share of chars swapped with their neighbour
     # share of words with a synonym replaced by one, lexicon learned on the training split (quantflow/core/synonyms.py)
-    augment_synonym: float = Field(default=0.0, ge=0, le=1)
+    augment_synonym: float = Field(ge=0, le=1)
     # initialize the char embedding with word2vec vectors trained on the training split (quantflow/core/pretrain.py)
-    pretrained_embeddings: bool = False
+    pretrained_embeddings: bool
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:
@@ -142,8 +149,8 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
-    baseline_ngram_max: int = Field(default=3, ge=1, le=6)
-    baseline_max_features: int = Field(default=200_000, ge=100)
+    baseline_ngram_max: int = Field(ge=1, le=6)
+    baseline_max_features: int = Field(ge=100)
 
 
 VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
@@ -153,48 +160,48 @@ QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv", "Relu"]
 class CompressParams(_Section):
     """The compress step: which variants, how each is made, how they are measured and which one ships."""
 
-    variants: list[Literal[VARIANTS]] = list(VARIANTS)  # fp32 is always built: the reference
-    parity_samples: int = Field(default=64, ge=1)
-    parity_atol: float = Field(default=1e-4, gt=0)
+    variants: list[Literal[VARIANTS]]  # fp32 is always built: the reference
+    parity_samples: int = Field(ge=1)
+    parity_atol: float = Field(gt=0)
     # int8-dynamic
-    quantize_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul"]  # ConvInteger measured slower than fp32
-    weight_type: Literal["uint8", "int8"] = "uint8"
+    quantize_ops: list[QuantOp]  # ConvInteger measured slower than fp32
+    weight_type: Literal["uint8", "int8"]
     # int8-static (also the int8 step of pruned-int8 and slim-int8)
-    static_ops: list[QuantOp] = ["Gather", "Gemm", "MatMul", "Conv", "Relu"]
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = Field(default=512, ge=1)
+    static_ops: list[QuantOp]
+    calibration: Literal["minmax", "entropy", "percentile"]
+    calibration_samples: int = Field(ge=1)
     # pruned-int8 and slim-int8
-    sparsity: float = Field(default=0.5, ge=0, lt=1)
-    filter_keep: float = Field(default=0.5, gt=0, le=1)
-    finetune_epochs: int = Field(default=1, ge=0)
-    finetune_lr: float = Field(default=0.0005, gt=0)
+    sparsity: float = Field(ge=0, lt=1)
+    filter_keep: float = Field(gt=0, le=1)
+    finetune_epochs: int = Field(ge=0)
+    finetune_lr: float = Field(gt=0)
     # measurement (one process, interleaved) and the choice
-    latency_texts: int = Field(default=300, ge=10)
-    throughput_texts: int = Field(default=640, ge=64)
-    rounds: int = Field(default=1, ge=1)
-    policy: Literal["fastest", "smallest"] = "fastest"
-    max_drop_pp: float = Field(default=0.3, ge=0, le=100)
+    latency_texts: int = Field(ge=10)
+    throughput_texts: int = Field(ge=64)
+    rounds: int = Field(ge=1)
+    policy: Literal["fastest", "smallest"]
+    max_drop_pp: float = Field(ge=0, le=100)
 
 
 class ScaleGridParams(_Section):
     """One architecture's sizes: the sweep trains every combination of the two lists."""
 
-    embed_dim: list[int] = Field(default=[16, 64], min_length=1)  # textcnn: embedding width
-    num_filters: list[int] = Field(default=[16, 64], min_length=1)  # textcnn: filters per kernel width
-    layers: list[int] = Field(default=[1, 2], min_length=1)  # transformer: encoder layers
-    width: list[int] = Field(default=[32, 64], min_length=1)  # transformer: model width (embed_dim)
+    embed_dim: list[int] = Field(min_length=1)  # textcnn: embedding width
+    num_filters: list[int] = Field(min_length=1)  # textcnn: filters per kernel width
+    layers: list[int] = Field(min_length=1)  # transformer: encoder layers
+    width: list[int] = Field(min_length=1)  # transformer: model width (embed_dim)
 
 
 class ScaleParams(_Section):
     """``quantflow scale``: the model-size sweep (flows/scale.py) run as Prefect tasks on Dask."""
 
-    model: Literal["textcnn", "transformer"] = "textcnn"
-    grid: ScaleGridParams = ScaleGridParams()
-    variants: list[Literal[VARIANTS]] = ["fp32", "int8-static"]  # fp32 always; one int8 variant compared
-    workers: int = Field(default=2, ge=1)  # LocalCluster worker processes (1 thread each)
-    experiment: str = "quantflow-scale"
-    work_dir: Path = Path("artifacts/scale")  # the sweep's own data, models and variants
-    reports_dir: Path = Path("reports/scale")  # scale.csv (DVC plots) and the PNG plots
+    model: Literal["textcnn", "transformer"]
+    grid: ScaleGridParams
+    variants: list[Literal[VARIANTS]]  # fp32 always; one int8 variant compared
+    workers: int = Field(ge=1)  # LocalCluster worker processes (1 thread each)
+    experiment: str
+    work_dir: Path  # the sweep's own data, models and variants
+    reports_dir: Path  # scale.csv (DVC plots) and the PNG plots
 
     @model_validator(mode="after")
     def _one_int8_variant(self) -> ScaleParams:
@@ -207,55 +214,55 @@ class ScaleParams(_Section):
 
 
 class RegisterParams(_Section):
-    experiment: str = "quantflow"
-    model_name: str | None = None
-    max_drop: float = Field(default=0.01, ge=0, le=1)
-    min_f1: float = Field(default=0.8, ge=0, le=1)
-    champion_tolerance: float = Field(default=0.005, ge=0, le=1)
+    experiment: str
+    model_name: str | None
+    max_drop: float = Field(ge=0, le=1)
+    min_f1: float = Field(ge=0, le=1)
+    champion_tolerance: float = Field(ge=0, le=1)
     # the paired test against the champion (quantflow/core/stats.py): "better" or "not_worse"
-    champion_rule: Literal["better", "not_worse"] = "not_worse"
-    alpha: float = Field(default=0.05, gt=0, lt=1)
-    bootstrap_samples: int = Field(default=2000, ge=100)
+    champion_rule: Literal["better", "not_worse"]
+    alpha: float = Field(gt=0, lt=1)
+    bootstrap_samples: int = Field(ge=100)
     # optional ceilings, checked when compression.json reports the figure for the chosen variant
-    max_latency_ms: float | None = Field(default=None, gt=0)
-    max_size_bytes: int | None = Field(default=None, gt=0)
+    max_latency_ms: float | None = Field(gt=0)
+    max_size_bytes: int | None = Field(gt=0)
     # faults: registry calls retried with exponential backoff; a promotion lock older than this is stale
-    retries: int = Field(default=4, ge=0)
-    retry_backoff_s: float = Field(default=1.0, ge=0)
-    lock_timeout_s: float = Field(default=300.0, gt=0)
+    retries: int = Field(ge=0)
+    retry_backoff_s: float = Field(ge=0)
+    lock_timeout_s: float = Field(gt=0)
     # `quantflow reproduce`: largest absolute difference allowed between a recorded and a rebuilt metric
-    reproduce_tolerance: float = Field(default=0.002, ge=0)
+    reproduce_tolerance: float = Field(ge=0)
 
 
 class ServeParams(_Section):
     """``quantflow serve`` and ``quantflow predict``: where the model comes from and what a request may hold."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    model_name: str | None = None  # null: the registered name, register.model_name or quantflow-<dataset>
-    alias: str = "staging"
-    poll_interval_s: float = Field(default=30.0, ge=0)  # 0: never look for a new version
-    cache_dir: Path = Path(".cache/serving")
-    threads: int = Field(default=1, ge=1)  # ORT intra-op threads per request
-    max_texts: int = Field(default=64, ge=1)
-    max_chars: int = Field(default=2000, ge=1)
-    long_texts: Literal["reject", "truncate"] = "reject"
-    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    model_name: str | None  # null: the registered name, register.model_name or quantflow-<dataset>
+    alias: str
+    poll_interval_s: float = Field(ge=0)  # 0: never look for a new version
+    cache_dir: Path
+    threads: int = Field(ge=1)  # ORT intra-op threads per request
+    max_texts: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
+    long_texts: Literal["reject", "truncate"]
+    max_body_bytes: int = Field(ge=1024)
 
 
 class ScheduleParams(_Section):
     """``quantflow schedule`` and infra/prefect.yaml: when the nightly flow runs, how runs may overlap, who hears
     of a failure."""
 
-    deployment: str = "nightly"  # the deployment's name: nightly_retrain/<deployment> in the Prefect UI
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"  # an IANA name, e.g. Europe/Berlin: 02:00 local time, DST included
+    deployment: str  # the deployment's name: nightly_retrain/<deployment> in the Prefect UI
+    cron: str
+    timezone: str  # an IANA name, e.g. Europe/Berlin: 02:00 local time, DST included
     # at most this many runs of the deployment at once; a run that would exceed it is cancelled (CANCEL_NEW:
     # a night whose predecessor still runs is skipped, not queued behind it) or waits (ENQUEUE)
-    concurrency_limit: int = Field(default=1, ge=1)
-    collision_strategy: Literal["CANCEL_NEW", "ENQUEUE"] = "CANCEL_NEW"
-    notify_block: str | None = None  # a saved Prefect notification block, "<block-type-slug>/<name>"
-    failure_dir: Path = Path("reports/failures")  # one markdown summary per failed run
+    concurrency_limit: int = Field(ge=1)
+    collision_strategy: Literal["CANCEL_NEW", "ENQUEUE"]
+    notify_block: str | None  # a saved Prefect notification block, "<block-type-slug>/<name>"
+    failure_dir: Path  # one markdown summary per failed run
 
     @model_validator(mode="after")
     def _valid_cron_and_zone(self) -> ScheduleParams:
@@ -283,36 +290,36 @@ class ScheduleParams(_Section):
 class DriftParams(_Section):
     """Drift of a batch against the current training data: each figure warns or blocks past its bound."""
 
-    length_ks_warn: float = Field(default=0.2, ge=0, le=1)  # Kolmogorov-Smirnov statistic of text lengths
-    length_ks_block: float = Field(default=0.6, ge=0, le=1)
-    label_tvd_warn: float = Field(default=0.2, ge=0, le=1)  # total variation distance of the label mix
-    label_tvd_block: float = Field(default=0.45, ge=0, le=1)
-    oov_increase_warn: float = Field(default=0.05, ge=0, le=1)  # batch OOV rate minus the val split's
-    oov_increase_block: float = Field(default=0.3, ge=0, le=1)
-    top_new_tokens: int = Field(default=10, ge=1)
+    length_ks_warn: float = Field(ge=0, le=1)  # Kolmogorov-Smirnov statistic of text lengths
+    length_ks_block: float = Field(ge=0, le=1)
+    label_tvd_warn: float = Field(ge=0, le=1)  # total variation distance of the label mix
+    label_tvd_block: float = Field(ge=0, le=1)
+    oov_increase_warn: float = Field(ge=0, le=1)  # batch OOV rate minus the val split's
+    oov_increase_block: float = Field(ge=0, le=1)
+    top_new_tokens: int = Field(ge=1)
 
 
 class NightlyParams(_Section):
     """Incoming batches: folders, the batch and dataset contracts, drift, and when to retrain."""
 
-    incoming_dir: Path = Path("data/incoming")
-    processed_dir: Path = Path("data/processed")
-    rejected_dir: Path = Path("data/rejected")
-    quarantine_dir: Path = Path("data/quarantine")
-    batch_suite: str = "batch"  # expectations/<batch_suite>.json
-    dataset_suite: str = "dataset"  # expectations/<dataset_suite>.json, after split
-    max_bad_row_share: float = Field(default=0.1, ge=0, le=1)  # over it the batch is blocked
-    min_script_share: float = Field(default=0.5, ge=0, le=1)  # mean share of expected-script characters
-    max_markup_share: float = Field(default=0.05, ge=0, le=1)  # share of rows with HTML/URL junk
-    max_duplicate_share: float = Field(default=0.2, ge=0, le=1)  # repeated texts within the batch
-    max_known_share: float = Field(default=0.5, ge=0, le=1)  # texts already in the dataset
-    min_class_share: float = Field(default=0.1, ge=0, le=1)  # dataset contract: every class's share
-    max_class_share: float = Field(default=0.9, ge=0, le=1)
-    min_rows_per_class_split: int = Field(default=5, ge=0)  # dataset contract: rows per class in each split
-    drift: DriftParams = DriftParams()
-    retrain: Literal["changed", "always"] = "changed"  # changed: only with new data or a stale pipeline
+    incoming_dir: Path
+    processed_dir: Path
+    rejected_dir: Path
+    quarantine_dir: Path
+    batch_suite: str  # expectations/<batch_suite>.json
+    dataset_suite: str  # expectations/<dataset_suite>.json, after split
+    max_bad_row_share: float = Field(ge=0, le=1)  # over it the batch is blocked
+    min_script_share: float = Field(ge=0, le=1)  # mean share of expected-script characters
+    max_markup_share: float = Field(ge=0, le=1)  # share of rows with HTML/URL junk
+    max_duplicate_share: float = Field(ge=0, le=1)  # repeated texts within the batch
+    max_known_share: float = Field(ge=0, le=1)  # texts already in the dataset
+    min_class_share: float = Field(ge=0, le=1)  # dataset contract: every class's share
+    max_class_share: float = Field(ge=0, le=1)
+    min_rows_per_class_split: int = Field(ge=0)  # dataset contract: rows per class in each split
+    drift: DriftParams
+    retrain: Literal["changed", "always"]  # changed: only with new data or a stale pipeline
     # commit dvc.lock and data/accepted/*.dvc: after a night that accepted data, after every retrain, never
-    git_commit: Literal["accepted", "always", "never"] = "accepted"
+    git_commit: Literal["accepted", "always", "never"]
 
 
 with warnings.catch_warnings():
@@ -320,20 +327,21 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
     class Params(_Section):
-        seed: int = 42
-        paths: PathsParams = PathsParams()
-        ingest: IngestParams = IngestParams()
-        validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
-        split: SplitParams = SplitParams()
-        preprocess: PreprocessParams = PreprocessParams()
-        train: TrainParams = TrainParams()
-        evaluate: EvaluateParams = EvaluateParams()
-        compress: CompressParams = CompressParams()
-        register: RegisterParams = RegisterParams()
-        serve: ServeParams = ServeParams()
-        scale: ScaleParams = ScaleParams()
-        schedule: ScheduleParams = ScheduleParams()
-        nightly: NightlyParams = NightlyParams()
+        seed: int
+        paths: PathsParams
+        ingest: IngestParams
+        validate_: ValidateParams = Field(alias="validate")
+        split: SplitParams
+        preprocess: PreprocessParams
+        train: TrainParams
+        evaluate: EvaluateParams
+        compress: CompressParams
+        # "= Field()": without it pydantic takes the inherited ABCMeta.register method as the default
+        register: RegisterParams = Field()
+        serve: ServeParams
+        scale: ScaleParams
+        schedule: ScheduleParams
+        nightly: NightlyParams
 
         model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -380,6 +388,11 @@ def _describe(error: dict[str, Any], source: str) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
+    if error["type"] == "missing":
+        return (
+            f"{source}: missing key {key!r}: params.yaml must set every key (no value is assumed); "
+            "copy it from the repository's params.yaml"
+        )
     return f"{source}: {key}: {error['msg']} (got: {error.get('input')!r})"
 
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from quantflow.core.errors import ValidationFailed
-from quantflow.core.params import IngestParams, Params, ParamsError
+from quantflow.core.params import Params, ParamsError
 from quantflow.core.suites import SuiteError, load_suite
 from tasks.validate import ValidationResult, suite_parameters, validate
+from tests.params_helpers import params_with, shipped_params
 
 EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 ROWS_PER_CLASS = 100
@@ -20,7 +21,7 @@ ROWS_PER_CLASS = 100
 
 @pytest.fixture
 def params() -> Params:
-    return Params().with_overrides({"validate.min_rows_per_class": 10, "validate.example_rows": 3})
+    return params_with({"validate.min_rows_per_class": 10, "validate.example_rows": 3})
 
 
 def good_frame() -> pd.DataFrame:
@@ -188,8 +189,9 @@ def test_report_holds_failing_rows_with_their_numbers_and_texts(params: Params, 
 
 def test_user_data_without_a_label_set_is_a_params_error(tmp_path: Path) -> None:
     # params.yaml parsing refuses this already; validate still guards a Params built without validation.
-    user_data = IngestParams(dataset="mine", path=Path("data/external/mine.csv"))
-    params = Params().model_copy(update={"ingest": user_data})
+    shipped = shipped_params()
+    user_data = shipped.ingest.model_copy(update={"dataset": "mine", "path": Path("data/external/mine.csv")})
+    params = shipped.model_copy(update={"ingest": user_data})
 
     with pytest.raises(ParamsError, match="validate.labels must list the allowed labels"):
         run_validate(params, write(good_frame(), tmp_path), tmp_path / "reports")

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from quantflow.core.params import Params
 from tasks.register import CHALLENGER, STAGING, RegisterResult, register
 from tests.infra.postgres import Postgres, postgres  # noqa: F401
 from tests.integration.test_register import build_variant, synthetic_split, write_reports
 from tests.mlflow_server import spawn, stop, wait_until_healthy
+from tests.params_helpers import params_with
 
 pytestmark = [pytest.mark.infra, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def registered(mlflow_on_postgres: str, tmp_path_factory: pytest.TempPathFactory
     write_reports(root / "reports", int8_accuracy=0.985)
     (root / "data" / "split").mkdir(parents=True)
     split.to_parquet(root / "data" / "split" / "test.parquet")
-    params = Params().with_overrides({"register.model_name": MODEL, "register.experiment": MODEL})
+    params = params_with({"register.model_name": MODEL, "register.experiment": MODEL})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_on_postgres)
         return register(params, root, tags={"git_commit": "0123abc"})

@@ -39,6 +39,7 @@ from quantflow.registry.promotion import (
 )
 from tasks.register import register
 from tests.mlflow_server import free_port, mlflow_server, mlflow_server_process  # noqa: F401
+from tests.params_helpers import params_with
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +129,7 @@ def tempfile_dir(base: Path) -> Path:
 def params(request: pytest.FixtureRequest) -> Params:
     """A registered model of the test's own, fast retries and a short lock timeout."""
     name = f"promo-{request.node.name[5:40].replace('_', '-')}"
-    return Params().with_overrides(
+    return params_with(
         {
             "register.model_name": name,
             "register.experiment": "promotion",

@@ -27,6 +27,7 @@ from quantflow.core.params import Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from tasks.register import CHALLENGER, STAGING, RegisterResult, register
 from tests.mlflow_server import ServerProcess, mlflow_server, mlflow_server_process  # noqa: F401
+from tests.params_helpers import params_with
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +165,7 @@ def make_project(tmp_path_factory: pytest.TempPathFactory, variant_template: Pat
 
 @pytest.fixture(scope="module")
 def params() -> Params:
-    return Params().with_overrides(
+    return params_with(
         {"register.model_name": "quantflow-test-register", "register.experiment": "quantflow-test-register"}
     )
 

@@ -22,9 +22,10 @@ from quantflow.core.errors import DataError
 from quantflow.core.export import ParityError, check_parity
 from quantflow.core.models import ModelConfig, build_model, save_model
 from quantflow.core.onnx_model import OnnxClassifier
-from quantflow.core.params import CompressParams, Params
+from quantflow.core.params import Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from tasks.compress import CompressResult, choose, compress, compress_task
+from tests.params_helpers import params_with, shipped_params
 
 LABELS = ["体育", "财经", "娱乐"]
 ATOL = 1e-4
@@ -116,7 +117,7 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
 
 def run_compress(root: Path) -> CompressResult:
     return compress(
-        Params().compress,
+        shipped_params().compress,
         root / "model",
         root / "test.parquet",
         root / "variants",
@@ -218,7 +219,7 @@ def test_dynamic_int8_has_integer_ops_and_is_smaller(setup: Setup) -> None:
     assert ops["DequantizeLinear"] >= 1  # the quantized embedding table
     assert "Gemm" not in ops
     if setup.arch == "textcnn":
-        quantized = "Conv" in Params().compress.quantize_ops  # ConvInteger, or the convs left in fp32
+        quantized = "Conv" in shipped_params().compress.quantize_ops  # ConvInteger, or the convs left in fp32
         assert ops["ConvInteger" if quantized else "Conv"] == len(setup.model.convs)
     weights = int8_weights(path)
     assert "embedding.weight" not in weights  # replaced by its uint8 copy
@@ -303,7 +304,7 @@ def test_invariance_holds_on_every_int8_variant(setup: Setup) -> None:
 
 def test_pruned_variant_reaches_the_sparsity_and_a_smaller_gzip(setup: Setup) -> None:
     pruned = setup.result.variants["pruned-int8"]
-    target = Params().compress.sparsity
+    target = shipped_params().compress.sparsity
     assert abs(pruned["sparsity"] - target) <= 0.01
     assert pruned["nonzero_params"] < (1 - target + 0.01) * pruned["params"] + sum(
         p.numel() for name, p in setup.model.named_parameters() if not name.endswith("weight")
@@ -335,7 +336,7 @@ def test_report_shape(setup: Setup) -> None:
     report = setup.report
     assert report["chosen"] == setup.result.chosen == report["decision"]["chosen"]
     assert set(report["variants"]) == set(setup.result.variants)
-    assert report["parity"]["samples"] == min(Params().compress.parity_samples, len(setup.test_texts))
+    assert report["parity"]["samples"] == min(shipped_params().compress.parity_samples, len(setup.test_texts))
     assert 0 <= report["parity"]["max_abs_diff"] <= report["parity"]["atol"]
     assert 0 < report["size_ratio"] <= 1
     timing = {"latency_p50_ms", "latency_p99_ms", "model_p50_ms", "throughput_b64"}
@@ -354,11 +355,14 @@ def test_report_shape(setup: Setup) -> None:
     assert report["variants"] == setup.result.variants
 
 
-def test_choice_is_the_fastest_within_the_allowed_drop(setup: Setup) -> None:
-    report, limit = setup.report, Params().compress.max_drop_pp
+def test_choice_follows_the_policy_within_the_allowed_drop(setup: Setup) -> None:
+    """params.yaml's compress.policy: the smallest (bytes) or fastest (latency p50) eligible variant."""
+    settings = shipped_params().compress
+    report, limit = setup.report, settings.max_drop_pp
     eligible = {n: v for n, v in report["variants"].items() if v["accuracy_drop_pp"] <= limit}
     assert report["decision"]["eligible"] == list(eligible)
-    assert report["chosen"] == min(eligible, key=lambda n: eligible[n]["latency_p50_ms"])
+    figure = {"smallest": "size_bytes", "fastest": "latency_p50_ms"}[settings.policy]
+    assert report["chosen"] == min(eligible, key=lambda n: eligible[n][figure])
 
 
 def test_choice_policy_respects_the_limit() -> None:
@@ -392,7 +396,7 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
     if setup.arch != "textcnn":
         pytest.skip("one architecture is enough: a run costs seconds")
     monkeypatch.chdir(setup.root)
-    only = Params().with_overrides({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
+    only = params_with({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
     result = compress(
         only.compress, Path("model"), Path("test.parquet"), Path("again"), Path("again.json"), only.seed
     )
@@ -413,7 +417,7 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
 def test_missing_test_split_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="test split not found"):
         compress(
-            CompressParams(),
+            shipped_params().compress,
             tmp_path / "model",
             tmp_path / "nope.parquet",
             tmp_path / "v",
@@ -427,7 +431,7 @@ def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["你好"]}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError, match=r"missing column\(s\) \['label'\]"):
         compress(
-            CompressParams(),
+            shipped_params().compress,
             tmp_path / "model",
             tmp_path / "test.parquet",
             tmp_path / "v",
@@ -441,7 +445,7 @@ def test_missing_training_split_is_a_clear_error(tmp_path: Path) -> None:
     pd.DataFrame({"text": ["你好"], "label": ["体育"]}).to_parquet(tmp_path / "test.parquet")
     with pytest.raises(DataError, match=r"train\.parquet: train split not found"):
         compress(
-            CompressParams(),
+            shipped_params().compress,
             tmp_path / "model",
             tmp_path / "test.parquet",
             tmp_path / "v",

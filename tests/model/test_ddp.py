@@ -13,12 +13,13 @@ import torch
 from quantflow.core.ddp import DistributedTrainingError, resolve_device, uses_distributed
 from quantflow.core.features import load_features
 from quantflow.core.models import load_model
-from quantflow.core.params import PreprocessParams, TrainParams
+from quantflow.core.params import TrainParams
 from quantflow.core.pretrain import word2vec_vectors
 from quantflow.core.training import predict_logits
 from tasks.train import train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess, tiny_train_params
+from tests.params_helpers import preprocess_with
 
 TINY = tiny_train_params(threads=2, device="cpu")
 ACCURACY_TOLERANCE = 0.05
@@ -43,7 +44,7 @@ RECIPE = TINY.model_copy(
 @pytest.fixture(scope="module")
 def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    return split_and_preprocess(root, two_vocabulary_frame(150), PreprocessParams(min_freq=1, max_len=32))
+    return split_and_preprocess(root, two_vocabulary_frame(150), preprocess_with(min_freq=1, max_len=32))
 
 
 def run(root: Path, out: Path, params: TrainParams):

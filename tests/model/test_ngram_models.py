@@ -11,6 +11,7 @@ from quantflow.core.params import TrainParams
 from quantflow.core.pretrain import word2vec_vectors
 from quantflow.core.training import init_embeddings, make_scheduler
 from tests.model.tiny import overfit_one_batch
+from tests.params_helpers import train_with
 
 NGRAM_ARCHS = ["fasttext", "ngram_textcnn"]
 
@@ -77,7 +78,7 @@ def lrs(params: TrainParams, steps_per_epoch: int) -> list[float]:
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    params = TrainParams(lr=0.01, epochs=4, schedule="cosine", warmup_fraction=0.1)
+    params = train_with(lr=0.01, epochs=4, schedule="cosine", warmup_fraction=0.1)
     rates = lrs(params, steps_per_epoch=25)  # 100 steps, 10 of warm-up
     assert rates[0] == pytest.approx(0.001)
     assert rates[9] == pytest.approx(0.01)
@@ -86,7 +87,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_constant_schedule_keeps_the_rate() -> None:
-    assert set(lrs(TrainParams(lr=0.01, epochs=2), steps_per_epoch=5)) == {0.01}
+    assert set(lrs(train_with(lr=0.01, epochs=2, schedule="constant"), steps_per_epoch=5)) == {0.01}
 
 
 def corpus() -> np.ndarray:

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from quantflow.core.models import ModelConfig, build_model, load_model
-from quantflow.core.params import EvaluateParams, PreprocessParams
 from tasks.evaluate import evaluate
 from tasks.train import train
 from tests.model.tiny import LABELS, overfit_one_batch, split_and_preprocess, tiny_train_params
+from tests.params_helpers import preprocess_with, shipped_params
 
 TINY = tiny_train_params(transformer_layers=1, transformer_heads=2, transformer_ff_dim=32)
 
 
 @pytest.fixture
 def features(tmp_path: Path, tiny_frame: pd.DataFrame) -> Path:
-    return split_and_preprocess(tmp_path, tiny_frame, PreprocessParams(min_freq=1, max_len=32), labels=LABELS)
+    return split_and_preprocess(tmp_path, tiny_frame, preprocess_with(min_freq=1, max_len=32), labels=LABELS)
 
 
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
@@ -78,7 +78,7 @@ def test_evaluate_writes_metrics_baseline_and_plot(features: Path) -> None:
         TINY, features / "features", features / "tokenizer", features / "model", features / "h.json", seed=3
     )
     result = evaluate(
-        EvaluateParams(),
+        shipped_params().evaluate,
         features / "model",
         features / "features",
         features / "split",

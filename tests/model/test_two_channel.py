@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from quantflow.core.models import ModelConfig, build_model, load_model
-from quantflow.core.params import Params, PreprocessParams, TrainParams
 from quantflow.core.text import SEP, Tokenizer
 from quantflow.core.training import model_config
 from serving.model import ServedModel
@@ -26,6 +25,7 @@ from tasks.register import pip_requirements
 from tasks.train import TrainResult, train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
+from tests.params_helpers import params_with, preprocess_with, train_with
 
 ARCH = "char_word_textcnn"
 SEP_ID = 2
@@ -86,7 +86,7 @@ def test_sep_id_is_required() -> None:
     with pytest.raises(ValueError, match=r"needs extra\['sep_id'\]"):
         build_model(ModelConfig(arch=ARCH, vocab_size=10, num_classes=2))
     with pytest.raises(ValueError, match="preprocess.segmenter = char\\+word"):
-        model_config(TrainParams(model=ARCH), {"<pad>": 0, "<unk>": 1}, 2, 32)
+        model_config(train_with(model=ARCH), {"<pad>": 0, "<unk>": 1}, 2, 32)
 
 
 # --- the pipeline on a tiny corpus --------------------------------------------------------------------------
@@ -113,11 +113,11 @@ class Pipeline:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     root = tmp_path_factory.mktemp("two_channel")
-    preprocess = PreprocessParams(segmenter="char+word", min_freq=1, max_len=40)
+    preprocess = preprocess_with(segmenter="char+word", min_freq=1, max_len=40)
     split_and_preprocess(root, two_vocabulary_frame(120), preprocess, holdout=0.2, labels=LABELS)
     torch.set_num_threads(1)
     trained = train(TINY, root / "features", root / "tokenizer", root / "model", root / "h.json", seed=0)
-    params = Params().with_overrides(
+    params = params_with(
         {
             "compress.latency_texts": 10,
             "compress.throughput_texts": 64,

@@ -10,17 +10,22 @@ import torch
 import torch.nn.functional as F
 
 from quantflow.core.models import ModelConfig, build_model
-from quantflow.core.params import PreprocessParams, SplitParams, TrainParams
+from quantflow.core.params import PreprocessParams, TrainParams
 from tasks.preprocess import preprocess
 from tasks.split import split
+from tests.params_helpers import split_with, train_with
 
 LABELS = ("news", "comment")
 
 
 def tiny_train_params(**overrides: object) -> TrainParams:
-    """Embedding 16, 8 filters of widths 2 and 3, 3 epochs of batches of 32 at lr 0.01, one thread; ``overrides``
-    on top (validated like params.yaml's train section)."""
+    """params.yaml's train section made tiny: a TextCNN (embedding 16, 8 filters of widths 2 and 3), 3 epochs of
+    batches of 32 at a constant lr 0.01 (tests that follow the rate step by step set their own schedule), one
+    thread; ``overrides`` on top (validated like params.yaml's train section)."""
     tiny = {
+        "model": "textcnn",
+        "schedule": "constant",
+        "warmup_fraction": 0.0,
         "embed_dim": 16,
         "num_filters": 8,
         "kernel_sizes": [2, 3],
@@ -29,7 +34,7 @@ def tiny_train_params(**overrides: object) -> TrainParams:
         "lr": 0.01,
         "threads": 1,
     }
-    return TrainParams(**(tiny | overrides))
+    return train_with(**(tiny | overrides))
 
 
 def split_and_preprocess(
@@ -43,7 +48,7 @@ def split_and_preprocess(
     root/features and root/tokenizer, classes in the order of ``labels`` (sorted when None); returns ``root``."""
     frame.to_parquet(root / "raw.parquet")
     split(
-        SplitParams(val_fraction=holdout, test_fraction=holdout),
+        split_with(val_fraction=holdout, test_fraction=holdout),
         root / "raw.parquet",
         root / "split",
         root / "split.json",

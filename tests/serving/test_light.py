@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from quantflow.cli import app as cli
 from quantflow.core.onnx_model import OnnxClassifier
-from quantflow.core.params import ServeParams
 from serving.app import Service
 from serving.reload import ModelSlot
+from tests.params_helpers import PARAMS_FILE, params_with
 
 HEAVY = ["torch", "prefect", "spacy", "thinc", "tasks", "flows"]
 
@@ -24,8 +24,9 @@ def test_service_imports_no_torch_prefect_or_training_code(variant: Path) -> Non
     """Import the app and load a char-tokenizer model, as ``quantflow serve --model-dir`` does."""
     probe = (
         "import sys; from pathlib import Path; from serving.server import build_service; "
-        "from quantflow.core.params import Params; "
-        f"s = build_service(Params(), Path('.'), Path({str(variant)!r})); s.slot.load_latest(); "
+        "from quantflow.core.params import load_params; "
+        f"s = build_service(load_params(Path({str(PARAMS_FILE)!r})), Path('.'), Path({str(variant)!r})); "
+        "s.slot.load_latest(); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -35,7 +36,7 @@ def test_service_imports_no_torch_prefect_or_training_code(variant: Path) -> Non
 def local_service(variant: Path, **limits: object) -> Service:
     slot = ModelSlot(None, "local", "staging", threads=1, folder=variant)
     slot.load_latest()
-    return Service(ServeParams(**limits), slot)
+    return Service(params_with({f"serve.{key}": value for key, value in limits.items()}).serve, slot)
 
 
 async def post(service: Service, path: str, payload: dict) -> httpx.Response:

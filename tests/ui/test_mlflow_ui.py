@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import tests.integration.test_register as fake
-from quantflow.core.params import Params
 from quantflow.registry.promotion import CHALLENGER, STAGING
 from tasks.register import register
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
+from tests.params_helpers import params_with
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def model_name(
     mlflow_server: str,  # noqa: F811
 ) -> str:
     """v1, registered through the real server: the first version holds both aliases."""
-    params = Params().with_overrides({"register.model_name": "quantflow-ui", "register.experiment": "ui"})
+    params = params_with({"register.model_name": "quantflow-ui", "register.experiment": "ui"})
     template = tmp_path_factory.mktemp("ui-template") / "int8"
     fake.build_variant(template, fake.synthetic_split())
     with pytest.MonkeyPatch.context() as mp:

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from quantflow.core.features import load_features
-from quantflow.core.params import PreprocessParams, SplitParams
 from quantflow.core.text import (
     PAD,
     SEP,
@@ -25,6 +24,7 @@ from quantflow.core.text import (
 )
 from tasks.preprocess import preprocess
 from tasks.split import split
+from tests.params_helpers import preprocess_with, split_with
 
 CW = TokenizerConfig(segmenter="char+word", max_len=32)
 
@@ -85,8 +85,8 @@ def test_char_word_vocab_without_sep_at_2_is_refused() -> None:
 
 def test_preprocess_reserves_sep_and_the_folder_round_trips(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
-    params = PreprocessParams(segmenter="char+word", min_freq=1, max_len=24)
+    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    params = preprocess_with(segmenter="char+word", min_freq=1, max_len=24)
     preprocess(params, tmp_path / "split", tmp_path / "feat", tmp_path / "tok", labels=("news", "comment"))
     vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text(encoding="utf-8"))
     assert list(vocab)[:3] == [PAD, UNK, SEP] and vocab[SEP] == 2
@@ -102,8 +102,8 @@ def test_preprocess_reserves_sep_and_the_folder_round_trips(tmp_path: Path, tiny
 
 def test_preprocess_with_char_segmenter_has_no_sep(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
-    preprocess(PreprocessParams(min_freq=1, max_len=16), tmp_path / "split", tmp_path / "f", tmp_path / "t")
+    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    preprocess(preprocess_with(min_freq=1, max_len=16), tmp_path / "split", tmp_path / "f", tmp_path / "t")
     assert SEP not in Tokenizer.load(tmp_path / "t").vocab
 
 

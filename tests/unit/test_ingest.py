@@ -7,6 +7,7 @@ from quantflow.core.corpora import load_builtin, news_sentences
 from quantflow.core.errors import DataError
 from quantflow.core.params import IngestParams
 from tasks.ingest import ingest
+from tests.params_helpers import ingest_with, params_with
 
 
 def RAW(tmp_path: Path) -> Path:  # noqa: N802 - reads like the folder it names
@@ -14,7 +15,9 @@ def RAW(tmp_path: Path) -> Path:  # noqa: N802 - reads like the folder it names
 
 
 def user(path: Path, **kw: object) -> IngestParams:
-    return IngestParams(dataset="mine", path=path, **kw)
+    """params.yaml's ingest section pointed at a user file (``kw``: more ingest keys)."""
+    changes = {"ingest.dataset": "mine", "ingest.path": path, "validate.labels": ["news", "comment"]}
+    return params_with(changes | {f"ingest.{key}": value for key, value in kw.items()}).ingest
 
 
 @pytest.mark.parametrize(
@@ -36,7 +39,7 @@ def test_news_sentences_drop_the_pos_tags(tmp_path: Path) -> None:
 
 
 def test_cap_per_class_is_seeded_and_balanced(tmp_path: Path) -> None:
-    params = IngestParams(dataset="review_sentiment", max_rows_per_class=100)
+    params = ingest_with(dataset="review_sentiment", max_rows_per_class=100)
     first = ingest(params, tmp_path / "a" / "raw.parquet", seed=1)
     again = ingest(params, tmp_path / "b" / "raw.parquet", seed=1)
     assert first.class_counts == {"negative": 100, "positive": 100}

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from quantflow.core.params import SplitParams
 from tasks.split import assign_split, deduplicate, split
+from tests.params_helpers import split_with
 
 
 def test_duplicates_conflicts_and_blanks_are_dropped_before_splitting() -> None:
@@ -22,7 +22,7 @@ def test_duplicates_conflicts_and_blanks_are_dropped_before_splitting() -> None:
 
 
 def test_assignment_is_stable_and_roughly_proportional() -> None:
-    params = SplitParams(val_fraction=0.1, test_fraction=0.2)
+    params = split_with(val_fraction=0.1, test_fraction=0.2)
     keys = [f"text {i}" for i in range(5000)]
     first = [assign_split(k, params) for k in keys]
     assert first == [assign_split(k, params) for k in keys]
@@ -31,7 +31,7 @@ def test_assignment_is_stable_and_roughly_proportional() -> None:
 
 
 def test_a_text_keeps_its_split_when_the_data_grows(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
-    params = SplitParams()
+    params = split_with()
     small, grown = tiny_frame.iloc[:200], tiny_frame
     small.to_parquet(tmp_path / "small.parquet")
     grown.to_parquet(tmp_path / "grown.parquet")
@@ -46,7 +46,7 @@ def test_a_text_keeps_its_split_when_the_data_grows(tmp_path: Path, tiny_frame: 
 def test_no_normalized_text_in_two_splits(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     doubled = pd.concat([tiny_frame, tiny_frame.assign(text=tiny_frame["text"] + "  ")])
     doubled.to_parquet(tmp_path / "raw.parquet")
-    result = split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "out", tmp_path / "stats.json")
+    result = split(split_with(), tmp_path / "raw.parquet", tmp_path / "out", tmp_path / "stats.json")
     keys = {name: set(pd.read_parquet(path)["key"]) for name, path in result.paths.items()}
     assert (
         not keys["train"] & keys["val"]

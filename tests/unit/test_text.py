@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 
 from quantflow.core.features import load_features
-from quantflow.core.params import PreprocessParams, SplitParams
 from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab, clean_text
 from tasks.preprocess import preprocess
 from tasks.split import split
+from tests.params_helpers import preprocess_with, split_with
 
 
 def test_clean_text_normalizes_width_markup_and_space() -> None:
@@ -46,9 +46,9 @@ def test_preprocess_builds_vocab_on_train_only(tmp_path: Path, tiny_frame: pd.Da
     tiny = tiny_frame.copy()
     tiny.loc[0, "text"] = "独一无二的词汇只在这里"
     tiny.to_parquet(tmp_path / "raw.parquet")
-    result = split(SplitParams(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    result = split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
     out = preprocess(
-        PreprocessParams(min_freq=1, max_len=16),
+        preprocess_with(min_freq=1, max_len=16),
         tmp_path / "split",
         tmp_path / "feat",
         tmp_path / "tok",
