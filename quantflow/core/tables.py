@@ -2,7 +2,7 @@
 
 Ingest's user file, a nightly batch and batch predict's input all go through :func:`read_table`, so every way a
 file can be unusable (unknown suffix, missing, empty, binary, a wrong delimiter, unparseable, a missing column,
-a header and no rows) is one :class:`TableError` whose message names the file, the line where there is one,
+a header and no rows) is one :class:`~quantflow.core.errors.DataError` whose message names the file, the line where there is one,
 and the fix. :func:`labelled_texts` adds what a table of texts and labels must hold.
 """
 
@@ -23,15 +23,11 @@ SNIFF_BYTES = 8192  # a NUL byte in the first SNIFF_BYTES marks a binary file
 DELIMITERS = (";", "\t", "|")  # what a header without commas is usually separated by
 
 
-class TableError(DataError):
-    """A table file cannot be read, or lacks the columns asked for: nothing downstream runs on it."""
-
-
 def table_kind(path: Path, shown: str | None = None) -> str:
-    """``CSV``, ``Parquet`` or ``JSONL`` by the file's suffix; any other suffix is a TableError."""
+    """``CSV``, ``Parquet`` or ``JSONL`` by the file's suffix; any other suffix is a DataError."""
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
-        raise TableError(
+        raise DataError(
             f"{shown or path}: unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(KINDS)}"
         )
     return kind
@@ -55,17 +51,17 @@ def read_table(
     name = shown or str(path)
     kind = table_kind(path, name)
     if not path.is_file():
-        raise TableError(f"{name}: file not found" + (f" ({setting})" if setting else ""))
+        raise DataError(f"{name}: file not found" + (f" ({setting})" if setting else ""))
     if path.stat().st_size == 0:
-        raise TableError(f"{name}: the file is empty (0 bytes); give it a header and rows")
+        raise DataError(f"{name}: the file is empty (0 bytes); give it a header and rows")
     frame = _parquet(path, name) if kind == "Parquet" else _text_table(path, kind, name, undecodable)
     required = dict(columns or {})
     missing = [c for c in required if c not in frame.columns]
     if missing:
         wanted = ", ".join(f"{c!r} ({required[c]})" if required[c] else repr(c) for c in missing)
-        raise TableError(f"{name}: missing column {wanted}; {_columns_hint(frame)}")
+        raise DataError(f"{name}: missing column {wanted}; {_columns_hint(frame)}")
     if frame.empty:
-        raise TableError(f"{name}: the file has a header but no rows")
+        raise DataError(f"{name}: the file has a header but no rows")
     return frame
 
 
@@ -78,7 +74,7 @@ def labelled_texts(frame: pd.DataFrame, text_column: str, label_column: str, sho
     texts = out["text"].dropna()
     not_text = texts[~texts.map(lambda v: isinstance(v, str))]
     if len(not_text):
-        raise TableError(
+        raise DataError(
             f"{shown}: column {text_column!r} must hold strings, found {type(not_text.iloc[0]).__name__} "
             f"values (e.g. row {not_text.index[0]}: {not_text.iloc[0]!r})"
         )
@@ -101,14 +97,14 @@ def _parquet(path: Path, name: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (ValueError, OSError) as exc:
-        raise TableError(f"{name}: cannot read it as Parquet: {exc}") from None
+        raise DataError(f"{name}: cannot read it as Parquet: {exc}") from None
 
 
 def _text_table(path: Path, kind: str, name: str, undecodable: str) -> pd.DataFrame:
     """CSV or JSONL: binary files and wrong delimiters named before parsing; decoding per ``undecodable``."""
     raw = path.read_bytes()
     if b"\x00" in raw[:SNIFF_BYTES]:
-        raise TableError(
+        raise DataError(
             f"{name}: a binary file (NUL bytes in the first {SNIFF_BYTES} bytes), not {kind} text; "
             "export it as UTF-8 text"
         )
@@ -119,14 +115,14 @@ def _text_table(path: Path, kind: str, name: str, undecodable: str) -> pd.DataFr
     if "," not in header:
         for sep in DELIMITERS:
             if sep in header:
-                raise TableError(
+                raise DataError(
                     f"{name}: wrong delimiter {sep!r}? the header is {header.strip()!r}; "
                     "CSV files must be comma-separated"
                 )
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError) as exc:
-        raise TableError(f"{name}: cannot read it as CSV: {exc}") from None
+        raise DataError(f"{name}: cannot read it as CSV: {exc}") from None
 
 
 def _decode(raw: bytes, name: str, undecodable: str) -> str:
@@ -136,7 +132,7 @@ def _decode(raw: bytes, name: str, undecodable: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise TableError(
+        raise DataError(
             f"{name}: line {line} is not UTF-8 (byte {raw[exc.start]:#04x}); save the file as UTF-8"
         ) from None
 
@@ -150,11 +146,11 @@ def _jsonl(text: str, name: str) -> pd.DataFrame:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise TableError(
+            raise DataError(
                 f"{name}: cannot read it as JSONL: line {number}, column {exc.colno}: {exc.msg}"
             ) from None
         if not isinstance(record, dict):
-            raise TableError(
+            raise DataError(
                 f"{name}: cannot read it as JSONL: line {number} holds a {type(record).__name__}, "
                 "not an object; write one {...} per line"
             )

@@ -21,7 +21,7 @@ from prefect import task
 from quantflow.core.errors import DataError
 from quantflow.core.layout import Layout, accepted_files
 from quantflow.core.params import Params
-from quantflow.core.tables import TableError, labelled_texts, read_table
+from quantflow.core.tables import labelled_texts, read_table
 from quantflow.intake.contracts import BatchVerdict, check_batch, dataset_keys
 from quantflow.intake.drift import measure_drift, write_drift_report
 
@@ -81,7 +81,7 @@ def read_batch(path: Path, text_column: str = "text", label_column: str = "label
     try:
         frame = read_table(path, {text_column: "", label_column: ""}, shown=path.name, undecodable="replace")
         return labelled_texts(frame, text_column, label_column, path.name)
-    except TableError as exc:
+    except DataError as exc:  # the file is unusable: the whole batch is blocked with the reader's message
         raise BatchError(str(exc)) from None
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from quantflow.core.errors import DataError
-from quantflow.core.tables import TableError, labelled_texts, read_table, write_table
+from quantflow.core.tables import labelled_texts, read_table, write_table
 from quantflow.intake.incoming import BatchError, read_batch
 from tasks.ingest import read_user_file
 
@@ -26,18 +26,18 @@ def test_a_bad_jsonl_line_is_named_by_its_number(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text('{"text": "a", "label": "news"}\n\n{"text": "b", "label": news}\n', encoding="utf-8")
     with pytest.raises(
-        TableError, match=r"rows.jsonl: cannot read it as JSONL: line 3, column 24: Expecting value"
+        DataError, match=r"rows.jsonl: cannot read it as JSONL: line 3, column 24: Expecting value"
     ):
         read_table(path)
     path.write_text('{"text": "a", "label": "news"}\n["b", "news"]\n', encoding="utf-8")
-    with pytest.raises(TableError, match=r"line 2 holds a list, not an object"):
+    with pytest.raises(DataError, match=r"line 2 holds a list, not an object"):
         read_table(path)
 
 
 def test_bytes_that_are_not_utf8_fail_on_their_line_or_are_replaced(tmp_path: Path) -> None:
     path = tmp_path / "gbk.csv"
     path.write_bytes("text,label\n国务院会议,news\n".encode() + "质量不错,comment\n".encode("gbk"))
-    with pytest.raises(TableError, match=r"gbk.csv: line 3 is not UTF-8 \(byte 0x"):
+    with pytest.raises(DataError, match=r"gbk.csv: line 3 is not UTF-8 \(byte 0x"):
         read_table(path)
     texts = read_table(path, undecodable="replace")["text"].tolist()
     assert texts[0] == "国务院会议" and "\ufffd" in texts[1]
@@ -75,10 +75,10 @@ def test_texts_must_be_strings_and_labels_become_names(tmp_path: Path) -> None:
     frame = pd.DataFrame({"text": ["好", None, "差"], "label": pd.Series([1, 0, None], dtype=object)})
     out = labelled_texts(frame, "text", "label", "rows.csv")
     assert out["label"].tolist()[:2] == ["1", "0"] and pd.isna(out["label"].iloc[2])
-    with pytest.raises(TableError, match=r"rows.csv: column 'text' must hold strings, found int"):
+    with pytest.raises(DataError, match=r"rows.csv: column 'text' must hold strings, found int"):
         labelled_texts(frame.assign(text=[1, 2, 3]), "text", "label", "rows.csv")
 
 
 def test_a_missing_file_names_the_setting(tmp_path: Path) -> None:
-    with pytest.raises(TableError, match=r"absent.csv: file not found \(--input\)"):
+    with pytest.raises(DataError, match=r"absent.csv: file not found \(--input\)"):
         read_table(tmp_path / "absent.csv", setting="--input")
