@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from quantflow.core.layout import SPLITS
 from tasks.split import assign_split, deduplicate, split
 from tests.params_helpers import split_with
 
@@ -26,7 +27,7 @@ def test_assignment_is_stable_and_roughly_proportional() -> None:
     keys = [f"text {i}" for i in range(5000)]
     first = [assign_split(k, params) for k in keys]
     assert first == [assign_split(k, params) for k in keys]
-    share = {name: first.count(name) / len(keys) for name in ("train", "val", "test")}
+    share = {name: first.count(name) / len(keys) for name in SPLITS}
     assert abs(share["test"] - 0.2) < 0.03 and abs(share["val"] - 0.1) < 0.03
 
 
@@ -37,7 +38,7 @@ def test_a_text_keeps_its_split_when_the_data_grows(tmp_path: Path, tiny_frame: 
     grown.to_parquet(tmp_path / "grown.parquet")
     a = split(params, tmp_path / "small.parquet", tmp_path / "a", tmp_path / "a.json")
     b = split(params, tmp_path / "grown.parquet", tmp_path / "b", tmp_path / "b.json")
-    for name in ("train", "val", "test"):
+    for name in SPLITS:
         before = set(pd.read_parquet(a.paths[name])["key"])
         after = set(pd.read_parquet(b.paths[name])["key"])
         assert before <= after
