@@ -139,7 +139,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Layout.of(params, Path(tmp))
         report = scratch.compression_report
-        compress(params.compress, layout.model_dir, test_path, scratch.variants_dir, report, params.seed)
+        compress(
+            params.compress,
+            layout.model_dir,
+            layout.split_dir,
+            scratch.variants_dir,
+            scratch.compression,
+            params.seed,
+        )
         report_md = scratch.compression_table.read_text(encoding="utf-8")
         goals_md = goals_table(json.loads(report.read_text(encoding="utf-8")))
         weights_md = weight_type_table(scratch.variants_dir, texts, args.rounds, scratch.root)

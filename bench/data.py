@@ -139,7 +139,7 @@ def _validate_quietly(params: Params, raw: Path, out: Path, expectations: Path) 
         validate(
             params.validate_,
             raw,
-            Layout.of(params, out).validation_dir,
+            Layout.of(params, out).validation_report,
             expectations,
             params.labels,
             params.ingest.dataset,

@@ -46,7 +46,7 @@ from flows.scale import prefect_api, task_runner
 from quantflow.core.baseline import tfidf_baseline
 from quantflow.core.benchmarks import write_section
 from quantflow.core.features import load_features
-from quantflow.core.layout import SPLITS, Layout, split_file, tracking_uri
+from quantflow.core.layout import SPLITS, CompressionReports, Layout, tracking_uri
 from quantflow.core.params import BUILTIN_DATASETS, EvaluateParams, Params, load_params
 from quantflow.core.stats import compare_paired
 from quantflow.core.text import clean_text, load_jieba
@@ -399,11 +399,13 @@ def compress_chosen(base: Params, result: dict[str, Any], chosen: str) -> dict[s
     """The pipeline's compress step on the chosen model of one dataset (params.yaml's compress section; only the
     timing sample shrunk): which int8 variant the policy picks and its accuracy drop vs ONNX fp32."""
     folder = Path(next(r["folder"] for r in result["rows"] if r["name"] == chosen))
-    out = folder / "compression.json"
+    reports = CompressionReports.under(folder)
+    out = reports.report
     if not out.is_file():
         params = base.with_overrides({"compress.latency_texts": 50, "compress.throughput_texts": 128})
-        test_path = split_file(Path(result["split_dir"]), "test")
-        compress(params.compress, folder, test_path, folder / "variants", out, params.seed)
+        compress(
+            params.compress, folder, Path(result["split_dir"]), folder / "variants", reports, params.seed
+        )
     report = json.loads(out.read_text())
     chosen_variant = report["chosen"]
     variant = report["variants"][chosen_variant]

@@ -22,7 +22,7 @@ from typing import Any
 
 from prefect import task
 
-from quantflow.core.layout import Layout
+from quantflow.core.layout import CompressionReports, Layout
 from quantflow.core.params import Params, ScaleParams
 from tasks.compress import compress
 from tasks.train import train
@@ -110,9 +110,9 @@ def train_size(params: Params, size: Size, layout: Layout, out_dir: Path) -> dic
     result = compress(
         p.compress,
         folder / "model",
-        layout.split_file("test"),
+        layout.split_dir,
         folder / "variants",
-        folder / "compression.json",
+        CompressionReports.under(folder),
         p.seed,
     )
     fp32, int8 = result.variants["fp32"], result.variants[int8_variant(p.scale)]

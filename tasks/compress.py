@@ -27,7 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from quantflow.core.export import torch_threads
 from quantflow.core.features import read_split
-from quantflow.core.layout import shown_path
+from quantflow.core.layout import CompressionReports, shown_path, split_file
 from quantflow.core.measure import gzip_size, measure, onnx_runner, torch_runner, write_report
 from quantflow.core.models import ModelConfig
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier
@@ -263,19 +263,17 @@ def build_report(variants: dict[str, dict], reference: dict, decision: dict, job
 def compress(
     settings: CompressParams,
     model_dir: Path,
-    test_path: Path,
+    split_dir: Path,
     variants_dir: Path,
-    report_path: Path,
+    reports: CompressionReports,
     seed: int,
 ) -> CompressResult:
     """Build every variant of ``model_dir`` (see the module docstring), score them on the test split, time them
     against PyTorch eager, choose one by ``compress.policy`` and write the reports. ``seed`` draws the
     calibration sample and the fine-tuning order. Raises ParityError when an export does not match PyTorch,
     DataError when a split is missing or unusable."""
-    texts, labels = read_split(test_path, "test", "evaluate the variants on")
-    train = read_split(
-        test_path.with_name("train.parquet"), "train", "calibrate and fine-tune the variants on"
-    )
+    texts, labels = read_split(split_file(split_dir, "test"), "test", "evaluate the variants on")
+    train = read_split(split_file(split_dir, "train"), "train", "calibrate and fine-tune the variants on")
     with tempfile.TemporaryDirectory() as tmp:
         job = make_job(
             settings, model_dir, variants_dir, train, texts[: settings.parity_samples], seed, Path(tmp)
@@ -285,10 +283,10 @@ def compress(
     decision = choose(variants, settings.policy, settings.max_drop_pp)
     finish_variants(built, variants, job)
     report = build_report(variants, reference, decision, job, len(texts))
-    write_report(report_path, report)
-    logger.info("compress: chose %s; report in %s", decision["reason"], report_path)
+    write_report(reports, report)
+    logger.info("compress: chose %s; report in %s", decision["reason"], reports.report)
     diff = report["parity"]["max_abs_diff"]
-    return CompressResult(variants, decision["chosen"], diff, report_path)
+    return CompressResult(variants, decision["chosen"], diff, reports.report)
 
 
 # The Prefect task is the plain function itself, named for the flow's UI; tests call compress() directly.

@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from quantflow.core.baseline import tfidf_baseline
 from quantflow.core.features import load_features
+from quantflow.core.layout import EvaluationReports, split_file
 from quantflow.core.models import load_model
 from quantflow.core.params import EvaluateParams
 from quantflow.core.training import predict_logits
@@ -81,26 +82,30 @@ def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], titl
 
 
 def evaluate(
-    params: EvaluateParams, model_dir: Path, features_dir: Path, split_dir: Path, reports_dir: Path, seed: int
+    params: EvaluateParams,
+    model_dir: Path,
+    features_dir: Path,
+    split_dir: Path,
+    reports: EvaluationReports,
+    seed: int,
 ) -> EvaluateResult:
-    """Write ``metrics.json`` (model and baseline), ``predictions.csv`` and the confusion matrix plot."""
+    """Write the metrics (model and baseline), the predictions and the confusion matrix plot (``reports``)."""
     model, _, manifest = load_model(model_dir)
     labels = manifest.labels
     ids, y = load_features(features_dir, "test")
     y_true = [labels[i] for i in y]
     y_pred = [labels[i] for i in predict_logits(model, ids).argmax(axis=1)]
-    train_df, test_df = (pd.read_parquet(split_dir / f"{s}.parquet") for s in ("train", "test"))
+    train_df, test_df = (pd.read_parquet(split_file(split_dir, s)) for s in ("train", "test"))
     baseline_pred = tfidf_baseline(train_df, test_df, params, seed)
     metrics = {
         "test_rows": len(y_true),
         "fp32": classification_metrics(y_true, y_pred, labels),
         "baseline": classification_metrics(test_df["label"].tolist(), baseline_pred, labels),
     }
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = reports_dir / "metrics.json"
+    metrics_path, plot_path = reports.metrics, reports.confusion_plot
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(reports_dir / "predictions.csv", index=False)
-    plot_path = reports_dir / "plots" / "confusion_matrix.png"
+    pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(reports.predictions, index=False)
     plot_confusion(y_true, y_pred, labels, f"{manifest.config['arch']} on the test split", plot_path)
     logger.info(
         "evaluate: %s accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f",

@@ -54,7 +54,7 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
         "validate": lambda: (
             s.validate,
             lay.raw,
-            lay.validation_dir,
+            lay.validation_report,
             lay.expectations_dir,
             s.labels,
             s.ingest.dataset,
@@ -74,15 +74,15 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
             lay.model_dir,
             lay.features_dir,
             lay.split_dir,
-            lay.reports_dir,
+            lay.evaluation,
             s.seed,
         ),
         "compress": lambda: (
             s.compress,
             lay.model_dir,
-            lay.split_file("test"),
+            lay.split_dir,
             lay.variants_dir,
-            lay.compression_report,
+            lay.compression,
             s.seed,
         ),
     }

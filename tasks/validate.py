@@ -42,12 +42,12 @@ class ValidationResult:
 def validate(
     settings: ValidateParams,
     raw_path: Path,
-    report_dir: Path,
+    report_path: Path,
     expectations_dir: Path,
     labels: Sequence[str] | None,
     dataset: str,
 ) -> ValidationResult:
-    """Validate the raw dataset with both suites; write ``report_dir/<dataset>.json``; raise on failure.
+    """Validate the raw dataset with both suites; write the report to ``report_path``; raise on failure.
 
     ``labels`` is the allowed label set (``validate.labels``, or the built-in dataset's own). Raises
     :class:`ValidationFailed` (with the report) when any expectation fails, so a bad dataset stops the
@@ -62,7 +62,7 @@ def validate(
     entries, lines, statistics = _run(targets, supplied, settings.example_rows)
     statistics["rows"] = len(frame)
     report = _report(settings, dataset, raw_path, supplied, statistics, entries, skipped)
-    report_path = _write_report(report, report_dir / f"{dataset}.json")
+    report_path = _write_report(report, report_path)
     logger.info(
         "validated %s: %d rows, %d of %d expectations passed in %.2f s (report: %s)",
         raw_path,

@@ -53,6 +53,40 @@ def accepted_files(accepted_dir: Path) -> list[Path]:
 
 
 @dataclass(frozen=True)
+class EvaluationReports:
+    """What evaluate writes: metrics (model and baseline), predictions (DVC's confusion plot), the matrix PNG."""
+
+    metrics: Path
+    predictions: Path
+    confusion_plot: Path
+
+    @classmethod
+    def under(cls, reports_dir: Path) -> EvaluationReports:
+        return cls(
+            reports_dir / "metrics.json",
+            reports_dir / "predictions.csv",
+            reports_dir / "plots" / "confusion_matrix.png",
+        )
+
+
+@dataclass(frozen=True)
+class CompressionReports:
+    """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot."""
+
+    report: Path
+    table: Path
+    plot: Path
+
+    @classmethod
+    def under(cls, reports_dir: Path) -> CompressionReports:
+        return cls(
+            reports_dir / "compression.json",
+            reports_dir / "compression.md",
+            reports_dir / "plots" / "compression_pareto.png",
+        )
+
+
+@dataclass(frozen=True)
 class BatchReports:
     """``reports/nightly/<batch>/``: what the batch contract and the drift check write for one nightly batch."""
 
@@ -170,35 +204,38 @@ class Layout:
         return self.reports_dir / "train_history.json"
 
     @property
+    def evaluation(self) -> EvaluationReports:
+        """evaluate: fp32 and baseline accuracy and macro-F1, predictions, the confusion matrix."""
+        return EvaluationReports.under(self.reports_dir)
+
+    @property
     def metrics(self) -> Path:
-        """evaluate: fp32 and baseline accuracy and macro-F1 on the test split."""
-        return self.reports_dir / "metrics.json"
+        return self.evaluation.metrics
 
     @property
     def predictions(self) -> Path:
-        """evaluate: actual and predicted label per test row (DVC's confusion plot)."""
-        return self.reports_dir / "predictions.csv"
-
-    @property
-    def plots_dir(self) -> Path:
-        return self.reports_dir / "plots"
+        return self.evaluation.predictions
 
     @property
     def confusion_plot(self) -> Path:
-        return self.plots_dir / "confusion_matrix.png"
+        return self.evaluation.confusion_plot
+
+    @property
+    def compression(self) -> CompressionReports:
+        """compress: every variant's size, accuracy, latency, and the chosen one."""
+        return CompressionReports.under(self.reports_dir)
 
     @property
     def compression_report(self) -> Path:
-        """compress: every variant's size, accuracy, latency, and the chosen one."""
-        return self.reports_dir / "compression.json"
+        return self.compression.report
 
     @property
     def compression_table(self) -> Path:
-        return self.reports_dir / "compression.md"
+        return self.compression.table
 
     @property
     def compression_plot(self) -> Path:
-        return self.plots_dir / "compression_pareto.png"
+        return self.compression.plot
 
     # --- the nightly intake -----------------------------------------------------------------------------
 

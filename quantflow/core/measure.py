@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantflow.core.layout import CompressionReports
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.text import Tokenizer
 
@@ -201,16 +202,11 @@ def pareto_plot(variants: dict[str, dict], reference: dict[str, dict], chosen: s
     return path
 
 
-def report_paths(report_path: Path) -> tuple[Path, Path]:
-    """The markdown table beside the JSON report, the Pareto plot under its plots/ folder."""
-    return report_path.with_suffix(".md"), report_path.parent / "plots" / "compression_pareto.png"
-
-
-def write_report(report_path: Path, report: dict) -> None:
+def write_report(reports: CompressionReports, report: dict) -> None:
     """compression.json, compression.md (table + decision) and the Pareto plot."""
-    table_path, plot_path = report_paths(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    table_path, plot_path = reports.table, reports.plot
+    reports.report.parent.mkdir(parents=True, exist_ok=True)
+    reports.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     variants, reference, chosen = report["variants"], report["reference"], report["chosen"]
     table = markdown_table(variants, reference, chosen)
     facts = ", ".join(f"{k} {v}" for k, v in report["ratios"].items())

@@ -42,7 +42,8 @@ def write(frame: pd.DataFrame, tmp_path: Path) -> Path:
 
 def run_validate(params: Params, raw: Path, report_dir: Path) -> ValidationResult:
     """The step as tasks/stages.py wires it: the validate section, the label set, the dataset's name."""
-    return validate(params.validate_, raw, report_dir, EXPECTATIONS, params.labels, params.ingest.dataset)
+    report = report_dir / f"{params.ingest.dataset}.json"
+    return validate(params.validate_, raw, report, EXPECTATIONS, params.labels, params.ingest.dataset)
 
 
 def supplied(params: Params) -> dict:

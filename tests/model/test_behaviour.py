@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.core.layout import Layout
+from quantflow.core.layout import CompressionReports, Layout
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params, load_params
 from quantflow.core.variants import FP32
@@ -104,9 +104,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     result = compress(
         params.compress,
         root / "model",
-        root / "split" / "test.parquet",
+        root / "split",
         root / "variants",
-        root / "c.json",
+        CompressionReports.under(root / "reports"),
         params.seed,
     )
     texts = pd.read_parquet(root / "split" / "test.parquet")["text"].tolist()

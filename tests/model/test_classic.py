@@ -17,12 +17,12 @@ from quantflow.core.bundle import Manifest
 from quantflow.core.classic import ClassicFit, ClassicParams, fit_classic
 from quantflow.core.classic_onnx import quantize_classic, save_classic_folder
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE, OnnxClassifier, softmax
-from quantflow.core.params import PreprocessParams
 from quantflow.core.text import Tokenizer, pad_batch
 from serving.model import ServedModel
 from tasks.preprocess import load_features
 from tests.conftest import NEWS_WORDS, REVIEW_WORDS, make_texts, two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess
+from tests.params_helpers import preprocess_with
 
 MAX_LEN = 24  # the tiny texts run 6-37 chars: some are cut
 PARITY_ATOL = 1e-4
@@ -57,7 +57,7 @@ def three_class_frame(per_class: int = 100) -> pd.DataFrame:
 
 
 def _prepare(root: Path, frame: pd.DataFrame) -> Prepared:
-    split_and_preprocess(root, frame, PreprocessParams(max_len=MAX_LEN))
+    split_and_preprocess(root, frame, preprocess_with(max_len=MAX_LEN))
     labels = json.loads((root / "features" / "labels.json").read_text(encoding="utf-8"))
     texts = pd.read_parquet(root / "split" / "test.parquet")["text"].tolist()
     return Prepared(root, labels, texts)

@@ -20,9 +20,9 @@ from torch import nn
 
 from quantflow.core.errors import DataError
 from quantflow.core.export import ParityError, check_parity
+from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, save_model
 from quantflow.core.onnx_model import OnnxClassifier
-from quantflow.core.params import Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from tasks.compress import CompressResult, choose, compress, compress_task
 from tests.params_helpers import params_with, shipped_params
@@ -119,10 +119,10 @@ def run_compress(root: Path) -> CompressResult:
     return compress(
         shipped_params().compress,
         root / "model",
-        root / "test.parquet",
+        root,
         root / "variants",
-        root / "reports" / "compression.json",
-        Params().seed,
+        CompressionReports.under(root / "reports"),
+        shipped_params().seed,
     )
 
 
@@ -397,10 +397,9 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
         pytest.skip("one architecture is enough: a run costs seconds")
     monkeypatch.chdir(setup.root)
     only = params_with({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
-    result = compress(
-        only.compress, Path("model"), Path("test.parquet"), Path("again"), Path("again.json"), only.seed
-    )
-    report = json.loads(Path("again.json").read_text())
+    reports = CompressionReports.under(Path("again-reports"))
+    result = compress(only.compress, Path("model"), Path("."), Path("again"), reports, only.seed)
+    report = json.loads(reports.report.read_text())
     assert set(report["variants"]) == {"fp32", "int8-dynamic", "int8-static"}
     assert report["variants"]["int8-static"]["path"] == "again/int8-static/model.onnx"
     for name in report["variants"]:  # deterministic: same bytes wherever the outputs go
@@ -419,9 +418,9 @@ def test_missing_test_split_is_a_clear_error(tmp_path: Path) -> None:
         compress(
             shipped_params().compress,
             tmp_path / "model",
-            tmp_path / "nope.parquet",
+            tmp_path / "nope",
             tmp_path / "v",
-            tmp_path / "r.json",
+            CompressionReports.under(tmp_path / "r"),
             0,
         )
     assert not (tmp_path / "v").exists()
@@ -433,9 +432,9 @@ def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
         compress(
             shipped_params().compress,
             tmp_path / "model",
-            tmp_path / "test.parquet",
+            tmp_path,
             tmp_path / "v",
-            tmp_path / "r.json",
+            CompressionReports.under(tmp_path / "r"),
             0,
         )
     assert not (tmp_path / "v").exists()
@@ -447,9 +446,9 @@ def test_missing_training_split_is_a_clear_error(tmp_path: Path) -> None:
         compress(
             shipped_params().compress,
             tmp_path / "model",
-            tmp_path / "test.parquet",
+            tmp_path,
             tmp_path / "v",
-            tmp_path / "r.json",
+            CompressionReports.under(tmp_path / "r"),
             0,
         )
     assert not (tmp_path / "v").exists()

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from quantflow.core.layout import EvaluationReports
 from quantflow.core.models import ModelConfig, build_model, load_model
 from tasks.evaluate import evaluate
 from tasks.train import train
@@ -82,7 +83,7 @@ def test_evaluate_writes_metrics_baseline_and_plot(features: Path) -> None:
         features / "model",
         features / "features",
         features / "split",
-        features / "reports",
+        EvaluationReports.under(features / "reports"),
         seed=3,
     )
     saved = json.loads(result.metrics_path.read_text())

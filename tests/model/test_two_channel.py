@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, load_model
 from quantflow.core.text import SEP, Tokenizer
 from quantflow.core.training import model_config
@@ -127,7 +128,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     )
     test_path = root / "split" / "test.parquet"
     compressed = compress(
-        params.compress, root / "model", test_path, root / "variants", root / "c.json", params.seed
+        params.compress,
+        root / "model",
+        root / "split",
+        root / "variants",
+        CompressionReports.under(root / "reports"),
+        params.seed,
     )
     return Pipeline(root, trained, compressed, pd.read_parquet(test_path)["text"].tolist())
 
