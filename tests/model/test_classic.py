@@ -16,10 +16,10 @@ import pytest
 from quantflow.core.bundle import Manifest
 from quantflow.core.classic import ClassicFit, ClassicParams, fit_classic
 from quantflow.core.classic_onnx import quantize_classic, save_classic_folder
+from quantflow.core.features import load_features
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE, OnnxClassifier, softmax
 from quantflow.core.text import Tokenizer, pad_batch
 from serving.model import ServedModel
-from tasks.preprocess import load_features
 from tests.conftest import NEWS_WORDS, REVIEW_WORDS, make_texts, two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess
 from tests.params_helpers import preprocess_with
