@@ -31,7 +31,8 @@ from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, ParamsError, load_params
 from quantflow.intake.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
-from tasks.register import LINEAGE_DIR, numeric_leaves, resolve_tracking_uri
+from quantflow.registry.runlog import LINEAGE_DIR, numeric_leaves
+from quantflow.registry.tracking import resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
 

@@ -224,7 +224,7 @@ def log_sweep(
     """One parent run (the sweep: grid, data, wall time, the table and plots) and a child run per size."""
     import mlflow
 
-    from tasks.register import ensure_experiment, resolve_tracking_uri
+    from quantflow.registry.tracking import ensure_experiment, resolve_tracking_uri
 
     uri, artifact_dir = resolve_tracking_uri(root)
     client = mlflow.MlflowClient(tracking_uri=uri)

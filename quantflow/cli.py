@@ -290,7 +290,7 @@ def _move_staging(params: Path, root: Path, version: str | None) -> None:
     """Move @staging (to ``version``, or back one step when None) and print the audit entry."""
     _setup()
     from quantflow.core.params import load_params
-    from tasks.register import manual_move
+    from quantflow.registry.versions import manual_move
 
     try:
         entry = manual_move(load_params(params), root, version)

@@ -17,6 +17,10 @@ from typing import Any
 
 MANIFEST = "model.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# A registered model (MLflow pyfunc) carries its variant folder as this artifact: the register step logs it,
+# the gate's champion check and the service read it. MLmodel (YAML) says where the artifact sits in the model.
+ARTIFACT_KEY = "model_dir"
+MLMODEL = "MLmodel"
 _VERSIONED = ("torch", "onnx", "onnxruntime", "spacy", "numpy", "quantflow")
 
 
@@ -67,3 +71,14 @@ def copy_tokenizer(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy2(src / name, dst / name)
+
+
+def logged_variant_path(mlmodel_text: str) -> str | None:
+    """Where a registered model keeps its variant folder, relative to the model's root, read from the text of
+    its ``MLmodel`` file (the pyfunc flavor's ``ARTIFACT_KEY`` artifact); None when the model has none."""
+    import yaml  # lazily: the ONNX inference path does not need it
+
+    mlmodel = yaml.safe_load(mlmodel_text) or {}
+    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {}
+    entry = artifacts.get(ARTIFACT_KEY)
+    return None if entry is None else str(entry["path"])

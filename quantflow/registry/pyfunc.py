@@ -1,66 +1,44 @@
-"""The MLflow pyfunc face of an ONNX model folder: raw text in, a label and class probabilities out.
+"""The registered model's code: an MLflow *models-from-code* file, raw texts in, a label and probabilities out.
 
-Logged by ``tasks/register.py`` with the folder as the ``model_dir`` artifact and the ``quantflow`` and
-``serving`` packages as code, so ``mlflow.pyfunc.load_model("models:/<name>@staging")`` works anywhere.
-No torch and no Prefect: the folder's manifest, tokenizer and ``model.onnx`` are all it needs.
+quantflow/registry/model_code.py logs this file as ``python_model=<path>``: MLflow copies it into the model's
+``code/`` folder beside a minimal copy of the project modules it imports (quantflow.core.onnx_model and what
+that imports), and executes it on load; the last line hands the model to MLflow with ``set_model``. Nothing in
+the project imports this module. It imports MLflow, pydantic and the core's ONNX inference: no torch, no
+Prefect, no other room of the project, so the model loads in any interpreter with the pinned requirements.
+
+``predict`` is type-hinted (``list[str]`` in, ``list[Prediction]`` out), so MLflow infers the signature from the
+hints and ``mlflow models serve`` takes its fast path: ``POST /invocations`` with ``{"inputs": ["text", ...]}``
+answers ``{"predictions": [{"label": ..., "probabilities": {label: p, ...}}, ...]}``. Inputs accepted by
+``mlflow.pyfunc.load_model(uri).predict``, as MLflow 3.17 converts them before ``predict`` sees them:
+
+- a list of strings (anything else in the list is refused by MLflow's check against the hint);
+- a pandas DataFrame: MLflow passes on its *first column holding strings* (judged by the first row) as the
+  list, so ``pd.DataFrame({"text": [...]})`` works; put the text column first when there are several.
+
+A pandas Series, a numpy array or a bare string are refused (wrap them in a list). The output is a list of
+:class:`Prediction` objects (pydantic; ``.model_dump()`` gives the dict the server answers with).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: MLflow reads predict's hints at run time
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow.models
 import mlflow.pyfunc
-import numpy as np
-import pandas as pd
-from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import ColSpec, Schema
+from pydantic import BaseModel
 
+from quantflow.core.bundle import ARTIFACT_KEY
 from quantflow.core.onnx_model import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_KEY = "model_dir"
-TEXT_COLUMN = "text"
-LABEL_COLUMN = "label"
-PROBA_PREFIX = "proba_"
 
+class Prediction(BaseModel):
+    """One text's answer: the most probable label and every class probability (they sum to 1)."""
 
-def proba_column(label: str) -> str:
-    return f"{PROBA_PREFIX}{label}"
-
-
-def model_signature(labels: Sequence[str]) -> ModelSignature:
-    """Input: one string column ``text``. Output: ``label`` plus one ``proba_<label>`` column per class."""
-    outputs = [ColSpec("string", LABEL_COLUMN)] + [ColSpec("float", proba_column(lb)) for lb in labels]
-    return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema(outputs))
-
-
-def texts_from_input(model_input: Any) -> list[str]:
-    """A DataFrame with a ``text`` column, a Series, or a list/array of strings → a list of strings."""
-    if isinstance(model_input, pd.DataFrame):
-        if TEXT_COLUMN not in model_input.columns:
-            raise ValueError(
-                f"input DataFrame needs a {TEXT_COLUMN!r} column (got columns: {list(model_input.columns)})"
-            )
-        model_input = model_input[TEXT_COLUMN]
-    if isinstance(model_input, str):
-        model_input = [model_input]
-    texts = list(model_input)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"input row {i} is not a string (got {type(text).__name__}: {text!r})")
-    return texts
-
-
-def predictions_frame(labels: Sequence[str], proba: np.ndarray) -> pd.DataFrame:
-    """(N, C) probabilities in ``labels`` order → DataFrame[label, proba_<label>...]."""
-    frame = pd.DataFrame({LABEL_COLUMN: pd.Series([labels[i] for i in proba.argmax(axis=1)], dtype=str)})
-    for j, label in enumerate(labels):
-        frame[proba_column(label)] = proba[:, j].astype(np.float32)
-    return frame
+    label: str
+    probabilities: dict[str, float]
 
 
 class QuantflowModel(mlflow.pyfunc.PythonModel):
@@ -78,16 +56,21 @@ class QuantflowModel(mlflow.pyfunc.PythonModel):
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext | None,
-        model_input: pd.DataFrame,
+        model_input: list[str],
         params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Raw texts (DataFrame ``text`` column, Series or list of strings) → labels and probabilities.
-
-        ``model_input`` is annotated as a DataFrame only: with any other annotation MLflow 3 warns, or checks
-        inputs against the annotation instead of the logged signature.
-        """
+    ) -> list[Prediction]:
+        """Raw texts → per text, the label and the class probabilities (one ORT call per 256 texts)."""
         if self._classifier is None:
-            raise RuntimeError("predict called before load_context: load it with mlflow.pyfunc")
-        texts = texts_from_input(model_input)
-        proba = self._classifier.predict_proba(texts)
-        return predictions_frame(self._classifier.labels, proba)
+            raise RuntimeError("predict called before load_context: load it with mlflow.pyfunc.load_model")
+        labels = self._classifier.labels
+        proba = self._classifier.predict_proba(model_input)  # (N, C)
+        return [
+            Prediction(
+                label=labels[int(row.argmax())],
+                probabilities={label: float(p) for label, p in zip(labels, row.tolist(), strict=True)},
+            )
+            for row in proba
+        ]
+
+
+mlflow.models.set_model(QuantflowModel())

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tasks.register import CHALLENGER, STAGING, RegisterResult, register
+from quantflow.registry.promotion import CHALLENGER, STAGING
+from tasks.register import RegisterResult, register
 from tests.infra.postgres import Postgres, postgres  # noqa: F401
 from tests.integration.test_register import build_variant, synthetic_split, write_reports
 from tests.mlflow_server import spawn, stop, wait_until_healthy

@@ -6,26 +6,33 @@ exported to ONNX, hand-written reports, a test split. Only the numbers in the re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import mlflow
+import mlflow.artifacts
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from quantflow.core.bundle import Manifest
+from quantflow.core.bundle import ARTIFACT_KEY, Manifest
 from quantflow.core.errors import QuantflowError
 from quantflow.core.models import ModelConfig, build_model
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
-from tasks.register import CHALLENGER, STAGING, RegisterResult, register
+from quantflow.registry.promotion import CHALLENGER, STAGING
+from tasks.register import RegisterResult, register
 from tests.mlflow_server import ServerProcess, mlflow_server, mlflow_server_process  # noqa: F401
 from tests.params_helpers import params_with
 
@@ -141,6 +148,31 @@ def write_reports(reports: Path, int8_accuracy: float) -> None:
     (reports / "validation" / "raw_dataset.json").write_text('{"success": true}')
 
 
+class LegacyModel(mlflow.pyfunc.PythonModel):
+    """How versions were logged before the models-from-code pyfunc: a pickled object, DataFrame in and out."""
+
+    def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        raise NotImplementedError("never called: the gate and the service read the variant folder")
+
+
+def register_legacy(tracking_uri: str, name: str, folder: Path, experiment_id: str | None = None) -> str:
+    """Register ``folder`` as the previous register step did (``artifacts={ARTIFACT_KEY: folder}`` of a pickled
+    DataFrame pyfunc), in the given experiment (default: the store's default one); returns the new version."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=LegacyModel(),
+                artifacts={ARTIFACT_KEY: str(folder)},
+                pip_requirements=[],
+                registered_model_name=name,
+            )
+    finally:
+        mlflow.set_tracking_uri(None)
+    return str(info.registered_model_version)
+
+
 @pytest.fixture(scope="session")
 def variant_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("template") / "int8"
@@ -221,19 +253,112 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
 
 
+TEXTS = ["国家经济发展，政府工作改革。", "质量很好，服务不错！", "  ＮＥＷＳ 会议 "]
+
+
 def test_staging_model_predicts_raw_text(
     first: RegisterResult, client: mlflow.MlflowClient, variant_template: Path
 ) -> None:
+    """The type-hinted pyfunc: a list of texts (or a DataFrame with a text column) → label + probabilities."""
     model = mlflow.pyfunc.load_model(f"models:/{first.model_name}@{STAGING}")
-    texts = ["国家经济发展，政府工作改革。", "质量很好，服务不错！", "  ＮＥＷＳ 会议 "]
-    out = model.predict(pd.DataFrame({"text": texts}))
-    assert list(out.columns) == ["label", "proba_news", "proba_comment"]
-    assert out["label"].tolist() == OnnxClassifier(variant_template).predict(texts)
-    assert out["label"].tolist()[:2] == ["news", "comment"]
-    assert out[["proba_news", "proba_comment"]].sum(axis=1).round(5).eq(1).all()
-    # a bare list reaches QuantflowModel.predict only unwrapped: pyfunc's schema check wants a "text" column
-    python_model = model.unwrap_python_model()
-    assert python_model.predict(None, texts)["label"].tolist() == out["label"].tolist()
+    offline = OnnxClassifier(variant_template)
+    out = model.predict(TEXTS)
+    assert [p.label for p in out] == offline.predict(TEXTS)
+    assert [p.label for p in out][:2] == ["news", "comment"]
+    proba = [[p.probabilities[label] for label in offline.labels] for p in out]
+    np.testing.assert_allclose(proba, offline.predict_proba(TEXTS), rtol=0, atol=1e-7)
+    framed = model.predict(pd.DataFrame({"text": TEXTS}))
+    assert [p.model_dump() for p in framed] == [p.model_dump() for p in out]
+
+
+def test_mlflow_scoring_server_takes_inputs_lists(first: RegisterResult) -> None:
+    """The signature comes from the type hints: MLflow's scoring app (what `mlflow models serve` runs) takes
+    ``{"inputs": [...]}`` as the list itself, without DataFrame parsing."""
+    from mlflow.pyfunc.scoring_server import init
+
+    model = mlflow.pyfunc.load_model(f"models:/{first.model_name}/{first.version}")
+    assert model.metadata._is_signature_from_type_hint()
+
+    async def invoke() -> httpx.Response:
+        transport = httpx.ASGITransport(app=init(model))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.post("/invocations", json={"inputs": TEXTS})
+
+    answer = asyncio.run(invoke())
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert [p["label"] for p in predictions] == [p.label for p in model.predict(TEXTS)]
+    assert set(predictions[0]["probabilities"]) == {"news", "comment"}
+
+
+CLEAN_LOAD = """
+import json, sys
+sys.path = [p for p in sys.path if p]  # -I -S: the stdlib only, no site-packages, no editable finder
+for folder in json.loads(sys.argv[3]):
+    sys.path.append(folder)  # site-packages without their .pth files: quantflow's editable finder stays out
+for name in ("tasks", "quantflow"):
+    try:
+        __import__(name)
+        sys.exit(f"{name} is importable before the model is loaded")
+    except ImportError:
+        pass
+import mlflow.pyfunc
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+out = model.predict(json.loads(sys.argv[4]))
+import quantflow.core.onnx_model as onnx_model
+print(json.dumps({"labels": [p.label for p in out], "code": onnx_model.__file__,
+                  "heavy": sorted(m for m in ("torch", "prefect", "tasks", "flows") if m in sys.modules)}))
+"""
+
+
+def test_model_loads_in_a_clean_interpreter_without_the_project(
+    first: RegisterResult,
+    mlflow_server: str,  # noqa: F811
+    tmp_path: Path,
+    variant_template: Path,
+) -> None:
+    """``python -I -S`` with site-packages but no project on sys.path: the model's own code folder suffices."""
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    uri = f"models:/{first.model_name}/{first.version}"
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", CLEAN_LOAD, mlflow_server, uri]
+        + [json.dumps(site_packages), json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["labels"] == OnnxClassifier(variant_template).predict(TEXTS)
+    assert "/code/quantflow/core/onnx_model.py" in answer["code"]
+    assert answer["heavy"] == []
+
+
+def test_model_code_folder_holds_only_what_prediction_imports(
+    first: RegisterResult, client: mlflow.MlflowClient, tmp_path: Path
+) -> None:
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{first.model_name}/{first.version}", dst_path=str(tmp_path)
+        )
+    )
+    files = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
+    assert (local / "pyfunc.py").is_file()  # the models-from-code file sits at the model's root
+    assert {"quantflow/__init__.py", "quantflow/core/__init__.py", "quantflow/core/onnx_model.py"} <= files
+    for unwanted in (
+        "quantflow/cli.py",
+        "quantflow/registry",
+        "quantflow/intake",
+        "tasks/",
+        "flows/",
+        "serving/",
+    ):
+        assert not any(f.startswith(unwanted) for f in files), (
+            f"{unwanted} in the model's code: {sorted(files)}"
+        )
+    assert not (local / "python_model.pkl").exists()  # models-from-code: nothing pickled
 
 
 def test_worse_candidate_stays_challenger(
@@ -292,3 +417,26 @@ def test_embedded_sqlite_default(
     assert (result.version, result.promoted) == ("1", True)
     assert any((root / "mlartifacts").rglob("model.onnx"))
     assert "MLFLOW_TRACKING_URI" not in os.environ  # set_tracking_uri's write to os.environ is undone
+
+
+def test_champion_logged_by_the_previous_code_is_compared_from_its_variant_folder(
+    make_project: MakeProject, params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A champion registered with the DataFrame pyfunc (before models-from-code) is evaluated like any other:
+    the gate reads its variant folder, never its pickled pyfunc."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = make_project()
+    uri = f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (root / "mlartifacts").mkdir()
+    experiment = client.create_experiment("legacy", artifact_location=(root / "mlartifacts").as_uri())
+    legacy = register_legacy(uri, params.model_name, root / "artifacts" / "variants" / "int8", experiment)
+    client.set_registered_model_alias(params.model_name, STAGING, legacy)
+    result = register(params, root)
+    champion = next(c for c in result.gate["checks"] if c["name"] == "champion")
+    assert champion["passed"] and f"vs champion v{legacy}" in champion["detail"]
+    assert result.gate["paired"]["version"] == legacy
+    assert result.gate["paired"]["difference"] == 0  # the same variant folder on both sides
+    assert (
+        str(client.get_registered_model(params.model_name).aliases[STAGING]) == result.version
+    )  # int: sqlite

@@ -20,9 +20,9 @@ from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, load_model
 from quantflow.core.text import SEP, Tokenizer
 from quantflow.core.training import model_config
+from quantflow.registry.model_code import pip_requirements
 from serving.model import ServedModel
 from tasks.compress import CompressResult, compress
-from tasks.register import pip_requirements
 from tasks.train import TrainResult, train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params

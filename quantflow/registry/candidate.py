@@ -1,0 +1,35 @@
+"""What a registration is about: the candidate's reports, variant folder and today's test split, as the register
+step loaded and checked them (tasks/register.py) before anything is logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# compression.json keys a variant's latency may be reported under (compress writes one of them)
+LATENCY_KEYS = ("latency_ms", "latency_ms_p50", "latency_p50_ms", "p50_ms")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything register reads, loaded and checked before anything is logged."""
+
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    compression: dict[str, Any]
+    reports_dir: Path
+    variant: str
+    variant_dir: Path
+    texts: list[str]
+    labels: list[str]
+
+    @property
+    def scores(self) -> dict[str, Any]:
+        """compression.json's entry for the chosen variant (accuracy, macro_f1, size_bytes, latency...)."""
+        return self.compression["variants"][self.variant]
+
+
+def latency_ms(scores: dict[str, Any]) -> float | None:
+    """A variant's latency under whichever of ``LATENCY_KEYS`` compress wrote, or None."""
+    return next((float(scores[k]) for k in LATENCY_KEYS if isinstance(scores.get(k), int | float)), None)

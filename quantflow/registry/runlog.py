@@ -1,0 +1,90 @@
+"""The register run: flattened params, learning curves, final metrics, reports, the gate, dvc.lock, the model.
+
+``dvc.lock`` is logged as ``lineage/dvc.lock``: the recorded git commit need not hold it (the flow writes it
+after the commit), and ``quantflow reproduce`` needs it to pull the exact data of the run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.models.model import ModelInfo
+
+from quantflow.core.params import Params
+from quantflow.registry.candidate import Inputs
+from quantflow.registry.model_code import log_pyfunc
+
+LINEAGE_DIR = "lineage"  # run artifact folder: dvc.lock
+EXAMPLE_TEXTS = 2  # test texts stored as the model's input example
+_UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → ``{"train.lr": 0.002, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        flat.update(flatten(value, dotted) if isinstance(value, dict) else {dotted: value})
+    return flat
+
+
+def numeric_leaves(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numbers → ``{"<prefix>_<k1>_<k2>": x}``, keys made safe for MLflow metric names."""
+    out: dict[str, float] = {}
+    for key, value in flatten(data, prefix).items():
+        if isinstance(value, int | float):
+            out[_UNSAFE_METRIC_CHARS.sub("_", key.replace(".", "_"))] = float(value)
+    return out
+
+
+def final_metrics(inputs: Inputs, gate: dict[str, Any]) -> dict[str, float]:
+    """fp32_* and baseline_* (metrics.json), onnx_<variant>_* (accuracy, size...), compress_*, gate_*."""
+    metrics = numeric_leaves(inputs.metrics)
+    metrics |= numeric_leaves(inputs.compression["variants"], "onnx")
+    metrics |= numeric_leaves({k: v for k, v in inputs.compression.items() if k != "variants"}, "compress")
+    metrics["gate_candidate_test_accuracy"] = gate["candidate_test_accuracy"]
+    for check in gate["checks"]:
+        if check["value"] is not None:
+            metrics[f"gate_{check['name']}_value"] = float(check["value"])
+    return metrics
+
+
+def history_metrics(history: list[dict[str, Any]]) -> list[Metric]:
+    """One Metric per (epoch, key), ``step=epoch``: the learning curves in the MLflow UI."""
+    now = int(time.time() * 1000)
+    return [
+        Metric(key=key, value=float(value), timestamp=now, step=int(row["epoch"]))
+        for row in history
+        for key, value in row.items()
+        if key != "epoch" and isinstance(value, int | float)
+    ]
+
+
+def log_run(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    params: Params,
+    inputs: Inputs,
+    gate: dict[str, Any],
+    run_tags: dict[str, str],
+    root: Path,
+) -> tuple[str, ModelInfo]:
+    """One run: flattened params, learning curves, final metrics, reports, gate, dvc.lock and the pyfunc model;
+    returns the run id and the logged model."""
+    run_name = f"register-{inputs.variant}-{params.digest()[:8]}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+        run_id = run.info.run_id
+        mlflow.log_params(flatten(params.model_dump(mode="json", by_alias=True)))
+        client.log_batch(run_id, metrics=history_metrics(inputs.history))
+        mlflow.log_metrics(final_metrics(inputs, gate))
+        mlflow.log_artifacts(str(inputs.reports_dir), artifact_path="reports")
+        mlflow.log_dict(gate, "gate.json")
+        if (root / "dvc.lock").is_file():
+            mlflow.log_artifact(str(root / "dvc.lock"), artifact_path=LINEAGE_DIR)
+        info = log_pyfunc(inputs.variant_dir, inputs.texts[:EXAMPLE_TEXTS])
+    return run_id, info
