@@ -1,5 +1,5 @@
-"""quantflow serving: the MLflow pyfunc wrapper (``quantflow.registry.pyfunc``) around the ONNX classifier.
+"""quantflow serving: the REST service (FastAPI + ONNX Runtime) of the model behind an MLflow alias.
 
-Nothing here imports torch, Prefect or a training step: a model logged with this package as code runs anywhere
-ONNX Runtime and spaCy do.
+No MLflow, torch or Prefect in its process, and no child process: the registry is read over the tracking
+server's REST API or from the sqlite store directly (serving/stores.py, serving/registry.py).
 """

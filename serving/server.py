@@ -12,10 +12,11 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from quantflow.core.layout import tracking_uri
 from quantflow.core.params import Params
 from serving.app import Service
 from serving.model import ServedModel
-from serving.registry import Registry, resolve_tracking_uri
+from serving.registry import Registry
 from serving.reload import ModelSlot
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def build_service(params: Params, root: Path, model_dir: Path | None = None) -> 
         slot = ModelSlot(None, model_dir.name, serve.alias, serve.threads, folder=model_dir)
     else:
         cache = serve.cache_dir if serve.cache_dir.is_absolute() else root / serve.cache_dir
-        registry = Registry(resolve_tracking_uri(root), cache)
+        registry = Registry(tracking_uri(root), cache)  # MLFLOW_TRACKING_URI, else <root>/mlflow.db
         slot = ModelSlot(registry, name, serve.alias, serve.threads)
     return Service(serve, slot)
 

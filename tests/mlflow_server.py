@@ -45,9 +45,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(folder: Path, port: int, backend_store_uri: str | None = None) -> list[str]:
-    """``mlflow server`` on 127.0.0.1:``port``, artifacts proxied to ``folder/artifacts``; the backend store is
+def server_command(
+    folder: Path, port: int, backend_store_uri: str | None = None, proxied: bool = True
+) -> list[str]:
+    """``mlflow server`` on 127.0.0.1:``port``, artifacts proxied to ``folder/artifacts`` (or, ``proxied=False``,
+    written there by the clients themselves: ``--no-serve-artifacts``); the backend store is
     ``folder/mlflow.db`` (sqlite) unless ``backend_store_uri`` names another (a PostgreSQL URL, say)."""
+    artifacts = (
+        ["--artifacts-destination", str(folder / "artifacts")]
+        if proxied
+        else ["--no-serve-artifacts", "--default-artifact-root", str(folder / "artifacts")]
+    )
     return [
         sys.executable,
         "-m",
@@ -61,8 +69,7 @@ def server_command(folder: Path, port: int, backend_store_uri: str | None = None
         "1",
         "--backend-store-uri",
         backend_store_uri or f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
+        *artifacts,
     ]
 
 
@@ -142,14 +149,14 @@ def start_logged(
         )
 
 
-def spawn(folder: Path, backend_store_uri: str | None = None) -> ServerProcess:
+def spawn(folder: Path, backend_store_uri: str | None = None, proxied: bool = True) -> ServerProcess:
     """Start (not wait for) ``mlflow server`` in its own session, output to ``folder/server.log``, with no
     ``MLFLOW_TRACKING_*`` of the caller and nothing that reaches out (``QUIET_ENV``). Stop it with :func:`stop`."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_TRACKING")}
     env.update(QUIET_ENV)
     log_path = folder / "server.log"
-    proc = start_logged(server_command(folder, port, backend_store_uri), log_path, env, cwd=folder)
+    proc = start_logged(server_command(folder, port, backend_store_uri, proxied), log_path, env, cwd=folder)
     return ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
 
 

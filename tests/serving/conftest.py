@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from quantflow.registry.pyfunc import ARTIFACT_KEY, QuantflowModel
-from tests.integration.test_register import build_variant, synthetic_split
+from quantflow.registry.model_code import log_pyfunc
+from tests.integration.test_register import build_variant, register_legacy, synthetic_split
 from tests.mlflow_server import ServerProcess, free_port, mlflow_server, mlflow_server_process  # noqa: F401
 
 MODEL_NAME = "quantflow-test-serve"
@@ -47,21 +47,18 @@ def variant(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def register_version(tracking_uri: str, folder: Path) -> str:
-    """Log ``folder`` as the register step does (a QuantflowModel pyfunc) and register it; returns the version."""
+def register_version(
+    tracking_uri: str, folder: Path, name: str = MODEL_NAME, experiment_id: str | None = None
+) -> str:
+    """Log ``folder`` as the register step does (quantflow.registry.model_code) and register it; returns the
+    version."""
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=QuantflowModel(),
-                artifacts={ARTIFACT_KEY: str(folder)},
-                pip_requirements=[],
-                registered_model_name=MODEL_NAME,
-            )
+        with mlflow.start_run(experiment_id=experiment_id):
+            info = log_pyfunc(folder, ["国家经济发展", "质量很好"])
+        return str(mlflow.register_model(info.model_uri, name).version)
     finally:
         mlflow.set_tracking_uri(None)
-    return str(info.registered_model_version)
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +67,10 @@ def registry(
     variant: Path,
     mlflow_server: str,  # noqa: F811
 ) -> mlflow.MlflowClient:
-    """``MODEL_NAME`` v1 behind @staging."""
+    """``MODEL_NAME`` v1 behind @staging, logged as the register step did before models-from-code (the
+    service serves such versions too); the alias-move test registers a current one."""
     client = mlflow.MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
-    version = register_version(mlflow_server, variant)
+    version = register_legacy(mlflow_server, MODEL_NAME, variant)
     client.set_registered_model_alias(MODEL_NAME, "staging", version)
     return client
 
@@ -95,33 +93,67 @@ def wait_ready(running: Running) -> None:
     )
 
 
-@pytest.fixture(scope="session")
-def service(registry: mlflow.MlflowClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    """``quantflow serve`` on the registry (poll every 0.3 s, small limits); stopped by its PID."""
-    root = tmp_path_factory.mktemp("serve_root")
-    serve = {"model_name": MODEL_NAME, "poll_interval_s": 0.3, "cache_dir": str(root / "cache"), **LIMITS}
+# Run ``quantflow serve`` under watch: an audit hook notes every attempt to start a process, and at exit the
+# facts (which of MLflow, torch, Prefect got imported; what was spawned) go to the JSON file named by argv[1].
+WATCHED_SERVE = """
+import atexit, json, signal, sys
+facts_path, args = sys.argv[1], sys.argv[2:]
+SPAWNS = {"subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system"}
+spawned = []
+sys.addaudithook(lambda event, _: spawned.append(event) if event in SPAWNS else None)
+
+def facts():
+    heavy = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "torch", "prefect"})
+    with open(facts_path, "w") as out:
+        json.dump({"heavy": heavy, "spawned": spawned}, out)
+
+atexit.register(facts)
+# uvicorn re-raises the SIGTERM it caught once it has shut down: exit normally then, so atexit runs
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+sys.argv = ["quantflow", *args]
+from quantflow.cli import app
+app()
+"""
+
+
+def launch(root: Path, serve: dict, env: dict[str, str], facts: Path | None = None) -> Running:
+    """``quantflow serve`` with ``serve`` as its params on a free port, root ``root``, output to
+    ``root/serve.log``; watched (see ``WATCHED_SERVE``) when ``facts`` is given. Not waited for."""
     (root / "params.yaml").write_text(yaml.safe_dump({"serve": serve}))
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri}
+    args = ["serve", "--params", str(root / "params.yaml"), "--root", str(root), "--port", str(port)]
+    prefix = ["-c", WATCHED_SERVE, str(facts)] if facts else ["-m", "quantflow.cli"]
     log = root / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "quantflow.cli", "serve", "--params", str(root / "params.yaml")]
-            + ["--root", str(root), "--port", str(port)],
+            [sys.executable, *prefix, *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    running = Running(f"http://127.0.0.1:{port}", proc, log)
+    return Running(f"http://127.0.0.1:{port}", proc, log)
+
+
+def shutdown(running: Running) -> None:
+    """SIGTERM (uvicorn shuts down, atexit handlers run), then SIGKILL to its group after 15 s."""
+    running.proc.send_signal(signal.SIGTERM)
+    try:
+        running.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(running.proc.pid, signal.SIGKILL)
+        running.proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def service(registry: mlflow.MlflowClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """``quantflow serve`` on the registry (poll every 0.3 s, small limits); stopped by its PID."""
+    root = tmp_path_factory.mktemp("serve_root")
+    serve = {"model_name": MODEL_NAME, "poll_interval_s": 0.3, "cache_dir": str(root / "cache"), **LIMITS}
+    running = launch(root, serve, {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri})
     try:
         wait_ready(running)
         yield running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        shutdown(running)

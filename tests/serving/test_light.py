@@ -106,10 +106,3 @@ def test_registry_polling_reads_sqlite_without_importing_mlflow(tmp_path: Path) 
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["2", "True", "False"]
-
-
-def test_artifact_key_matches_the_pyfunc() -> None:
-    from quantflow.registry import pyfunc
-    from serving import registry
-
-    assert registry.ARTIFACT_KEY == pyfunc.ARTIFACT_KEY
