@@ -155,7 +155,8 @@ def servers(model: str, logs: Path) -> list[tuple[Server, str]]:
     child = [py, str(Path(__file__).resolve()), "--child", "--port", "{port}", "--model", model, "--loop"]
     mlflow_cmd = [py, "-m", "mlflow", "models", "serve", "-m", f"models:/{model}", "--env-manager", "local"]
     mlflow_cmd += ["-h", "127.0.0.1", "-p", "{port}", "-w", "1"]
-    qf_body, ml_body = {"texts": [TEXT]}, {"dataframe_records": [{"text": TEXT}]}
+    # the pyfunc's predict is type-hinted (list[str]): MLflow's fast path takes the list under "inputs"
+    qf_body, ml_body = {"texts": [TEXT]}, {"inputs": [TEXT]}
     started = [
         (start("quantflow serve", qf_cmd, "/predict", qf_body, logs / "quantflow.log"), "/ready"),
         (

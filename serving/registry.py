@@ -109,8 +109,10 @@ def verify_variant(folder: Path, what: str) -> None:
         raise RegistryError(f"{what}: {MANIFEST} is not valid JSON ({exc}); re-register it") from None
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # a load check: no thread pool for the cores
     try:
-        ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 (ORT raises its own Fail/InvalidGraph/... types)
         raise RegistryError(
             f"{what}: ONNX Runtime cannot load {MODEL_FILE} ({exc}); re-register it"

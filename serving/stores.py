@@ -117,6 +117,8 @@ class LoggedModelArtifacts:
         return [Entry(f["path"], bool(f.get("is_dir"))) for f in files]  # answers paths from the model root
 
     def download(self, path: str, dst: Path) -> None:
+        # MLflow 3.17 serves a logged model's file only under /ajax-api/ (the route its UI downloads with;
+        # /api/2.0/... answers 404), listing under /api/2.0/ (server/handlers.py, server/__init__.py)
         url = f"{self.server}/ajax-api/2.0/mlflow/logged-models/{self.model_id}/artifacts/files"
         http_get(f"{url}?{urllib.parse.urlencode({'artifact_file_path': path})}", dst)
 

@@ -17,6 +17,14 @@ answers ``{"predictions": [{"label": ..., "probabilities": {label: p, ...}}, ...
 
 A pandas Series, a numpy array or a bare string are refused (wrap them in a list). The output is a list of
 :class:`Prediction` objects (pydantic; ``.model_dump()`` gives the dict the server answers with).
+
+Why these hints (MLflow 3.17's source): the input must be ``list[...]`` (types/type_hints.py
+``_infer_schema_from_list_type_hint``); the DataFrame conversion is ``_PythonModelPyfuncWrapper._convert_input``
+(pyfunc/model.py). An output hint ``list[X]`` gives an output schema for X a primitive, ``dict[str, ...]``, a list
+or a pydantic model (models/signature.py ``_infer_signature_from_type_hints``): a pydantic model records the
+exact ``{label: string, probabilities: map<string, double>}`` where ``dict[str, Any]`` would record
+``map<Any>``, and the scoring server serializes it with ``model_dump`` (utils/proto_json_utils.py
+``NumpyEncoder``).
 """
 
 # no `from __future__ import annotations`: MLflow reads predict's hints at run time
