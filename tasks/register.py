@@ -15,20 +15,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import task
 
 from quantflow.core.bundle import MANIFEST, TOKENIZER_FILES
 from quantflow.core.errors import QuantflowError
+from quantflow.core.features import read_split
+from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import MODEL_FILE
 from quantflow.core.params import Params
 from quantflow.registry.candidate import Inputs
 from quantflow.registry.registration import RegisterResult, register_candidate
 
 logger = logging.getLogger(__name__)
-
-# which step writes each input, for error messages
-PRODUCERS = {"metrics.json": "evaluate", "train_history.json": "train", "compression.json": "compress"}
 
 
 class RegisterError(QuantflowError):
@@ -38,9 +36,9 @@ class RegisterError(QuantflowError):
 # --- inputs -------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, step: str) -> Any:
+    """A step's JSON report; missing or broken: a RegisterError naming the file and the step that writes it."""
     if not path.is_file():
-        step = PRODUCERS.get(path.name, "earlier")
         raise RegisterError(f"{path}: report not found; run the {step} step first (e.g. `dvc repro`)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -69,38 +67,26 @@ def _check_variant_dir(folder: Path) -> None:
         )
 
 
-def _read_test_split(path: Path) -> tuple[list[str], list[str]]:
-    if not path.is_file():
-        raise RegisterError(f"{path}: test split not found; run the split step first (e.g. `dvc repro`)")
-    frame = pd.read_parquet(path)
-    missing = {"text", "label"} - set(frame.columns)
-    if missing or frame.empty:
-        raise RegisterError(
-            f"{path}: need a non-empty split with columns text and label "
-            f"(got {len(frame)} rows, columns {list(frame.columns)})"
-        )
-    return frame["text"].astype(str).tolist(), frame["label"].astype(str).tolist()
-
-
 def load_inputs(params: Params, root: Path) -> Inputs:
     """Read and check the reports, the chosen variant folder and the test split: fail before logging."""
-    reports = root / params.paths.reports_dir
-    metrics = _read_json(reports / "metrics.json")
-    history = _read_json(reports / "train_history.json")
+    layout = Layout.of(params, root)
+    metrics = _read_json(layout.metrics, "evaluate")
+    history = _read_json(layout.train_history, "train")
     if not isinstance(history, list) or not all(isinstance(row, dict) and "epoch" in row for row in history):
         raise RegisterError(
-            f"{reports / 'train_history.json'}: expected a list of {{'epoch': ...}} rows; "
-            "rerun the train step"
+            f"{layout.train_history}: expected a list of {{'epoch': ...}} rows; rerun the train step"
         )
-    compression = _read_json(reports / "compression.json")
-    _lookup(metrics, ("fp32", "accuracy"), reports / "metrics.json")
-    variant = str(_lookup(compression, ("chosen",), reports / "compression.json"))
+    compression = _read_json(layout.compression_report, "compress")
+    _lookup(metrics, ("fp32", "accuracy"), layout.metrics)
+    variant = str(_lookup(compression, ("chosen",), layout.compression_report))
     for key in ("accuracy", "macro_f1"):
-        _lookup(compression, ("variants", variant, key), reports / "compression.json")
-    variant_dir = root / params.paths.variants_dir / variant
+        _lookup(compression, ("variants", variant, key), layout.compression_report)
+    variant_dir = layout.variant_dir(variant)
     _check_variant_dir(variant_dir)
-    texts, labels = _read_test_split(root / params.paths.split_dir / "test.parquet")
-    return Inputs(metrics, history, compression, reports, variant, variant_dir, texts, labels)
+    texts, labels = read_split(
+        layout.split_file("test"), "test", "compare the candidate with the champion on"
+    )
+    return Inputs(metrics, history, compression, layout.reports_dir, variant, variant_dir, texts, labels)
 
 
 # --- the step -----------------------------------------------------------------------------------------------
