@@ -53,3 +53,12 @@ def preprocess_with(**changes: Any) -> PreprocessParams:
 
 def train_with(**changes: Any) -> TrainParams:
     return _section("train", changes)
+
+
+def write_params(path: Path, changes: dict[str, Any] | None = None) -> Path:
+    """A complete params.yaml at ``path``: the repo's, with dotted keys changed (validated first)."""
+    import yaml
+
+    data = params_with(changes or {}).model_dump(mode="json", by_alias=True)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -148,9 +148,12 @@ def good_run_root(summary: RunSummary) -> Path:
 
 def test_staging_model_answers_raw_text(good_run: RunSummary, tracking: str) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{good_run.registered.model_name}@staging")
-    out = model.predict(pd.DataFrame({"text": ["国务院召开全国经济工作会议", "这本书质量不错，推荐购买"]}))
-    assert set(out["label"]) <= {"news", "comment"}
-    assert len(out) == 2
+    texts = ["国务院召开全国经济工作会议", "这本书质量不错，推荐购买"]
+    out = model.predict(texts)
+    assert len(out) == 2 and {p.label for p in out} <= {"news", "comment"}
+    assert all(abs(sum(p.probabilities.values()) - 1) < 1e-5 for p in out)
+    # a DataFrame with a text column gives the same answers
+    assert [p.label for p in model.predict(pd.DataFrame({"text": texts}))] == [p.label for p in out]
 
 
 def test_metrics_reports_and_clean_dvc_status(good_run: RunSummary, project: Path) -> None:

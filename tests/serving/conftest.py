@@ -16,11 +16,11 @@ import httpx
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
 from quantflow.registry.model_code import log_pyfunc
 from tests.integration.test_register import build_variant, register_legacy, synthetic_split
 from tests.mlflow_server import ServerProcess, free_port, mlflow_server, mlflow_server_process  # noqa: F401
+from tests.params_helpers import write_params
 
 MODEL_NAME = "quantflow-test-serve"
 START_TIMEOUT_S = 60.0
@@ -119,7 +119,7 @@ app()
 def launch(root: Path, serve: dict, env: dict[str, str], facts: Path | None = None) -> Running:
     """``quantflow serve`` with ``serve`` as its params on a free port, root ``root``, output to
     ``root/serve.log``; watched (see ``WATCHED_SERVE``) when ``facts`` is given. Not waited for."""
-    (root / "params.yaml").write_text(yaml.safe_dump({"serve": serve}))
+    write_params(root / "params.yaml", {f"serve.{key}": value for key, value in serve.items()})
     port = free_port()
     args = ["serve", "--params", str(root / "params.yaml"), "--root", str(root), "--port", str(port)]
     prefix = ["-c", WATCHED_SERVE, str(facts)] if facts else ["-m", "quantflow.cli"]

@@ -23,6 +23,7 @@ from serving.registry import ModelRef, Registry, RegistryError
 from serving.stores import LoggedModelArtifacts, ProxiedArtifacts
 from tests.integration.test_register import register_legacy
 from tests.mlflow_server import spawn, stop, wait_until_healthy
+from tests.params_helpers import write_params
 from tests.serving.conftest import Running, launch, register_version, shutdown, wait_ready
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def test_a_store_the_service_cannot_read_is_refused_with_what_works(
         uri in str(caught.value) and "http(s)://" in str(caught.value) and "sqlite:///" in str(caught.value)
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    (tmp_path / "params.yaml").write_text("{}")
+    write_params(tmp_path / "params.yaml")
     result = CliRunner().invoke(
         cli, ["serve", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]
     )

@@ -11,11 +11,12 @@ import pytest
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params
 from tasks.stages import SECTIONS, STAGES, Sections, stage_args, step_function
+from tests.params_helpers import shipped_params
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_step_takes_its_sections_not_the_whole_params(stage: str, tmp_path: Path) -> None:
-    params = Params()
+    params = shipped_params()
     args = stage_args(stage, params, Layout.of(params, tmp_path))
     signature = inspect.signature(step_function(stage))
     assert len(args) == len(signature.parameters)
@@ -26,8 +27,8 @@ def test_step_takes_its_sections_not_the_whole_params(stage: str, tmp_path: Path
 
 
 def test_the_wiring_cannot_read_an_undeclared_section() -> None:
-    view = Sections(Params(), "split")
-    assert view.split is Params().split
+    view = Sections(shipped_params(), "split")
+    assert view.split is shipped_params().split
     with pytest.raises(AttributeError, match=r"stage 'split' reads params section\(s\) \['train'\]"):
         _ = view.train
     with pytest.raises(AttributeError, match=r"\['validate', 'ingest'\]"):
@@ -36,4 +37,4 @@ def test_the_wiring_cannot_read_an_undeclared_section() -> None:
 
 def test_unknown_stage_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown stage 'register'; choose one of ingest, validate"):
-        stage_args("register", Params(), Layout.of(Params(), tmp_path))
+        stage_args("register", shipped_params(), Layout.of(shipped_params(), tmp_path))
