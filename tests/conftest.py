@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -73,3 +75,12 @@ def tiny_frame() -> pd.DataFrame:
 @pytest.fixture
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_sys_path() -> Iterator[None]:
+    """Loading an MLflow pyfunc prepends the model's code folder to sys.path for good; processes spawned later
+    (the Dask workers of the scaling study) inherit it and would import the model's minimal copy of quantflow."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
