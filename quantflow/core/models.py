@@ -43,12 +43,48 @@ class ModelConfig:
         return cls(**{**data, "kernel_sizes": tuple(data.get("kernel_sizes", (2, 3, 4)))})
 
 
+def remap_dtype(rows: int) -> torch.dtype:
+    """The narrowest index type that holds every row number: int16 halves the remap table of int32."""
+    return torch.int16 if rows <= torch.iinfo(torch.int16).max else torch.int32
+
+
+class RemappedEmbedding(nn.Embedding):
+    """An embedding table with fewer rows than ids: ``remap`` (an int buffer, one entry per id) sends each id to
+    its row, so a pruned table keeps the ids its callers (the tokenizer, the n-gram hash) already produce.
+
+    ``remap`` is (num_ids, 1), a one-column table, so the lookup is an embedding too: in the ONNX graph a plain
+    Gather, a Squeeze, a Cast and the Gather of the rows (``remap[ids]`` exported as Unsqueeze + GatherND). It
+    is set by the pruning code (quantflow/core/slim.py) and saved in the state dict; row 0 is the padding row.
+    """
+
+    def __init__(self, num_ids: int, rows: int, dim: int) -> None:
+        super().__init__(rows, dim, padding_idx=0)
+        self.num_ids = num_ids
+        self.register_buffer("remap", torch.zeros((num_ids, 1), dtype=remap_dtype(rows)))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(ids, self.remap).squeeze(-1)  # (...): each id's row
+        return super().forward(rows.to(torch.int64))  # (..., dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_ids} ids → {super().extra_repr()}"
+
+
+def token_embedding(cfg: ModelConfig) -> nn.Embedding:
+    """The token (char, word) table: ``vocab_size`` rows, or ``extra["token_rows"]`` behind a remap once its
+    rows were pruned (ids stay the tokenizer's)."""
+    rows = cfg.extra.get("token_rows")
+    if rows is None:
+        return nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+    return RemappedEmbedding(cfg.vocab_size, int(rows), cfg.embed_dim)
+
+
 class TextCNN(nn.Module):
     """embedding → Conv1d per width → ReLU → max over time → dropout → linear."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embedding = token_embedding(cfg)
         # padding=k-1: every window that touches a real token exists, however short the text
         self.convs = nn.ModuleList(
             nn.Conv1d(cfg.embed_dim, cfg.num_filters, k, padding=k - 1) for k in cfg.kernel_sizes
@@ -75,37 +111,49 @@ class TextCNN(nn.Module):
 
 
 class _EncoderLayer(nn.Module):
-    """Pre-norm self-attention + feed-forward, written with plain matmuls so export stays dynamic."""
+    """Pre-norm self-attention + feed-forward, written with plain matmuls so export stays dynamic.
 
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+    ``head_dim`` defaults to ``dim // heads``; a head-pruned layer keeps its heads' width with fewer heads, so
+    attention runs in ``heads * head_dim`` < ``dim`` dimensions."""
+
+    def __init__(
+        self, dim: int, heads: int, ff_dim: int, dropout: float, head_dim: int | None = None
+    ) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.head_dim = head_dim or dim // heads
+        inner = heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner)
+        self.out = nn.Linear(inner, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # each (B, T, D)
-        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5 + key_bias  # (B, H, T, T)
-        attn = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, d)
+        b, t, _ = x.shape
+        h, hd = self.heads, self.head_dim
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)  # each (B, T, H * hd)
+        q, k, v = (z.reshape(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # each (B, H, T, hd)
+        scores = q @ k.transpose(-2, -1) / hd**0.5 + key_bias  # (B, H, T, T)
+        attn = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, t, h * hd)
         x = x + self.dropout(self.out(attn))
         return x + self.dropout(self.ff(self.norm2(x)))
 
 
 class TransformerClassifier(nn.Module):
-    """Token + position embeddings → encoder layers → masked mean over real tokens → linear."""
+    """Token + position embeddings → encoder layers → masked mean over real tokens → linear.
+
+    ``extra["head_dim"]``: the width of a head when it is not ``embed_dim // heads`` (a head-pruned model)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embedding = token_embedding(cfg)
         self.position = nn.Embedding(cfg.max_len, cfg.embed_dim)
+        head_dim = cfg.extra.get("head_dim")
         self.layers = nn.ModuleList(
-            _EncoderLayer(cfg.embed_dim, cfg.heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.layers)
+            _EncoderLayer(cfg.embed_dim, cfg.heads, cfg.ff_dim, cfg.dropout, head_dim)
+            for _ in range(cfg.layers)
         )
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.fc = nn.Linear(cfg.embed_dim, cfg.num_classes)
@@ -150,7 +198,9 @@ class HashedNgramBag(nn.Module):
     This is ``EmbeddingBag(mode="mean")`` written as an ``Embedding`` gather and a masked mean: the same
     numbers, but it exports to a plain ONNX Gather that ONNX Runtime quantizes to int8 (Gather is in both
     ``compress.quantize_ops`` and ``compress.static_ops``). Padding never changes the logits.
-    Config: ``extra["ngram_max"]`` (2..5) and ``extra["buckets"]`` (rows of the shared n-gram table).
+    Config: ``extra["ngram_max"]`` (2..5) and ``extra["buckets"]`` (the hash's range: rows of the shared n-gram
+    table); ``extra["ngram_rows"]``: the rows left once buckets were pruned (a remap inside the model sends each
+    bucket to its row, dropped buckets to row 0, a zero row), ``extra["token_rows"]``: see :func:`token_embedding`.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -159,10 +209,14 @@ class HashedNgramBag(nn.Module):
         self.buckets = int(cfg.extra.get("buckets", 100_003))
         if not 1 <= self.ngram_max <= len(_NGRAM_PRIMES):
             raise ValueError(f"ngram_max must be in [1, {len(_NGRAM_PRIMES)}] (got: {self.ngram_max})")
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embedding = token_embedding(cfg)
         # one table for every n >= 2; n is folded into the hash through the number of primes used
-        self.ngrams = nn.Embedding(self.buckets, cfg.embed_dim)
-        nn.init.normal_(self.ngrams.weight, std=0.02)
+        rows = cfg.extra.get("ngram_rows")
+        if rows is None:
+            self.ngrams = nn.Embedding(self.buckets, cfg.embed_dim)
+            nn.init.normal_(self.ngrams.weight, std=0.02)
+        else:
+            self.ngrams = RemappedEmbedding(self.buckets, int(rows), cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.embed_dim, cfg.num_classes)
 
@@ -224,7 +278,7 @@ class CharWordTextCNN(nn.Module):
                 f"model {cfg.arch!r} needs extra['sep_id'] (the tokenizer's '<sep>' id) in its config"
             )
         self.sep_id = int(cfg.extra["sep_id"])
-        self.embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embedding = token_embedding(cfg)
         widths = cfg.kernel_sizes
         self.char_convs = nn.ModuleList(
             nn.Conv1d(cfg.embed_dim, cfg.num_filters, k, padding=k - 1) for k in widths

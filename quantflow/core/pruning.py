@@ -1,21 +1,17 @@
 """Model surgery in plain PyTorch: per-layer magnitude pruning and structured filter pruning of a TextCNN.
 
 Unstructured pruning only zeroes weights (a smaller gzip, no speed); structured pruning drops whole conv
-filters and rebuilds a narrower TextCNN, which is what makes the network faster. No ONNX, no Prefect here.
+filters and rebuilds a narrower TextCNN, which is what makes the network faster (quantflow/core/slim.py does
+that for every family, and for embedding rows, heads and feed-forward units). No ONNX, no Prefect here.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import replace
-
-import torch
 from torch import nn
 from torch.nn.utils import prune
 
 from quantflow.core.models import ModelConfig, TextCNN
-
-logger = logging.getLogger(__name__)
+from quantflow.core.slim import SlimSpec, structured_prune
 
 PRUNABLE = (nn.Embedding, nn.Conv1d, nn.Linear)
 
@@ -64,40 +60,14 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def filters_to_keep(conv: nn.Conv1d, keep: int) -> torch.Tensor:
-    """Indices (sorted) of the ``keep`` filters with the largest L1 norm; weight is (F, E, k)."""
-    norms = conv.weight.detach().abs().sum(dim=(1, 2))  # (F,)
-    return norms.topk(keep).indices.sort().values
-
-
 def slim_textcnn(model: TextCNN, cfg: ModelConfig, keep_fraction: float) -> tuple[TextCNN, ModelConfig]:
     """A narrower TextCNN that keeps the ``keep_fraction`` of each width's filters with the largest L1 norm.
 
     Every width keeps the same count, so the result is an ordinary TextCNN with a smaller ``num_filters``
     (the model code and its ONNX contract are unchanged). The linear layer keeps the matching input columns.
+    The filter piece of :func:`quantflow.core.slim.structured_prune`, which does this for every family.
     """
     if cfg.arch != "textcnn" or not isinstance(model, TextCNN):
         raise ValueError(f"structured filter pruning needs a textcnn model (got: {cfg.arch!r})")
-    if not 0 < keep_fraction <= 1:
-        raise ValueError(f"compress.filter_keep must be in (0, 1] (got: {keep_fraction})")
-    keep = max(1, round(cfg.num_filters * keep_fraction))
-    slim_cfg = replace(cfg, num_filters=keep)
-    slim = TextCNN(slim_cfg)
-    columns = []
-    with torch.no_grad():
-        slim.embedding.weight.copy_(model.embedding.weight)
-        for i, (old, new) in enumerate(zip(model.convs, slim.convs, strict=True)):
-            kept = filters_to_keep(old, keep)
-            new.weight.copy_(old.weight[kept])  # (keep, E, k)
-            new.bias.copy_(old.bias[kept])
-            columns.append(kept + i * cfg.num_filters)  # the fc input is the concat of every width's filters
-        slim.fc.weight.copy_(model.fc.weight[:, torch.cat(columns)])
-        slim.fc.bias.copy_(model.fc.bias)
-    logger.info(
-        "pruning: slim TextCNN keeps %d of %d filters per width (%d → %d parameters)",
-        keep,
-        cfg.num_filters,
-        count_params(model),
-        count_params(slim),
-    )
-    return slim.eval(), slim_cfg
+    slimmed = structured_prune(model, cfg, SlimSpec(filter_keep=keep_fraction))
+    return slimmed.model, slimmed.cfg

@@ -1,10 +1,11 @@
 """The model tests' tiny set-up: the two-vocabulary corpus split and preprocessed into a folder, a TextCNN
-small enough to train in seconds, one batch to overfit."""
+small enough to train in seconds, one batch to overfit, and a tiny model of every family (slim, distill)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -72,3 +73,42 @@ def overfit_one_batch(cfg: ModelConfig, steps: int = 60) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def family_config(arch: str, vocab_size: int, num_classes: int = 2, sep_id: int = 2) -> ModelConfig:
+    """A tiny model of any family: embedding 16; 8 filters of widths 2 and 3; 1009 n-gram buckets (n ≤ 3);
+    2 encoder layers of 4 heads and 32 feed-forward units; ``sep_id`` for char_word_textcnn."""
+    extra: dict[str, int] = {}
+    if arch in ("fasttext", "ngram_textcnn"):
+        extra = {"ngram_max": 3, "buckets": 1009}
+    elif arch == "char_word_textcnn":
+        extra = {"sep_id": sep_id}
+    return ModelConfig(
+        arch=arch,
+        vocab_size=vocab_size,
+        num_classes=num_classes,
+        embed_dim=16,
+        num_filters=8,
+        kernel_sizes=(2, 3),
+        dropout=0.1,
+        layers=2,
+        heads=4,
+        ff_dim=32,
+        max_len=64,
+        extra=extra,
+    )
+
+
+def train_briefly(model: torch.nn.Module, ids: np.ndarray, y: np.ndarray, steps: int = 30) -> torch.nn.Module:
+    """``steps`` Adam steps (lr 0.01, seed 0) on random batches of 32: weights that mean something, in seconds."""
+    torch.manual_seed(0)
+    x, target = torch.from_numpy(ids), torch.from_numpy(y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (32,))
+        loss = F.cross_entropy(model(x[batch]), target[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
