@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantflow.core.models import ModelConfig, build_model
+from quantflow.core.models import BUCKETS, NGRAM_MAX, ModelConfig, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def student_config(teacher: ModelConfig, arch: str | None = None, **sizes: Any) 
         )
     extra = {k: v for k, v in teacher.extra.items() if k not in PRUNED_KEYS}
     if arch in NGRAM_ARCHS:
-        extra = {"ngram_max": 3, "buckets": 100_003} | extra
+        extra = {"ngram_max": NGRAM_MAX, "buckets": BUCKETS} | extra
         extra |= {k: int(sizes.pop(k)) for k in ("ngram_max", "buckets") if k in sizes}
     else:
         extra = {k: v for k, v in extra.items() if k not in ("ngram_max", "buckets")}

@@ -173,6 +173,7 @@ class TransformerClassifier(nn.Module):
 # Multipliers of the n-gram hash: large primes, so (a, b) and (b, a) land apart; products stay far inside int64
 # for ids < 2**20 (an id times a prime < 2**40, three of them summed < 2**42).
 _NGRAM_PRIMES = (1_000_003, 999_983, 1_000_033, 999_979, 1_000_037)
+NGRAM_MAX, BUCKETS = 3, 100_003  # a config's defaults when its extra names neither
 
 
 def ngram_buckets(ids: torch.Tensor, n: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,8 +206,8 @@ class HashedNgramBag(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ngram_max = int(cfg.extra.get("ngram_max", 3))
-        self.buckets = int(cfg.extra.get("buckets", 100_003))
+        self.ngram_max = int(cfg.extra.get("ngram_max", NGRAM_MAX))
+        self.buckets = int(cfg.extra.get("buckets", BUCKETS))
         if not 1 <= self.ngram_max <= len(_NGRAM_PRIMES):
             raise ValueError(f"ngram_max must be in [1, {len(_NGRAM_PRIMES)}] (got: {self.ngram_max})")
         self.embedding = token_embedding(cfg)

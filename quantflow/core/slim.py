@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantflow.core.models import ModelConfig, build_model, ngram_buckets
+from quantflow.core.models import BUCKETS, NGRAM_MAX, ModelConfig, build_model, ngram_buckets
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,8 @@ def prune_filters(state: State, cfg: ModelConfig, layout: _Layout, share: float)
         for i in range(len(cfg.kernel_sizes)):
             weight = state[f"{bank}.{i}.weight"]  # (F, E, k)
             kept = weight.abs().sum(dim=(1, 2)).topk(keep).indices.sort().values
-            state[f"{bank}.{i}.weight"], state[f"{bank}.{i}.bias"] = (
-                weight[kept],
-                state[f"{bank}.{i}.bias"][kept],
-            )
+            state[f"{bank}.{i}.weight"] = weight[kept]
+            state[f"{bank}.{i}.bias"] = state[f"{bank}.{i}.bias"][kept]
             columns.append(kept + offset)
             offset += cfg.num_filters
     head = state["fc.weight"]  # (C, features)
@@ -250,18 +248,28 @@ def shrink_state(state: State, cfg: ModelConfig, spec: SlimSpec, train_ids: np.n
         new = prune_tokens(state, new, layout, spec.token_keep, token_hits(train_ids, cfg.vocab_size))
     if layout.ngram_table and spec.ngram_keep is not None:
         extra = cfg.extra
-        hits = bucket_hits(train_ids, int(extra.get("ngram_max", 3)), int(extra.get("buckets", 100_003)))
+        hits = bucket_hits(
+            train_ids, int(extra.get("ngram_max", NGRAM_MAX)), int(extra.get("buckets", BUCKETS))
+        )
         new = prune_buckets(state, new, layout.ngram_table, spec.ngram_keep, hits)
     return new
 
 
-def shrink_facts(before: ModelConfig, after: ModelConfig) -> dict[str, int]:
-    """The sizes that shrank, each with its value before (``<name>_before``)."""
-    old = {**before.to_dict(), "token_rows": before.vocab_size, "ngram_rows": before.extra.get("buckets")}
-    old |= {k: before.extra[k] for k in ("token_rows", "ngram_rows") if k in before.extra}
-    new = {**after.to_dict(), **{k: after.extra[k] for k in ("token_rows", "ngram_rows") if k in after.extra}}
-    names = ("num_filters", "heads", "ff_dim", "token_rows", "ngram_rows")
-    changed = [k for k in names if k in new and new[k] != old[k]]
+def shrink_sizes(cfg: ModelConfig) -> dict[str, int | None]:
+    """The sizes structured pruning changes (token and n-gram rows: of the tables, not of the ids)."""
+    return {
+        "num_filters": cfg.num_filters,
+        "heads": cfg.heads,
+        "ff_dim": cfg.ff_dim,
+        "token_rows": cfg.extra.get("token_rows", cfg.vocab_size),
+        "ngram_rows": cfg.extra.get("ngram_rows", cfg.extra.get("buckets")),
+    }
+
+
+def shrink_facts(before: ModelConfig, after: ModelConfig) -> dict[str, int | None]:
+    """The sizes that shrank, each beside its value before (``<name>_before``)."""
+    old, new = shrink_sizes(before), shrink_sizes(after)
+    changed = [k for k in old if new[k] != old[k]]
     return {f"{k}_before": old[k] for k in changed} | {k: new[k] for k in changed}
 
 

@@ -165,6 +165,40 @@ def test_the_strongest_head_and_unit_stay() -> None:
     assert any(torch.equal(new.ff[0].weight[i], layer.ff[0].weight[5]) for i in range(4))
 
 
+def kill_filters(banks: list[nn.ModuleList], dead: int) -> None:
+    """Zero the first ``dead`` filters of every width: ReLU(0) pools to 0, so they add nothing."""
+    with torch.no_grad():
+        for bank in banks:
+            for conv in bank:
+                conv.weight[:dead] = 0
+                conv.bias[:dead] = 0
+
+
+@pytest.mark.parametrize("arch", ["textcnn", "ngram_textcnn", "char_word_textcnn"])
+def test_dropping_dead_filters_keeps_the_logits(arch: str) -> None:
+    """Only dead filters go: the same logits, so the head's columns followed the kept filters."""
+    model, cfg, ids = trained(arch)
+    banks = {"textcnn": ["convs"], "ngram_textcnn": ["cnn.convs"]}.get(arch, ["char_convs", "word_convs"])
+    kill_filters([model.get_submodule(b) for b in banks], 4)
+    slim = structured_prune(model, cfg, SlimSpec(filter_keep=0.5), ids)
+    assert slim.cfg.num_filters == 4
+    torch.testing.assert_close(logits(slim.model, ids), logits(model, ids), atol=1e-6, rtol=0)
+
+
+def test_dropping_dead_heads_and_units_keeps_the_logits() -> None:
+    """Heads whose values are zero and units whose inputs are zero add nothing: pruning them changes nothing."""
+    model, cfg, ids = trained("transformer")
+    with torch.no_grad():
+        for layer in model.layers:
+            for head in (0, 2):  # value rows (and biases) of heads 0 and 2: 4 dims each, after q and k
+                rows = slice(2 * 16 + 4 * head, 2 * 16 + 4 * head + 4)
+                layer.qkv.weight[rows], layer.qkv.bias[rows] = 0, 0
+            layer.ff[0].weight[::2], layer.ff[0].bias[::2] = 0, 0  # GELU(0) = 0: every other unit is dead
+    slim = structured_prune(model, cfg, SlimSpec(head_keep=0.5, ff_keep=0.5), ids)
+    assert (slim.cfg.heads, slim.cfg.ff_dim, slim.cfg.extra["head_dim"]) == (2, 16, 4)
+    torch.testing.assert_close(logits(slim.model, ids), logits(model, ids), atol=1e-5, rtol=0)
+
+
 def test_full_shares_of_filters_heads_and_units_are_the_same_model() -> None:
     for arch in ("textcnn", "transformer"):
         model, cfg, ids = trained(arch)
