@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from quantflow.core.onnx_model import OnnxClassifier, softmax
+from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.text import UNK, clean_text
 
 
@@ -55,6 +55,7 @@ class ServedModel:
                 "max_len": self.classifier.tokenizer.config.max_len,
             },
             "versions": manifest.versions or {},
+            "calibration": manifest.calibration,
             "folder": str(self.folder),
         }
 
@@ -80,7 +81,7 @@ class ServedModel:
         unk = tokenizer.vocab[UNK]
         for i in range(len(tokens)):
             batch[i + 1, i] = unk
-        proba = softmax(self.classifier.logits(batch))  # (1 + n_tokens, C)
+        proba = self.classifier.probabilities(self.classifier.logits(batch))  # (1 + n_tokens, C), calibrated
         chosen = int(proba[0].argmax())
         drops = proba[0, chosen] - proba[1:, chosen]
         return {

@@ -8,6 +8,7 @@ and the MLflow model need nothing else. This module imports no torch: the torch 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class Manifest:
     variant: str = "torch-fp32"
     metrics: dict[str, float] | None = None
     versions: dict[str, str] | None = None
+    # how logits become probabilities outside the graph (quantflow.core.calibration); None: plain softmax
+    calibration: dict[str, Any] | None = None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,9 +46,9 @@ class Manifest:
             "metrics": self.metrics or {},
             "versions": self.versions or library_versions(),
         }
-        (folder / MANIFEST).write_text(
-            json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        if self.calibration is not None:  # absent, not null: an uncalibrated folder's file stays as it was
+            data["calibration"] = self.calibration
+        _write_manifest(folder, data)
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
@@ -53,6 +56,26 @@ class Manifest:
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: not a model folder (no {MANIFEST}); run the train step first")
         return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def _write_manifest(folder: Path, data: dict[str, Any]) -> None:
+    path = folder / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # a reader (the service) never sees half a manifest
+
+
+def set_calibration(folder: Path, calibration: dict[str, Any] | None) -> None:
+    """Write (or, with None, remove) the ``calibration`` entry of ``folder``'s model.json; every other field and
+    every other file of the folder stays as it is."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not a model folder (no {MANIFEST}); run the train step first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("calibration", None)
+    if calibration is not None:
+        data["calibration"] = calibration
+    _write_manifest(folder, data)
 
 
 def library_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str]:

@@ -1,0 +1,183 @@
+"""Label-noise audit: which training rows carry a label their own text contradicts (confident learning).
+
+A fast candidate (char n-gram TF-IDF + logistic regression, the evaluate step's baseline family) is fitted on
+k-1 folds of the training split and predicts the held-out fold, so every row gets class probabilities from a
+model that never saw it. cleanlab's ``find_label_issues`` then flags the rows whose given label is unlikely
+under those probabilities, ranked by self-confidence (the out-of-fold probability of the given label; lowest
+first). The split step can write the ranking to ``reports/label_issues.csv`` and, with ``drop``, remove the
+flagged rows from the training split only (validation and test keep their labels: editing them would grade a
+model on the audit's own opinion).
+
+Pure ML on a DataFrame (scikit-learn, cleanlab, pandas), no step and no orchestration: it lives in the core so
+the split step, the nightly intake and the benchmark share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantflow.core.text import clean_text
+
+logger = logging.getLogger(__name__)
+
+ISSUE_COLUMNS = ["text", "given_label", "suggested_label", "score", "row", "key"]
+LabelIssuesAction = Literal["off", "report", "drop"]  # proposed split.label_issues
+
+
+class LabelAuditParams(BaseModel):
+    """Proposed ``split.label_audit`` section of params.yaml (not wired yet)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    folds: int = Field(default=5, ge=2)  # out-of-fold probabilities from k folds of the training split
+    ngram_max: int = Field(default=3, ge=1)  # char 1..ngram_max TF-IDF
+    max_features: int = Field(default=200_000, ge=1)
+    inverse_regularization: float = Field(default=4.0, gt=0)  # logistic regression's C (the baseline's)
+    # cleanlab's rule for which rows to flag (see cleanlab.filter.find_label_issues)
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+    ] = "prune_by_noise_rate"
+
+
+def _check_frame(frame: pd.DataFrame, folds: int) -> list[str]:
+    """The sorted label set; every label needs ``folds`` rows so each fold's model sees every class."""
+    missing = [c for c in ("text", "label") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"label audit: the frame lacks columns {missing} (has: {list(frame.columns)})")
+    counts = frame["label"].astype(str).value_counts()
+    if len(counts) < 2:
+        raise ValueError(f"label audit: needs two or more labels (got {counts.to_dict()})")
+    small = counts[counts < folds]
+    if len(small):
+        raise ValueError(
+            f"label audit: labels {small.to_dict()} have fewer rows than split.label_audit.folds={folds}; "
+            "lower the folds or turn the audit off (split.label_issues: off)"
+        )
+    return sorted(counts.index.tolist())
+
+
+def out_of_fold_proba(texts: list[str], y: np.ndarray, params: LabelAuditParams, seed: int) -> np.ndarray:
+    """(N, C) probabilities, each row from the fold model that did not train on it (stratified, seeded)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    candidate = make_pipeline(
+        TfidfVectorizer(
+            analyzer="char",
+            ngram_range=(1, params.ngram_max),
+            max_features=params.max_features,
+            sublinear_tf=True,
+            preprocessor=clean_text,
+        ),
+        LogisticRegression(max_iter=2000, C=params.inverse_regularization, random_state=seed),
+    )
+    folds = StratifiedKFold(n_splits=params.folds, shuffle=True, random_state=seed)
+    return cross_val_predict(candidate, np.asarray(texts, dtype=object), y, cv=folds, method="predict_proba")
+
+
+def audit_labels(frame: pd.DataFrame, params: LabelAuditParams, seed: int) -> pd.DataFrame:
+    """Flagged rows of ``frame`` (columns text, label), most suspicious first: DataFrame[text, given_label,
+    suggested_label, score, row, key]. ``score`` is the out-of-fold probability of the given label, ``row`` the
+    row's position in ``frame``, ``key`` its normalized text (the split step's key)."""
+    from cleanlab.filter import find_label_issues
+
+    labels = _check_frame(frame, params.folds)
+    index = {label: i for i, label in enumerate(labels)}
+    texts = frame["text"].astype(str).tolist()
+    y = frame["label"].astype(str).map(index).to_numpy(dtype=np.int64)
+    proba = out_of_fold_proba(texts, y, params, seed)  # (N, C)
+    ranked = find_label_issues(
+        labels=y,
+        pred_probs=proba,
+        filter_by=params.filter_by,
+        return_indices_ranked_by="self_confidence",
+        n_jobs=1,  # a shared 2-core machine; results do not depend on it
+    )
+    ranked = np.asarray(ranked, dtype=np.int64)
+    issues = pd.DataFrame(
+        {
+            "text": [texts[i] for i in ranked],
+            "given_label": [labels[y[i]] for i in ranked],
+            "suggested_label": [labels[j] for j in proba[ranked].argmax(axis=1)],
+            "score": np.round(proba[ranked, y[ranked]], 6),
+            "row": ranked,
+            "key": [clean_text(texts[i]) for i in ranked],
+        },
+        columns=ISSUE_COLUMNS,
+    )
+    logger.info(
+        "label audit: %d of %d rows flagged (%.1f %%)",
+        len(issues),
+        len(frame),
+        100 * len(issues) / len(frame),
+    )
+    return issues
+
+
+def write_label_issues(issues: pd.DataFrame, path: Path) -> Path:
+    """The ranked issues as UTF-8 CSV (e.g. ``reports/label_issues.csv``), written whole or not at all."""
+    missing = [c for c in ISSUE_COLUMNS if c not in issues.columns]
+    if missing:
+        raise ValueError(f"{path}: label issues lack columns {missing}; pass the frame audit_labels returned")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    issues[ISSUE_COLUMNS].to_csv(tmp, index=False, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_label_issues(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no label issues report; run the split step with split.label_issues on"
+        )
+    return pd.read_csv(path, dtype={"text": str, "given_label": str, "suggested_label": str, "key": str})
+
+
+def _keys(frame: pd.DataFrame) -> pd.Series:
+    """The split step's text key: the ``key`` column when there is one, else the normalized text."""
+    return frame["key"].astype(str) if "key" in frame.columns else frame["text"].astype(str).map(clean_text)
+
+
+def flagged_rows(batch: pd.DataFrame, issues: pd.DataFrame) -> pd.Series:
+    """True for each row of ``batch`` whose text key the audit flagged."""
+    return _keys(batch).isin(set(issues["key"].astype(str)))
+
+
+def count_flagged(batch: pd.DataFrame, issues: pd.DataFrame) -> int:
+    """How many rows of ``batch`` (columns text or key) carry a flagged text key: e.g. how much of a nightly
+    batch the audit of the merged training split doubts."""
+    return int(flagged_rows(batch, issues).sum())
+
+
+def drop_flagged(frame: pd.DataFrame, issues: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without the flagged rows (``split.label_issues: drop``, on the training split only)."""
+    return frame[~flagged_rows(frame, issues)].reset_index(drop=True)
+
+
+def inject_label_noise(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A copy of ``frame`` with ``round(fraction * N)`` labels, drawn uniformly (seeded), changed to another
+    label drawn uniformly; and the (N,) mask of the changed rows. For tests and the benchmark."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"noise fraction must be in [0, 1) (got: {fraction})")
+    labels = sorted(frame["label"].astype(str).unique().tolist())
+    if len(labels) < 2:
+        raise ValueError(f"flipping labels needs two or more labels (got {labels})")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(frame), size=round(fraction * len(frame)), replace=False)
+    given = frame["label"].astype(str).to_numpy(dtype=object).copy()
+    for i in chosen:
+        others = [label for label in labels if label != given[i]]
+        given[i] = others[int(rng.integers(len(others)))]
+    mask = np.zeros(len(frame), dtype=bool)
+    mask[chosen] = True
+    return frame.assign(label=pd.Series(given, index=frame.index, dtype="str")), mask

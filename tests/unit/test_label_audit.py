@@ -1,0 +1,100 @@
+"""The label-noise audit: injected flips come first in its ranking; the report, the batch count and the drop."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from quantflow.core.label_audit import (
+    ISSUE_COLUMNS,
+    LabelAuditParams,
+    audit_labels,
+    count_flagged,
+    drop_flagged,
+    inject_label_noise,
+    read_label_issues,
+    write_label_issues,
+)
+from quantflow.core.text import clean_text
+
+OWN = {"news": "政府经济发展国家会议人民改革建设", "comment": "很好不错喜欢满意质量服务价格房间"}
+SHARED = "的了是在我有和就"
+
+
+def corpus(per_class: int = 150, seed: int = 0) -> pd.DataFrame:
+    """Texts of 8-14 chars: mostly their class's own chars, a third shared by both classes."""
+    rng = random.Random(seed)
+    rows = []
+    for label, own in OWN.items():
+        for _ in range(per_class):
+            chars = [
+                rng.choice(own) if rng.random() < 0.67 else rng.choice(SHARED)
+                for _ in range(rng.randint(8, 14))
+            ]
+            rows.append(("".join(chars), label))
+    return pd.DataFrame(rows, columns=["text", "label"]).drop_duplicates("text").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def flipped() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """The corpus with 5 % of its labels flipped, the flip mask, and the audit of it."""
+    noisy, mask = inject_label_noise(corpus(), 0.05, seed=1)
+    return noisy, pd.Series(mask), audit_labels(noisy, LabelAuditParams(), seed=0)
+
+
+def test_flipped_rows_are_ranked_first(flipped: tuple[pd.DataFrame, pd.Series, pd.DataFrame]) -> None:
+    noisy, mask, issues = flipped
+    k = int(mask.sum())
+    assert k == round(0.05 * len(noisy))
+    top = issues["row"].head(k)  # precision@k: of the k most suspicious rows, how many were flipped
+    assert len(top) >= 0.8 * k and mask[top].mean() >= 0.9, f"precision@{k}: {mask[top].mean():.2f}"
+    assert mask[issues["row"]].sum() / k >= 0.8, "recall: flipped rows among the flagged ones"
+    assert issues["score"].is_monotonic_increasing  # self-confidence: lowest (most suspicious) first
+
+
+def test_issues_name_the_given_and_the_suggested_label(
+    flipped: tuple[pd.DataFrame, pd.Series, pd.DataFrame],
+) -> None:
+    noisy, mask, issues = flipped
+    assert list(issues.columns) == ISSUE_COLUMNS
+    first = issues.iloc[0]
+    assert first["given_label"] == noisy.loc[first["row"], "label"]
+    assert first["suggested_label"] != first["given_label"]
+    assert first["text"] == noisy.loc[first["row"], "text"] and first["key"] == clean_text(first["text"])
+
+
+def test_report_round_trips_and_counts_a_batch_by_text_key(
+    flipped: tuple[pd.DataFrame, pd.Series, pd.DataFrame], tmp_path: Path
+) -> None:
+    noisy, _, issues = flipped
+    path = write_label_issues(issues, tmp_path / "reports" / "label_issues.csv")
+    again = read_label_issues(path)
+    assert (
+        again["row"].tolist() == issues["row"].tolist() and again["text"].tolist() == issues["text"].tolist()
+    )
+    batch = pd.DataFrame(
+        {"text": [" " + issues["text"].iloc[0].upper(), issues["text"].iloc[1], "没见过的文字"]}
+    )
+    assert count_flagged(batch, again) == 2  # the key is the normalized text: spacing and case do not matter
+    kept = drop_flagged(noisy, again)
+    assert len(kept) == len(noisy) - len(issues)
+    assert not set(kept["text"]) & set(issues["text"])
+
+
+def test_too_few_rows_for_the_folds_names_the_label() -> None:
+    frame = pd.DataFrame(
+        {"text": ["政府会议", "经济发展", "很好", "不错", "喜欢"], "label": ["news"] * 2 + ["comment"] * 3}
+    )
+    with pytest.raises(ValueError, match=r"'news': 2.*folds=5"):
+        audit_labels(frame, LabelAuditParams(), seed=0)
+
+
+def test_noise_injection_is_seeded_and_changes_exactly_the_masked_rows() -> None:
+    frame = corpus(per_class=50)
+    first, mask = inject_label_noise(frame, 0.1, seed=7)
+    second, _ = inject_label_noise(frame, 0.1, seed=7)
+    assert first["label"].tolist() == second["label"].tolist()
+    assert ((first["label"] != frame["label"]).to_numpy() == mask).all()
