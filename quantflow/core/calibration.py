@@ -217,22 +217,24 @@ def calibration_metrics(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> dic
 
 
 def plot_reliability(curves: Mapping[str, list[dict[str, float]]], out: Path, title: str) -> Path:
-    """A reliability diagram (accuracy vs mean confidence per bin, one line per curve, the diagonal is perfect
-    calibration) as a PNG; ``curves`` maps a legend name to :func:`reliability` rows."""
+    """A reliability diagram as a PNG: above, accuracy vs mean confidence per bin, one line per curve (the
+    diagonal is perfect calibration); below, the rows per bin (log scale: most rows sit near 1.0).
+    ``curves`` maps a legend name to :func:`reliability` rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6.5), height_ratios=[3, 1], sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
     for name, table in curves.items():
         used = [r for r in table if r["count"]]
-        ax.plot([r["confidence"] for r in used], [r["accuracy"] for r in used], marker="o", label=name)
-    ax.set(
-        xlabel="mean confidence (max probability)", ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1)
-    )
-    ax.legend(loc="upper left")
+        top.plot([r["confidence"] for r in used], [r["accuracy"] for r in used], marker="o", label=name)
+        centers = [(r["lower"] + r["upper"]) / 2 for r in table]
+        bottom.step(centers, [r["count"] or float("nan") for r in table], where="mid", label=name)
+    top.set(ylabel="accuracy", title=title, xlim=(0, 1), ylim=(0, 1))
+    top.legend(loc="upper left")
+    bottom.set(xlabel="mean confidence (max probability)", ylabel="rows", yscale="log")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(out, dpi=100)

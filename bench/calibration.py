@@ -1,0 +1,102 @@
+"""How well calibrated are the compressed variants, and what does temperature scaling on validation buy?
+
+For each variant folder under ``--variants-dir`` (read only: nothing is written there), the raw logits of the
+validation and test splits; a calibration fitted on validation (temperature, and ``auto``: the cross-fitted
+choice of quantflow.core.calibration); ECE (15 equal-width bins of the max probability), Brier, NLL and accuracy
+on test before and after. Optionally a reliability diagram per variant.
+
+    python bench/calibration.py --variants-dir artifacts/variants --split-dir data/split [--plots reports/calibration]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantflow.core.calibration import (
+    Calibration,
+    CalibrationParams,
+    calibration_metrics,
+    fit_calibration,
+    plot_reliability,
+    reliability,
+)
+from quantflow.core.onnx_model import OnnxClassifier
+
+
+def logits_and_labels(classifier: OnnxClassifier, split: Path) -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.read_parquet(split)
+    index = {label: i for i, label in enumerate(classifier.labels)}
+    y = frame["label"].astype(str).map(index).to_numpy(dtype=np.int64)
+    return classifier.text_logits(frame["text"].astype(str).tolist()), y
+
+
+def measure(
+    folder: Path, split_dir: Path, params: CalibrationParams, seed: int, plots: Path | None
+) -> list[dict]:
+    """Rows of the table for one variant: uncalibrated, temperature and auto, each scored on test."""
+    classifier = OnnxClassifier(folder)
+    val_z, val_y = logits_and_labels(classifier, split_dir / "val.parquet")
+    test_z, test_y = logits_and_labels(classifier, split_dir / "test.parquet")
+    fits = {
+        "none": Calibration(),
+        "temperature": fit_calibration(
+            val_z, val_y, params.model_copy(update={"method": "temperature"}), seed
+        ).calibration,
+        "auto": fit_calibration(val_z, val_y, params, seed).calibration,
+    }
+    rows, curves = [], {}
+    for name, calibration in fits.items():
+        proba = calibration.apply(test_z.astype(np.float64))
+        described = {k: v for k, v in calibration.values.items() if k in ("temperature", "slope", "offset")}
+        rows.append(
+            {"variant": folder.name, "calibration": name, "chosen": calibration.method, "values": described}
+            | calibration_metrics(proba, test_y, params.bins)
+        )
+        curves[f"{name} ({calibration.method})"] = reliability(proba, test_y, params.bins)
+    if plots is not None:
+        plot_reliability(curves, plots / f"reliability_{folder.name}.png", f"{folder.name}: test split")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| variant | calibration | method (values) | ECE | Brier | NLL | accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        values = ", ".join(f"{k} {v:.3f}" for k, v in r["values"].items())
+        lines.append(
+            f"| {r['variant']} | {r['calibration']} | {r['chosen']}{f' ({values})' if values else ''} "
+            f"| {r['ece']:.4f} | {r['brier']:.4f} | {r['nll']:.4f} | {r['accuracy']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variants-dir", type=Path, default=Path("artifacts/variants"))
+    parser.add_argument("--split-dir", type=Path, default=Path("data/split"))
+    parser.add_argument("--plots", type=Path, default=None, help="folder for one reliability PNG per variant")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    folders = sorted(p.parent for p in args.variants_dir.glob("*/model.onnx"))
+    if not folders:
+        sys.exit(f"{args.variants_dir}: no variant folders (*/model.onnx); run the compress step first")
+    rows = [
+        row
+        for folder in folders
+        for row in measure(folder, args.split_dir, CalibrationParams(), args.seed, args.plots)
+    ]
+    print(f"variants: {args.variants_dir}; fitted on {args.split_dir}/val.parquet, scored on test.parquet\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
