@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test test-infra test-fast lint ui repro metrics plots clean bench-compress bench-serve scale bench-scale \
-	simulate-nights bench-data quality
+	simulate-nights bench-data quality bench-labels
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ simulate-nights: install ## three nights of held-back built-in data, night 2 bad
 
 bench-data: install ## batch-contract, validate and drift throughput on the full built-in corpus (BENCHMARKS.md)
 	$(BIN)/python bench/data.py --rounds 3
+
+bench-labels: install ## label-noise audit vs 5 % known flips, and report vs drop accuracy, on both built-in datasets (BENCHMARKS.md)
+	$(BIN)/python bench/labels.py
 
 clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
 	rm -rf data/raw data/split data/features artifacts dvc_plots $(filter-out reports/quality.md,$(wildcard reports/*))

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 ISSUE_COLUMNS = ["text", "given_label", "suggested_label", "score", "row", "key"]
 LabelIssuesAction = Literal["off", "report", "drop"]  # proposed split.label_issues
+FilterBy = Literal[
+    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+]
 
 
 class LabelAuditParams(BaseModel):
@@ -41,9 +44,7 @@ class LabelAuditParams(BaseModel):
     max_features: int = Field(default=200_000, ge=1)
     inverse_regularization: float = Field(default=4.0, gt=0)  # logistic regression's C (the baseline's)
     # cleanlab's rule for which rows to flag (see cleanlab.filter.find_label_issues)
-    filter_by: Literal[
-        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
-    ] = "prune_by_noise_rate"
+    filter_by: FilterBy = "prune_by_noise_rate"
 
 
 def _check_frame(frame: pd.DataFrame, folds: int) -> list[str]:
@@ -84,26 +85,29 @@ def out_of_fold_proba(texts: list[str], y: np.ndarray, params: LabelAuditParams,
     return cross_val_predict(candidate, np.asarray(texts, dtype=object), y, cv=folds, method="predict_proba")
 
 
-def audit_labels(frame: pd.DataFrame, params: LabelAuditParams, seed: int) -> pd.DataFrame:
-    """Flagged rows of ``frame`` (columns text, label), most suspicious first: DataFrame[text, given_label,
-    suggested_label, score, row, key]. ``score`` is the out-of-fold probability of the given label, ``row`` the
-    row's position in ``frame``, ``key`` its normalized text (the split step's key)."""
+def encode_labels(frame: pd.DataFrame, folds: int) -> tuple[list[str], list[str], np.ndarray]:
+    """The frame's texts, its sorted label set, and the (N,) label indices; checked for the audit."""
+    labels = _check_frame(frame, folds)
+    index = {label: i for i, label in enumerate(labels)}
+    y = frame["label"].astype(str).map(index).to_numpy(dtype=np.int64)
+    return frame["text"].astype(str).tolist(), labels, y
+
+
+def issues_from_proba(
+    texts: list[str], labels: list[str], y: np.ndarray, proba: np.ndarray, filter_by: FilterBy
+) -> pd.DataFrame:
+    """cleanlab's flagged rows of out-of-fold ``proba`` (N, C), ranked by self-confidence, as the issue table."""
     from cleanlab.filter import find_label_issues
 
-    labels = _check_frame(frame, params.folds)
-    index = {label: i for i, label in enumerate(labels)}
-    texts = frame["text"].astype(str).tolist()
-    y = frame["label"].astype(str).map(index).to_numpy(dtype=np.int64)
-    proba = out_of_fold_proba(texts, y, params, seed)  # (N, C)
     ranked = find_label_issues(
         labels=y,
         pred_probs=proba,
-        filter_by=params.filter_by,
+        filter_by=filter_by,
         return_indices_ranked_by="self_confidence",
         n_jobs=1,  # a shared 2-core machine; results do not depend on it
     )
     ranked = np.asarray(ranked, dtype=np.int64)
-    issues = pd.DataFrame(
+    return pd.DataFrame(
         {
             "text": [texts[i] for i in ranked],
             "given_label": [labels[y[i]] for i in ranked],
@@ -114,6 +118,15 @@ def audit_labels(frame: pd.DataFrame, params: LabelAuditParams, seed: int) -> pd
         },
         columns=ISSUE_COLUMNS,
     )
+
+
+def audit_labels(frame: pd.DataFrame, params: LabelAuditParams, seed: int) -> pd.DataFrame:
+    """Flagged rows of ``frame`` (columns text, label), most suspicious first: DataFrame[text, given_label,
+    suggested_label, score, row, key]. ``score`` is the out-of-fold probability of the given label, ``row`` the
+    row's position in ``frame``, ``key`` its normalized text (the split step's key)."""
+    texts, labels, y = encode_labels(frame, params.folds)
+    proba = out_of_fold_proba(texts, y, params, seed)  # (N, C)
+    issues = issues_from_proba(texts, labels, y, proba, params.filter_by)
     logger.info(
         "label audit: %d of %d rows flagged (%.1f %%)",
         len(issues),
