@@ -3,11 +3,13 @@ cross-fitted choice of method, and the checks on a stored calibration entry."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from quantflow.core.bundle import MANIFEST, Manifest, set_calibration
 from quantflow.core.calibration import (
     Calibration,
     CalibrationParams,
@@ -125,3 +127,16 @@ def test_reliability_plot_is_a_png(tmp_path: Path) -> None:
     curves = {"raw": reliability(softmax(true * 3), y), "calibrated": reliability(softmax(true), y)}
     out = plot_reliability(curves, tmp_path / "reliability.png", "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_set_calibration_writes_and_removes_only_its_field(tmp_path: Path) -> None:
+    Manifest(labels=["a", "b"], config={"arch": "textcnn"}, variant="onnx-int8").save(tmp_path)
+    before = json.loads((tmp_path / MANIFEST).read_text())
+    assert "calibration" not in before  # an uncalibrated folder's model.json keeps its old shape
+    set_calibration(tmp_path, {"method": "temperature", "temperature": 1.5})
+    assert Manifest.load(tmp_path).calibration == {"method": "temperature", "temperature": 1.5}
+    assert {
+        k: v for k, v in json.loads((tmp_path / MANIFEST).read_text()).items() if k != "calibration"
+    } == before
+    set_calibration(tmp_path, None)
+    assert json.loads((tmp_path / MANIFEST).read_text()) == before
