@@ -48,6 +48,7 @@ from tasks.train import predict_logits, train
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-labels:start -->", "<!-- bench-labels:end -->"
+AUDIT_MARKERS = ("<!-- bench-labels-audit:start -->", "<!-- bench-labels-audit:end -->")  # --audit-only
 DATASETS = ("news_vs_comment", "review_sentiment")
 logger = logging.getLogger("bench.labels")
 
@@ -141,21 +142,31 @@ def train_and_test(
     return Trained(accuracy, len(train_frame), len(result.history), seconds), predicted
 
 
-def run_dataset(params: Params, work: Path, flip: float, audit: LabelAuditParams) -> dict:
-    """Audit the clean and the flipped training split, train the four models, compare them pairwise."""
+def run_dataset(params: Params, work: Path, flip: float, audit: LabelAuditParams, audit_only: bool) -> dict:
+    """Audit the clean and the flipped training split; unless ``audit_only``, train the four models and
+    compare them pairwise."""
     split_dir = prepare(params, work)
     clean = pd.read_parquet(split_dir / "train.parquet")
     noisy, mask = inject_label_noise(clean, flip, params.seed)
-    truth = pd.read_parquet(split_dir / "test.parquet")["label"].astype(str).tolist()
     clean_issues, clean_audits = audit_each_filter(clean, np.zeros(len(clean), dtype=bool), params, audit)
     noisy_issues, noisy_audits = audit_each_filter(noisy, mask, params, audit)
-    audits = {"clean": clean_audits, "flipped": noisy_audits}
+    result = {"audits": {"clean": clean_audits, "flipped": noisy_audits}}
+    if audit_only:
+        return result
     frames = {
         ("clean", "report"): clean,
         ("clean", "drop"): drop_flagged(clean, clean_issues),
         ("flipped", "report"): noisy,
         ("flipped", "drop"): drop_flagged(noisy, noisy_issues),
     }
+    return result | train_all(params, split_dir, frames, work)
+
+
+def train_all(
+    params: Params, split_dir: Path, frames: dict[tuple[str, str], pd.DataFrame], work: Path
+) -> dict:
+    """One model per (data, action) training frame; paired comparisons on the shared test split."""
+    truth = pd.read_parquet(split_dir / "test.parquet")["label"].astype(str).tolist()
     trained, predictions = {}, {}
     for (data, action), frame in frames.items():
         trained[(data, action)], predictions[(data, action)] = train_and_test(
@@ -170,7 +181,7 @@ def run_dataset(params: Params, work: Path, flip: float, audit: LabelAuditParams
             predictions, ("flipped", "report"), ("clean", "report"), truth, params
         ),
     }
-    return {"test_rows": len(truth), "audits": audits, "trained": trained, "compare": compare}
+    return {"test_rows": len(truth), "trained": trained, "compare": compare}
 
 
 def paired(
@@ -188,8 +199,10 @@ def paired(
 
 def to_json(result: dict) -> str:
     """One dataset's figures as JSON (tuple keys joined: ``clean/report``)."""
-    plain = {**result, "trained": {"/".join(k): v for k, v in result["trained"].items()}}
-    plain["compare"] = {k: asdict(v) for k, v in result["compare"].items()}
+    plain = dict(result)
+    if "trained" in result:
+        plain["trained"] = {"/".join(k): v for k, v in result["trained"].items()}
+        plain["compare"] = {k: asdict(v) for k, v in result["compare"].items()}
     return json.dumps(plain, default=asdict, indent=2) + "\n"
 
 
@@ -250,27 +263,39 @@ def verdicts(results: dict[str, dict], margin: float, default: str) -> list[str]
     lines = []
     for dataset, r in results.items():
         a = r["audits"]["flipped"][default]
-        clean, noisy = r["compare"]["clean: drop - report"], r["compare"]["flipped: drop - report"]
-        lines.append(
+        line = (
             f"- {dataset}: audit precision {a.precision:.2f} / recall {a.recall:.2f} "
-            f"({'meets' if min(a.precision, a.recall) >= 0.6 else 'misses'} >= 0.6); drop vs report on clean data "
-            f"{'not worse' if clean.ci_low > -margin else 'possibly worse'} (CI low {clean.ci_low * 100:+.2f} pp vs "
-            f"-{margin * 100:.1f}); "
-            f"on flipped data {'better' if noisy.ci_low > 0 else 'not shown better'} (CI [{noisy.ci_low * 100:+.2f}, "
-            f"{noisy.ci_high * 100:+.2f}] pp)."
+            f"({'meets' if min(a.precision, a.recall) >= 0.6 else 'misses'} >= 0.6)"
         )
+        if "compare" in r:
+            clean, noisy = r["compare"]["clean: drop - report"], r["compare"]["flipped: drop - report"]
+            line += (
+                f"; drop vs report on clean data {'not worse' if clean.ci_low > -margin else 'possibly worse'} "
+                f"(CI low {clean.ci_low * 100:+.2f} pp vs -{margin * 100:.1f}); on flipped data "
+                f"{'better' if noisy.ci_low > 0 else 'not shown better'} "
+                f"(CI [{noisy.ci_low * 100:+.2f}, {noisy.ci_high * 100:+.2f}] pp)"
+            )
+        lines.append(line + ".")
     return lines
 
 
 def section(
-    results: dict[str, dict], command: str, load: tuple[str, str], audit: LabelAuditParams, margin: float
+    results: dict[str, dict],
+    command: str,
+    load: tuple[str, str],
+    audit: LabelAuditParams,
+    margin: float,
+    markers: tuple[str, str],
 ) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in audit.model_dump().items())
+    trained = all("trained" in r for r in results.values())
+    tables = [*accuracy_table(results), "", *compare_table(results), ""] if trained else []
     return "\n".join(
         [
-            START,
-            f"Command: `{command}`. Datasets built with ingest → split (params.yaml); model: params.yaml `train` "
-            f"(the preprocess and train step functions); audit: {settings}, seed = params.yaml seed.",
+            markers[0],
+            f"Command: `{command}`. Datasets built with ingest → split (params.yaml); "
+            + ("model: params.yaml `train` (the preprocess and train step functions); " if trained else "")
+            + f"audit: {settings}, seed = params.yaml seed.",
             "Flags of the bold filter_by (the proposed default) are what `drop` removes; the other rules reuse the "
             "same out-of-fold probabilities. Precision and recall are against the flipped rows only: on the clean "
             "split every flag is a row the candidate doubts (natural noise or its own error).",
@@ -278,12 +303,9 @@ def section(
             "",
             *audit_table(results, audit.filter_by),
             "",
-            *accuracy_table(results),
-            "",
-            *compare_table(results),
-            "",
+            *tables,
             *verdicts(results, margin, audit.filter_by),
-            END,
+            markers[1],
         ]
     )
 
@@ -294,6 +316,7 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.05, help="share of training labels flipped")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="e.g. train.epochs=1")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument("--audit-only", action="store_true", help="the audit tables only: no training")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -304,17 +327,21 @@ def main() -> None:
         work = args.work or Path(tmp)
         for dataset in args.datasets:
             params = base.with_overrides({"ingest.dataset": dataset})
-            results[dataset] = run_dataset(params, work / dataset, args.flip, audit)
+            results[dataset] = run_dataset(params, work / dataset, args.flip, audit, args.audit_only)
             (work / f"{dataset}.json").write_text(to_json(results[dataset]))
     flags = [f"--datasets {' '.join(args.datasets)}"] if list(args.datasets) != list(DATASETS) else []
     flags += [f"--flip {args.flip}"] if args.flip != 0.05 else []
-    flags += [f"--set {o}" for o in args.overrides]
+    flags += [f"--set {o}" for o in args.overrides] + (["--audit-only"] if args.audit_only else [])
     command = " ".join(["python bench/labels.py", *flags])
-    text = section(results, command, (load_before, uptime()), audit, base.register.champion_tolerance)
+    markers = AUDIT_MARKERS if args.audit_only else (START, END)
+    margin = base.register.champion_tolerance
+    text = section(results, command, (load_before, uptime()), audit, margin, markers)
     print(text)
     if not args.no_write:
-        heading = "## Label noise (issue: scores users can trust)"
-        write_section(text, ROOT / "BENCHMARKS.md", START, END, heading)
+        heading = "## Label noise (issue: scores users can trust)" + (
+            ": the audit alone" if args.audit_only else ""
+        )
+        write_section(text, ROOT / "BENCHMARKS.md", *markers, heading)
 
 
 if __name__ == "__main__":
