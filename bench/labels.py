@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from quantflow.core.benchmarks import write_section
+from quantflow.core.features import load_features
 from quantflow.core.label_audit import (
     FilterBy,
     LabelAuditParams,
@@ -41,10 +42,11 @@ from quantflow.core.label_audit import (
 from quantflow.core.models import load_model
 from quantflow.core.params import Params, load_params
 from quantflow.core.stats import PairedComparison, compare_paired
+from quantflow.core.training import predict_logits
 from tasks.ingest import ingest
-from tasks.preprocess import load_features, preprocess
+from tasks.preprocess import preprocess
 from tasks.split import split
-from tasks.train import predict_logits, train
+from tasks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-labels:start -->", "<!-- bench-labels:end -->"
@@ -79,7 +81,7 @@ def uptime() -> str:
 
 def prepare(params: Params, work: Path) -> Path:
     """ingest → split into ``work``; returns the split folder."""
-    raw = ingest(params.ingest, work / "raw", params.seed).path
+    raw = ingest(params.ingest, work / "raw" / f"{params.ingest.dataset}.parquet", params.seed).path
     split(params.split, raw, work / "split", work / "split.json")
     return work / "split"
 

@@ -21,8 +21,8 @@ from quantflow.core.pruning import count_params
 from quantflow.core.quantize import BucketedReader, quantize_static_qdq
 from quantflow.core.slim import SlimSpec, slim_and_fine_tune, structured_prune
 from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab
+from quantflow.core.training import train_epoch
 from tasks.compress import export_onnx
-from tasks.train import train_epoch
 from tests.model.tiny import family_config, train_briefly
 
 ARCHS = ["textcnn", "ngram_textcnn", "char_word_textcnn", "fasttext", "transformer"]
