@@ -2,8 +2,11 @@
 
 Why not FastAPI routes for the hot path: per request, FastAPI's routing, dependency solving and response
 validation cost more than the 40 µs int8 model (DESIGN.md: FastAPI + ORT ~3,800 req/s vs ~11,400 for a bare
-ASGI app). The lean path reads the body with a size limit, parses it with orjson, checks it by hand with
-messages that name the bad value, and runs the model on the event loop (small requests) or in a thread.
+ASGI app). The lean path is one synchronous call, :meth:`Service.answer` (method, path, body → status, JSON
+bytes): it parses with orjson, checks by hand with messages that name the bad value and runs the model. The
+service's own HTTP server (serving/http.py) calls it straight from the parser, on the event loop for small
+bodies and in a thread otherwise (:meth:`Service.inline`); the ASGI entry point below does the same for any
+ASGI server (the benchmark's uvicorn rows, the tests' in-process client).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-INLINE_CHARS = 4000  # requests with more text than this run in a thread, not on the event loop
+INLINE_BYTES = 16_000  # /predict bodies up to this size (~5,000 CJK characters) run on the event loop
 DRAIN_FACTOR = 16  # an oversized body is read (and dropped) up to this many times the limit, then cut off
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -78,14 +81,17 @@ class Metrics:
         )
         self.version = Gauge("quantflow_model_version", "Registry version served", registry=self.registry)
         self.swaps = Counter("quantflow_model_swaps", "Model versions loaded", registry=self.registry)
-        self._children: dict[tuple[str, int], Any] = {}
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        child = self._children.get((endpoint, status))
-        if child is None:  # .labels() looks up a dict under a lock: do it once per pair
-            child = self._children[(endpoint, status)] = self.requests.labels(endpoint, str(status))
-        child.inc()
-        self.latency.labels(endpoint).observe(seconds)
+        children = self._children.get((endpoint, status))
+        if children is None:  # .labels() looks up a dict under a lock: do it once per pair
+            children = self._children[(endpoint, status)] = (
+                self.requests.labels(endpoint, str(status)),
+                self.latency.labels(endpoint),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def swapped(self, model: ServedModel) -> None:
         self.model.clear()
@@ -112,12 +118,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         elif size > DRAIN_FACTOR * limit:
             break
     if size > limit:
-        raise BadRequest(
-            413,
-            f"request body is {int(declared) if declared else size} bytes, over serve.max_body_bytes ({limit}): "
-            "send fewer or shorter texts per request",
-        )
+        raise too_large(int(declared) if declared else size, limit)
     return b"".join(chunks)
+
+
+def too_large(size: int, limit: int) -> BadRequest:
+    """The 413 for a body of ``size`` bytes (the declared length when the client sent one)."""
+    return BadRequest(
+        413,
+        f"request body is {size} bytes, over serve.max_body_bytes ({limit}): send fewer or shorter texts per request",
+    )
 
 
 def parse_json(body: bytes) -> Any:
@@ -172,8 +182,7 @@ def explain_text(payload: Any, params: ServeParams) -> str:
     return check_text(payload["text"], '"text"', params)
 
 
-async def send_json(send: Send, status: int, data: Any) -> None:
-    body = orjson.dumps(data)
+async def send_json(send: Send, status: int, body: bytes) -> None:
     headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -190,54 +199,81 @@ class Service:
         if slot.current is not None:
             self.metrics.swapped(slot.current)
         self.control = control_app(self)
-        self._lean = {"/predict": self._predict, "/explain": self._explain}
+        self.lean: dict[str, Callable[[Any, ServedModel], Any]] = {
+            "/predict": self._predict,
+            "/explain": self._explain,
+        }
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """While open, the alias poller runs (loads the first version, then swaps in new ones)."""
+        task = asyncio.create_task(self.slot.poll(self.params.poll_interval_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def inline(self, path: str, body: bytes) -> bool:
+        """Whether a lean request runs on the event loop: small /predict bodies (~0.1 ms of model time).
+        /explain (one ORT row per token) and bigger bodies go to a thread so they do not stall the others."""
+        return path == "/predict" and len(body) <= INLINE_BYTES
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        """A lean endpoint's answer to a whole request: status and JSON body; never raises."""
+        started = time.perf_counter()
+        status, data = self._answer(method, path, body)
+        out = orjson.dumps(data)
+        self.metrics.observe(path, status, time.perf_counter() - started)
+        return status, out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._lean.get(scope["path"]) if scope["type"] == "http" else None
+        handler = self.lean.get(scope["path"]) if scope["type"] == "http" else None
         if handler is None:
             await self.control(scope, receive, send)
             return
-        started = time.perf_counter()
-        status, data = await self._answer(scope, receive, handler)
-        await send_json(send, status, data)
-        self.metrics.observe(scope["path"], status, time.perf_counter() - started)
+        try:
+            body = await read_body(scope, receive, self.params.max_body_bytes)
+        except BadRequest as exc:
+            await send_json(send, exc.status, orjson.dumps({"error": str(exc)}))
+            return
+        except ConnectionAbortedError:
+            return  # nobody to answer
+        method, path = scope["method"], scope["path"]
+        if self.inline(path, body):
+            status, out = self.answer(method, path, body)
+        else:
+            status, out = await asyncio.to_thread(self.answer, method, path, body)
+        await send_json(send, status, out)
 
-    async def _answer(
-        self, scope: Scope, receive: Receive, handler: Callable[[Any, ServedModel], Awaitable[Any]]
-    ) -> tuple[int, Any]:
+    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         model = self.slot.current  # read once: a swap mid-request does not change the answering version
         try:
-            if scope["method"] != "POST":
-                raise BadRequest(405, f"{scope['path']} takes POST with a JSON body (got {scope['method']})")
+            if method != "POST":
+                raise BadRequest(405, f"{path} takes POST with a JSON body (got {method})")
             if model is None:
                 return 503, {
                     "error": f"no model loaded yet ({self.slot.last_error or 'loading'}); see /ready"
                 }
-            payload = parse_json(await read_body(scope, receive, self.params.max_body_bytes))
-            return 200, await handler(payload, model)
+            return 200, self.lean[path](parse_json(body), model)
         except BadRequest as exc:
             return exc.status, {"error": str(exc)}
-        except ConnectionAbortedError:
-            return 499, {"error": "client closed the connection"}
         except Exception as exc:  # noqa: BLE001 (answer 500 and keep serving; the traceback goes to the log)
-            logger.exception("%s failed", scope["path"])
+            logger.exception("%s failed", path)
             return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
 
-    async def _predict(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+    def _predict(self, payload: Any, model: ServedModel) -> dict[str, Any]:
         texts = predict_texts(payload, self.params)
-        if sum(map(len, texts)) <= INLINE_CHARS:
-            predictions = model.predict(texts)
-        else:
-            predictions = await asyncio.to_thread(model.predict, texts)
+        predictions = model.predict(texts)
         self.metrics.texts.inc(len(texts))
         return {
             "model": {"name": model.name, "version": model.version, "variant": model.variant},
             "predictions": predictions,
         }
 
-    async def _explain(self, payload: Any, model: ServedModel) -> dict[str, Any]:
-        text = explain_text(payload, self.params)
-        explanation = await asyncio.to_thread(model.explain, text)
+    def _explain(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+        explanation = model.explain(explain_text(payload, self.params))
         return {
             "model": {"name": model.name, "version": model.version, "variant": model.variant},
             **explanation,
@@ -245,17 +281,13 @@ class Service:
 
 
 def control_app(service: Service) -> FastAPI:
-    """Health, readiness, model card and metrics; its lifespan runs the alias poller."""
+    """Health, readiness, model card and metrics; its lifespan runs the alias poller (:meth:`Service.running`)."""
 
     @contextlib.asynccontextmanager
+    # under an ASGI server; serving/http.py opens Service.running() itself
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(service.slot.poll(service.params.poll_interval_s))
-        try:
+        async with service.running():
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     app = FastAPI(
         title="quantflow",

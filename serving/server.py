@@ -1,29 +1,44 @@
-"""Build the service from params and run it with uvicorn: one worker, asyncio loop, httptools parser.
+"""Build the service from params and run it on the service's own HTTP server (serving/http.py).
 
 Measured here (BENCHMARKS.md, Serving): httptools doubles throughput over h11; uvloop adds nothing on top and,
 once saturated at concurrency 64, starves some connections (p99 0.4-1.4 s against 0.04-0.1 s on asyncio), so
-the loop stays asyncio. One worker on purpose: ``uvicorn --workers 2`` lost TCP_NODELAY here (every request
-stalled ~44 ms, DESIGN.md); scale out with replicas behind a load balancer, each polling the alias.
+the loop stays asyncio. ``serve.workers`` > 1 forks that many server processes, each with its own
+``SO_REUSEPORT`` socket on the port (the kernel spreads connections over them) and its own model and alias
+poller; each sets TCP_NODELAY on its connections (``uvicorn --workers 2`` lost it here, DESIGN.md).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import asyncio
+import contextlib
 import logging
+import os
+import signal
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quantflow.core.layout import tracking_uri
 from quantflow.core.params import Params
-from serving.app import Service
 from serving.model import ServedModel
 from serving.registry import Registry
 from serving.reload import ModelSlot
+
+if TYPE_CHECKING:  # the app pulls FastAPI and prometheus: `quantflow predict` loads a model without them
+    from serving.app import Service
 
 logger = logging.getLogger(__name__)
 
 
 def build_service(params: Params, root: Path, model_dir: Path | None = None) -> Service:
     """The ASGI app for ``params.serve``: a local model folder, or ``<model_name>@<alias>`` in the registry."""
+    from serving.app import Service
+
+    return Service(params.serve, build_slot(params, root, model_dir))
+
+
+def build_slot(params: Params, root: Path, model_dir: Path | None = None) -> ModelSlot:
+    """Where the served model comes from (nothing loaded yet): a local variant folder or the registry alias."""
     serve = params.serve
     name = serve.model_name or params.model_name
     if model_dir is not None:
@@ -36,32 +51,72 @@ def build_service(params: Params, root: Path, model_dir: Path | None = None) -> 
         cache = serve.cache_dir if serve.cache_dir.is_absolute() else root / serve.cache_dir
         registry = Registry(tracking_uri(root), cache)  # MLFLOW_TRACKING_URI, else <root>/mlflow.db
         slot = ModelSlot(registry, name, serve.alias, serve.threads)
-    return Service(serve, slot)
-
-
-def fastest(option: str, module: str, fallback: str) -> str:
-    return option if importlib.util.find_spec(module) else fallback
+    return slot
 
 
 def run(service: Service, host: str, port: int) -> None:
-    """Serve until SIGINT/SIGTERM. Access logs are off: at thousands of requests/s they cost more than the model."""
-    import uvicorn
+    """Serve until SIGINT/SIGTERM on ``serve.workers`` processes. No access log: at thousands of requests/s it
+    costs more than the model; /metrics counts the requests."""
+    from serving.http import listen, serve_socket
 
-    uvicorn.run(
-        service,
-        host=host,
-        port=port,
-        workers=1,
-        loop="asyncio",
-        http=fastest("httptools", "httptools", "h11"),
-        access_log=False,
-        log_level="info",
-    )
+    workers = service.params.workers
+    if workers == 1:
+        asyncio.run(serve_socket(service, listen(host, port)))
+        return
+    first = listen(host, port, reuse_port=True)
+    port = first.getsockname()[1]  # --port 0: the others join the port the first one got
+    sockets = [first] + [listen(host, port, reuse_port=True) for _ in range(workers - 1)]
+    supervise(service, sockets)
+
+
+def supervise(service: Service, sockets: list[socket.socket]) -> None:
+    """Fork one worker per socket and wait for them. SIGTERM/SIGINT are passed on; a worker that dies on its
+    own takes the others down and the command exits 1, so the supervisor above (systemd, Kubernetes) restarts
+    the whole service rather than running it short of a worker."""
+    from serving.http import serve_socket
+
+    children: list[int] = []
+    for sock in sockets:
+        pid = os.fork()
+        if pid == 0:  # the worker: no threads exist yet (the model loads in the poller, after the fork)
+            for other in sockets:
+                if other is not sock:
+                    other.close()
+            code = 0
+            try:
+                asyncio.run(serve_socket(service, sock))
+            except BaseException:  # noqa: BLE001 (logged; the exit code tells the supervisor)
+                logger.exception("worker %d failed", os.getpid())
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    for sock in sockets:
+        sock.close()
+    stopping, failed = False, False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while children:
+        pid, status = os.wait()
+        children.remove(pid)
+        if not stopping:
+            logger.error("worker %d exited (status %d): stopping the others", pid, status)
+            failed = True
+            forward(signal.SIGTERM, None)
+    if failed:
+        raise SystemExit(1)
 
 
 def load_model(params: Params, root: Path, model_dir: Path | None = None) -> ServedModel:
     """The model the service would serve now (for ``quantflow predict``): same resolution, same cache."""
-    slot = build_service(params, root, model_dir).slot
+    slot = build_slot(params, root, model_dir)
     slot.load_latest()
     assert slot.current is not None
     return slot.current

@@ -248,6 +248,11 @@ class ServeParams(_Section):
     max_chars: int = Field(ge=1)
     long_texts: Literal["reject", "truncate"]
     max_body_bytes: int = Field(ge=1024)
+    read_timeout_s: float = Field(gt=0)  # a request's headers + body, from its first byte
+    keep_alive_s: float = Field(gt=0)  # an idle connection between two requests
+    max_connections: int = Field(ge=1)  # open connections per worker; more get 503
+    max_in_flight: int = Field(ge=1)  # requests read but not answered, per worker; more get 503
+    workers: int = Field(ge=1)  # server processes on one port (SO_REUSEPORT)
 
 
 class ScheduleParams(_Section):
