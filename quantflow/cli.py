@@ -255,29 +255,52 @@ def serve(
 
 @app.command()
 def predict(
-    input_: Annotated[Path, typer.Option("--input", help="CSV, Parquet or JSONL with a text column")],
+    input_: Annotated[
+        Path,
+        typer.Option("--input", help="CSV, Parquet or JSONL with a text column; a Parquet folder on Dask"),
+    ],
     output: Annotated[
-        Path, typer.Option("--output", help="where to write the predictions (.csv/.parquet/.jsonl)")
+        Path,
+        typer.Option(
+            "--output", help="where to write the predictions (.csv/.parquet/.jsonl; a folder on Dask)"
+        ),
     ],
     text_column: Annotated[str, typer.Option(help="the column holding the texts")] = "text",
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
     model_dir: ModelDirOpt = None,
     root: Annotated[Path, typer.Option(help="project folder (holds mlflow.db)")] = Path("."),
+    batch_size: Annotated[int, typer.Option(min=1, help="texts per ONNX Runtime call")] = 64,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="score a Parquet dataset on a LocalCluster of N processes")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="score a Parquet dataset on this Dask scheduler: tcp://host:8786")
+    ] = None,
 ) -> None:
     """Batch prediction with the served model (same resolution and inference code as `quantflow serve`)."""
     _setup()
     from quantflow.core.params import load_params
-    from serving.batch import predict_file
     from serving.server import load_model
 
     try:
-        model = load_model(load_params(params, parse_overrides(set_)), root, model_dir)
-        out = predict_file(model, input_, output, text_column)
+        loaded = load_params(params, parse_overrides(set_))
+        model = load_model(loaded, root, model_dir)
+        if workers or dask_address:
+            from serving.cluster import predict_on_cluster
+
+            run = predict_on_cluster(
+                model, input_, output, text_column, workers, dask_address, loaded.serve.threads
+            )
+            rows = f"{run.rows} predictions on {run.workers} Dask workers ({run.partitions} partitions)"
+        else:
+            from serving.scoring import predict_path
+
+            rows = f"{predict_path(model, input_, output, text_column, batch_size)} predictions"
     except (QuantflowError, ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    print(f"{len(out)} predictions by {model.name} v{model.version} ({model.variant}) -> {output}")
+    print(f"{rows} by {model.name} v{model.version} ({model.variant}) -> {output}")
 
 
 VersionOpt = Annotated[str, typer.Option("--version", help="model version number in the registry")]
