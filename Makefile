@@ -56,9 +56,9 @@ bench-compress: install ## measure every compression variant on the full test sp
 	test -f artifacts/model/model.pt || $(BIN)/dvc repro train
 	$(BIN)/python bench/compress.py --rounds 3
 
-bench-serve: install ## quantflow serve vs mlflow models serve on the @staging model (needs wrk and a registered model)
+bench-serve: install ## quantflow serve vs mlflow models serve (registered + type-hinted pyfunc) and the serving goals; writes BENCHMARKS.md (needs wrk and `make run`)
 	@command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk"; exit 1; }
-	$(BIN)/python bench/serve.py --seconds 5
+	$(BIN)/python bench/serve.py --seconds 5 --rounds 2
 
 simulate-nights: install ## three nights of held-back built-in data, night 2 bad, in the sandbox simulation/
 	$(BIN)/quantflow simulate-nights --nights 3
