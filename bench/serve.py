@@ -194,7 +194,8 @@ def log_typed_pyfunc(folder: Path, work: Path) -> tuple[str, str]:
 
     uri = f"sqlite:///{work / 'typed.db'}"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("bench-serve")
+    artifacts = (work / "typed-artifacts").as_uri()  # not the store's default ./mlruns in the project
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("bench-serve", artifact_location=artifacts))
     try:
         with mlflow.start_run():
             info = mlflow.pyfunc.log_model(
