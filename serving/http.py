@@ -217,21 +217,24 @@ class Connection(asyncio.Protocol):
 
     # parser callbacks
     def on_message_begin(self) -> None:
+        if self.closing:  # refused or timed out: what follows in the same read is dropped
+            return
         self.request = Request()
         if not self.reading:  # a new connection's first request keeps the deadline armed at the opening
             self.arm(self.limits.read_timeout_s, reading=True)
 
     def on_url(self, url: bytes) -> None:
-        assert self.request is not None
-        self.request.url += url
+        if self.request is not None:
+            self.request.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.request is not None
-        self.request.headers.append((name.lower(), value))
+        if self.request is not None:
+            self.request.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         request = self.request
-        assert request is not None
+        if request is None or self.closing:
+            return
         request.method = self.parser.get_method().decode("ascii")
         url = httptools.parse_url(request.url)
         path = url.path.decode("ascii")
