@@ -24,7 +24,7 @@ def test_service_imports_no_torch_prefect_or_training_code(variant: Path) -> Non
     """Import the app and load a char-tokenizer model, as ``quantflow serve --model-dir`` does."""
     probe = (
         "import sys; from pathlib import Path; from serving.server import build_service; "
-        "from quantflow.core.params import load_params; "
+        "import serving.http; from quantflow.core.params import load_params; "
         f"s = build_service(load_params(Path({str(PARAMS_FILE)!r})), Path('.'), Path({str(variant)!r})); "
         "s.slot.load_latest(); "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"

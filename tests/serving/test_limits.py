@@ -126,19 +126,27 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
     return data, None if closed is None else closed - started
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict]:
-    """One whole response on a kept-alive connection: status and JSON body."""
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict]]:
+    """``count`` whole responses on a kept-alive connection, in order: status and JSON body of each."""
+    sock.setblocking(True)
     sock.settimeout(10)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = int(
-        next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(head.split()[1]), orjson.loads(body)
+    data, out = b"", []
+    while len(out) < count:
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        length = next(
+            int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")
+        )
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        out.append((int(head.split()[1]), orjson.loads(rest[:length])))
+        data = rest[length:]
+    return out
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict]:
+    return read_responses(sock, 1)[0]
 
 
 def status_of(data: bytes) -> int:
@@ -228,3 +236,18 @@ def test_in_flight_cap_answers_503_naming_the_limit(capped: Running) -> None:
     after = connect(capped, request())
     assert read_response(after)[0] == 200
     after.close()
+
+
+def test_pipelined_requests_are_answered_in_order(slow: Running) -> None:
+    """Three requests in one write (a POST answered inline, a GET answered by the control app, a POST with a
+    bad body): three answers, in the order asked, on the one connection."""
+    get = b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n"
+    sock = connect(slow, request() + get + request(b'{"texts": []}'))
+    answers = read_responses(sock, 3)
+    sock.close()
+    assert [status for status, _ in answers] == [200, 200, 422]
+    assert (
+        "predictions" in answers[0][1]
+        and answers[1][1]["ready"] is True
+        and "empty" in answers[2][1]["error"]
+    )
