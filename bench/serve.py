@@ -339,10 +339,10 @@ def goal_rows(
     servers: list[Server], folder: Path, args: argparse.Namespace, script: Path, work: Path
 ) -> list[str]:
     """One row per goal of the issue: what was measured, the target, met or not (on this run's machine)."""
-    from quantflow.core.params import ServeParams
+    from quantflow.core.params import load_params
 
     by = {s.label: s for s in servers}
-    qf, read_timeout = by[QF], ServeParams().read_timeout_s
+    qf, read_timeout = by[QF], load_params(ROOT / "params.yaml").serve.read_timeout_s
     rows = ["| goal | target | measured | met |", "|---|---|---|---|"]
     slow = goals.slow_clients({QF: qf.port, ML_TYPED: by[ML_TYPED].port}, read_timeout)
     q, m = slow[QF], slow[ML_TYPED]

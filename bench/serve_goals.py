@@ -263,14 +263,14 @@ def breakdown(folder: Path) -> dict[str, float]:
     import orjson
 
     from quantflow.core.onnx_model import softmax
-    from quantflow.core.params import ServeParams
+    from quantflow.core.params import load_params
     from serving.app import Service, parse_json, predict_texts
     from serving.http import Limits, Server
     from serving.reload import ModelSlot
 
     slot = ModelSlot(None, folder.name, "staging", 1, folder=folder)
     slot.load_latest()
-    service = Service(ServeParams(), slot)
+    service = Service(load_params(ROOT / "params.yaml").serve, slot)
     model = slot.current
     classifier = model.classifier
     ids = classifier.tokenizer.encode([TEXT])

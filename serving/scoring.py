@@ -1,6 +1,6 @@
 """Batch scoring for ``quantflow predict``: a table in, the same table plus predictions out, fast to start.
 
-Measured here (BENCHMARKS.md, Serving): the pandas path (``serving.batch.predict_file``) spent 3.3-3.6 s before
+Measured here (BENCHMARKS.md, Serving): the pandas path (the former ``serving.batch.predict_file``) spent 3.3-3.6 s before
 its first text, mostly importing pandas, FastAPI and prometheus, and built a dict per row. This path imports
 neither: Parquet is read and written with pyarrow, the model is loaded without the web app
 (``serving.server.load_model``), and texts are scored in batches sorted by length, so that a batch pads to
@@ -99,9 +99,9 @@ def read_input(src: Path) -> pa.Table:
         return pq.read_table(src) if src.is_dir() else pq.ParquetFile(src).read()
     import pyarrow as pa
 
-    from serving.batch import read_table
+    from quantflow.core.tables import read_table
 
-    return pa.Table.from_pandas(read_table(src), preserve_index=False)
+    return pa.Table.from_pandas(read_table(src, setting="--input"), preserve_index=False)
 
 
 def write_output(table: pa.Table, dst: Path) -> None:
@@ -111,7 +111,7 @@ def write_output(table: pa.Table, dst: Path) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, dst)
         return
-    from serving.batch import write_table
+    from quantflow.core.tables import write_table
 
     write_table(table.to_pandas(), dst)
 

@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from quantflow.cli import app as cli
-from quantflow.core.bundle import MANIFEST, set_calibration
+from quantflow.core.bundle import ARTIFACT_KEY, MANIFEST, set_calibration
 from quantflow.core.calibration import CalibrationParams
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier, calibrate_folder
-from quantflow.registry.pyfunc import ARTIFACT_KEY, QuantflowModel, proba_column
+from quantflow.registry.model_code import PYFUNC_FILE
 from serving.model import ServedModel
 from tests.serving.test_light import local_service, post
 
@@ -111,12 +111,13 @@ def test_batch_predict_and_the_pyfunc_apply_it_too(variant: Path, calibrated: Pa
     saved = tmp_path / "pyfunc"
     mlflow.pyfunc.save_model(
         str(saved),
-        python_model=QuantflowModel(),
+        python_model=str(PYFUNC_FILE),
         artifacts={ARTIFACT_KEY: str(calibrated)},
         pip_requirements=[],
     )
-    frame = mlflow.pyfunc.load_model(str(saved)).predict(pd.DataFrame({"text": TEXTS}))
-    np.testing.assert_allclose(frame[[proba_column(lb) for lb in labels]].to_numpy(), expected, atol=1e-6)
+    answers = mlflow.pyfunc.load_model(str(saved)).predict(TEXTS)
+    got = np.array([[a.probabilities[lb] for lb in labels] for a in answers])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_calibrate_folder_fits_on_held_out_texts_and_stores_the_entry(

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 
+from tests.params_helpers import write_params
 from tests.serving.conftest import Running, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ BODY = orjson.dumps({"texts": ["国家经济发展"]})
 
 
 def start(root: Path, variant: Path, serve: dict) -> Running:
-    (root / "params.yaml").write_text(yaml.safe_dump({"serve": serve}))
+    write_params(root / "params.yaml", {f"serve.{key}": value for key, value in serve.items()})
     port = free_port()
     log = root / "serve.log"
     with log.open("wb") as out:
