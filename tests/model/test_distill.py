@@ -21,10 +21,10 @@ from quantflow.core.distill import (
     logits_of,
     student_config,
 )
+from quantflow.core.export import export_onnx
 from quantflow.core.models import build_model
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
 from quantflow.core.pruning import count_params
-from tasks.compress import export_onnx
 from tests.model.tiny import family_config, train_briefly
 
 VOCAB = 60

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from quantflow.core.export import export_onnx
 from quantflow.core.models import ModelConfig, RemappedEmbedding, build_model, ngram_buckets
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
 from quantflow.core.pruning import count_params
@@ -22,7 +23,6 @@ from quantflow.core.quantize import BucketedReader, quantize_static_qdq
 from quantflow.core.slim import SlimSpec, slim_and_fine_tune, structured_prune
 from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, build_vocab
 from quantflow.core.training import train_epoch
-from tasks.compress import export_onnx
 from tests.model.tiny import family_config, train_briefly
 
 ARCHS = ["textcnn", "ngram_textcnn", "char_word_textcnn", "fasttext", "transformer"]
