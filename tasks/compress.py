@@ -33,6 +33,7 @@ from quantflow.core.models import ModelConfig
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier
 from quantflow.core.params import VARIANTS, CompressParams
 from quantflow.core.pruning import count_params
+from quantflow.core.stats import accuracy_drop_pp
 from quantflow.core.training import predict_logits
 from quantflow.core.variants import BUILDERS, FP32, SLIM, Built, Job, make_job, write_variant_folder
 
@@ -117,7 +118,7 @@ def evaluate_variants(
             **metrics,
             "size_bytes": path.stat().st_size,
             "accuracy_drop": round(ref["accuracy"] - metrics["accuracy"], 6),
-            "accuracy_drop_pp": round(100 * (ref["accuracy"] - metrics["accuracy"]), 4),
+            "accuracy_drop_pp": accuracy_drop_pp(ref["accuracy"], metrics["accuracy"]),
             "macro_f1_drop_pp": round(100 * (ref["macro_f1"] - metrics["macro_f1"]), 4),
             "gzip_bytes": gzip_size(path),
             "params": count_params(b.model),
@@ -178,7 +179,8 @@ def measure_all(built: dict[str, Built], job: Job, texts: Sequence[str]) -> dict
 
 
 def choose(variants: dict[str, dict], policy: str, max_drop_pp: float) -> dict:
-    """The fastest (or smallest) variant whose accuracy trails ONNX fp32 by at most ``max_drop_pp`` points.
+    """The fastest (or smallest) variant whose accuracy trails ONNX fp32 by at most ``max_drop_pp`` points (the
+    rule the register gate checks again: quantflow.core.stats.accuracy_drop_pp).
 
     fp32 itself always qualifies (drop 0), so there is always a choice.
     """

@@ -81,6 +81,7 @@ def load_inputs(params: Params, root: Path) -> Inputs:
     variant = str(_lookup(compression, ("chosen",), layout.compression_report))
     for key in ("accuracy", "macro_f1"):
         _lookup(compression, ("variants", variant, key), layout.compression_report)
+    _lookup(compression, ("variants", "fp32", "accuracy"), layout.compression_report)  # the drop's reference
     variant_dir = layout.variant_dir(variant)
     _check_variant_dir(variant_dir)
     texts, labels = read_split(

@@ -216,7 +216,6 @@ class ScaleParams(_Section):
 class RegisterParams(_Section):
     experiment: str
     model_name: str | None
-    max_drop: float = Field(ge=0, le=1)
     min_f1: float = Field(ge=0, le=1)
     champion_tolerance: float = Field(ge=0, le=1)
     # the paired test against the champion (quantflow/core/stats.py): "better" or "not_worse"

@@ -124,3 +124,10 @@ def judge(comparison: PairedComparison, rule: str, alpha: float, margin: float) 
     else:
         raise ValueError(f"register.champion_rule must be 'better' or 'not_worse' (got: {rule!r})")
     return passed, f"{stats}; {need}"
+
+
+def accuracy_drop_pp(reference: float, candidate: float) -> float:
+    """The project's one accuracy-drop rule: how far ``candidate`` trails ``reference`` (the exported fp32 model's
+    accuracy on the same test split), in percentage points; negative when it leads. ``compress.max_drop_pp`` bounds
+    it twice: the compress step's choice among variants, and the gate's check of the chosen one."""
+    return round(100.0 * (reference - candidate), 4)

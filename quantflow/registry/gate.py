@@ -1,6 +1,8 @@
 """The promotion gate: absolute checks on the candidate, a paired test against the champion, the verdict.
 
-The candidate passes when its accuracy trails the fp32 PyTorch model by at most ``register.max_drop``, its
+The candidate passes when its accuracy trails the exported fp32 model (ONNX, parity-checked against the trained
+one) by at most ``compress.max_drop_pp`` points, the very rule compress chose it by
+(quantflow.core.stats.accuracy_drop_pp), its
 macro-F1 reaches ``register.min_f1``, its latency and size stay under the optional ceilings, and (once a version
 holds ``staging``) a paired test on today's test split against that champion (quantflow/core/stats.py)
 satisfies ``register.champion_rule``.
@@ -27,7 +29,7 @@ from quantflow.core.bundle import ARTIFACT_KEY, MLMODEL, logged_variant_path
 from quantflow.core.errors import QuantflowError
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import RegisterParams
-from quantflow.core.stats import compare_paired, judge
+from quantflow.core.stats import accuracy_drop_pp, compare_paired, judge
 from quantflow.registry.candidate import Inputs, latency_ms
 from quantflow.registry.promotion import CHALLENGER, STAGING
 
@@ -55,19 +57,20 @@ def _ceiling_check(name: str, ceiling: float, value: float | None, unit: str, va
     return Check(name, value, ceiling, value <= ceiling, f"{variant}: {value:g} {unit}")
 
 
-def absolute_checks(inputs: Inputs, rp: RegisterParams) -> list[Check]:
-    """Accuracy drop versus the fp32 PyTorch model (metrics.json), the variant's macro-F1, optional ceilings."""
-    fp32 = float(inputs.metrics["fp32"]["accuracy"])
+def absolute_checks(inputs: Inputs, rp: RegisterParams, max_drop_pp: float) -> list[Check]:
+    """Accuracy drop versus the exported fp32 model (compression.json, the reference compress chose by) in points,
+    the variant's macro-F1, optional ceilings."""
+    fp32 = float(inputs.compression["variants"]["fp32"]["accuracy"])
     scores = inputs.scores
-    drop = round(fp32 - float(scores["accuracy"]), 6)
+    drop = accuracy_drop_pp(fp32, float(scores["accuracy"]))
     f1 = float(scores["macro_f1"])
     checks = [
         Check(
-            "max_drop",
+            "max_drop_pp",
             drop,
-            rp.max_drop,
-            drop <= rp.max_drop,
-            f"{inputs.variant} accuracy {float(scores['accuracy']):.4f} vs fp32 PyTorch {fp32:.4f}",
+            max_drop_pp,
+            drop <= max_drop_pp + 1e-9,
+            f"{inputs.variant} accuracy {float(scores['accuracy']):.4f} vs fp32 {fp32:.4f}: {drop:g} points",
         ),
         Check("min_f1", f1, rp.min_f1, f1 >= rp.min_f1, f"{inputs.variant} macro-F1 on the test split"),
     ]
@@ -165,9 +168,11 @@ def verdict(checks: list[Check]) -> str:
     return f"held at @{CHALLENGER}: " + ", ".join(c.name for c in checks if not c.passed) + " failed"
 
 
-def run_gate(client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams) -> dict[str, Any]:
+def run_gate(
+    client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams, max_drop_pp: float
+) -> dict[str, Any]:
     """Every check, then the verdict. Runs before anything is logged, against the current champion."""
-    checks = absolute_checks(inputs, rp)
+    checks = absolute_checks(inputs, rp, max_drop_pp)
     candidate = OnnxClassifier(inputs.variant_dir, threads=1)
     predicted = candidate.predict(inputs.texts)
     candidate_acc = accuracy(predicted, inputs.labels)

@@ -73,7 +73,9 @@ def register_candidate(
     with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries(), active_owner() as owner:
         call("repair half-registered versions", lambda: repair(client, name, rp.lock_timeout_s))
         experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
-        gate = call("champion evaluation", lambda: run_gate(client, name, inputs, rp))
+        gate = call(
+            "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
+        )
         all_tags = {**base_tags, **gate_tags(gate)}
         run_id, info = call(
             "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)

@@ -52,7 +52,7 @@ TINY = {
         "threads": 1,
     },
     "evaluate": {"baseline_max_features": 5000},
-    "register": {"min_f1": 0.5, "max_drop": 0.05},
+    "register": {"min_f1": 0.5},
 }
 
 

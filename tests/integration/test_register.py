@@ -198,7 +198,11 @@ def make_project(tmp_path_factory: pytest.TempPathFactory, variant_template: Pat
 @pytest.fixture(scope="module")
 def params() -> Params:
     return params_with(
-        {"register.model_name": "quantflow-test-register", "register.experiment": "quantflow-test-register"}
+        {
+            "register.model_name": "quantflow-test-register",
+            "register.experiment": "quantflow-test-register",
+            "compress.max_drop_pp": 1.0,  # the fake int8 trails fp32 by 0.5 points
+        }
     )
 
 
@@ -231,8 +235,8 @@ def test_first_version_gets_both_aliases_and_gate_tags(
     assert client.get_registered_model(first.model_name).aliases == {CHALLENGER: "1", STAGING: "1"}
     version = client.get_model_version(first.model_name, "1")
     assert version.tags["gate.passed"] == "true"
-    assert version.tags["gate.max_drop.value"] == "0.005"
-    assert version.tags["gate.max_drop.threshold"] == "0.01"
+    assert version.tags["gate.max_drop_pp.value"] == "0.5"
+    assert version.tags["gate.max_drop_pp.threshold"] == "1"
     assert version.tags["gate.min_f1.passed"] == "true"
     assert version.tags["gate.champion.passed"] == "true"
     assert version.tags["git_commit"] == "0123abc"
@@ -373,10 +377,10 @@ def test_worse_candidate_stays_challenger(
     aliases = client.get_registered_model(first.model_name).aliases
     assert aliases == {CHALLENGER: result.version, STAGING: first.version}
     tags = client.get_model_version(first.model_name, result.version).tags
-    assert (tags["gate.passed"], tags["gate.max_drop.passed"]) == ("false", "false")
-    assert tags["gate.max_drop.value"] == "0.09"
+    assert (tags["gate.passed"], tags["gate.max_drop_pp.passed"]) == ("false", "false")
+    assert tags["gate.max_drop_pp.value"] == "9"
     assert tags["gate.champion.passed"] == "true"  # re-evaluated on the same split: same model, same score
-    assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_drop failed"
+    assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_drop_pp failed"
 
 
 def test_changed_label_set_fails_the_champion_check(
