@@ -23,6 +23,7 @@ from great_expectations.datasource.fluent import PandasDatasource
 from prefect import task
 
 from quantflow.core.errors import DataError, ValidationFailed
+from quantflow.core.layout import shown_path
 from quantflow.core.params import ParamsError, ValidateParams
 from quantflow.core.suites import gx_context, load_suite
 from quantflow.core.validation import Target, entry, failure_line, failure_message, in_suite_order
@@ -176,7 +177,7 @@ def _report(
     """The report's JSON content; deterministic for the same data, params and suites (no timestamps)."""
     return {
         "success": not skipped and all(entry["success"] for entry in entries),
-        "raw_path": str(raw_path),
+        "raw_path": shown_path(raw_path),  # relative to the project: the report reads the same in every clone
         "dataset": dataset,
         "suites": [settings.suite, settings.class_suite],
         "suite_parameters": supplied,
