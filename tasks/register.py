@@ -24,6 +24,7 @@ from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import MODEL_FILE
 from quantflow.core.params import Params
 from quantflow.registry.candidate import Inputs
+from quantflow.registry.promotion import RegistryUnavailable
 from quantflow.registry.registration import RegisterResult, register_candidate
 
 logger = logging.getLogger(__name__)
@@ -106,16 +107,24 @@ def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> 
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry transient failures (a server blip), not a missing report: that needs an earlier step first."""
-    return not isinstance(state.result(raise_on_failure=False), QuantflowError)
+    """Retry a registry outage (RegistryUnavailable) and unexpected failures; not a user error such as a
+    missing report: that needs an earlier step first, and a retry would fail the same way."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, RegistryUnavailable) or not isinstance(error, QuantflowError)
 
 
 @task(
     name="register",
-    retries=2,
+    retries=2,  # the flow sets them from register.task_retry_delays_s (register_task_for)
     retry_delay_seconds=[5, 30],  # on top of register.retries' per-call backoff inside register()
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_unless_user_error,
 )
 def register_task(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
     return register(params, root, tags)
+
+
+def register_task_for(params: Params) -> Any:
+    """The register task with ``register.task_retry_delays_s``: one retry per entry, after that many seconds."""
+    delays = list(params.register.task_retry_delays_s)
+    return register_task.with_options(retries=len(delays), retry_delay_seconds=delays or 0)

@@ -228,6 +228,8 @@ class RegisterParams(_Section):
     # faults: registry calls retried with exponential backoff; a promotion lock older than this is stale
     retries: int = Field(ge=0)
     retry_backoff_s: float = Field(ge=0)
+    # the register task's own retries (Prefect), one per entry: the pause before it, in seconds
+    task_retry_delays_s: list[float]
     lock_timeout_s: float = Field(gt=0)
     # `quantflow reproduce`: largest absolute difference allowed between a recorded and a rebuilt metric
     reproduce_tolerance: float = Field(ge=0)

@@ -9,8 +9,13 @@ caller evaluated against; if another run moved it meanwhile, the move is refused
 overwrites a newer promotion).
 
 Every move of ``staging`` is appended to the registered model's ``staging.history`` tag (JSON), which
-``rollback`` replays. Versions carry ``quantflow.state``: ``pending`` while register works on them,
-``complete`` at the end, ``abandoned`` when a later run finds the pending version's process dead.
+``rollback`` replays. The entry is written *before* the alias moves, under the same lock: a kill between the two
+leaves a recorded move that did not happen, which the next holder of the lock finishes (the entry's ``previous``
+still holds ``staging`` and its version is complete) or drops; an alias moved without an entry (older code) is
+recorded by the repair. Versions carry ``quantflow.state``: ``pending`` while register works on them,
+``complete`` once every tag and the card are on them (only then may an alias point at them), ``abandoned`` when
+a later run finds the pending version's process dead. Version numbers are compared as ``str`` everywhere: the
+sqlite store answers ``int``, aliases and the REST store ``str``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from quantflow.core.errors import QuantflowError
+from quantflow.core.failpoints import failpoint
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +251,10 @@ def _append_history(client: mlflow.MlflowClient, name: str, entry: dict[str, Any
 def _record_move(
     client: mlflow.MlflowClient, name: str, version: str, previous: str | None, reason: str
 ) -> dict[str, Any]:
-    """Set ``staging`` then append the move to the history and to the version's own tags."""
+    """Append the move to the history, then set ``staging``, then the versions' own tags (caller holds the lock).
+
+    History first: a kill after it leaves a recorded move that :func:`_repair_history` finishes or drops, never an
+    alias whose move the history lacks (``rollback`` would then skip a version)."""
     version, previous = str(version), None if previous is None else str(previous)
     entry = {
         "version": version,
@@ -254,8 +263,9 @@ def _record_move(
         "at": now_iso(),
         "by": f"{getpass.getuser()}@{socket.gethostname()}",
     }
-    client.set_registered_model_alias(name, STAGING, version)
     _append_history(client, name, entry)
+    failpoint("staging:after-history")
+    client.set_registered_model_alias(name, STAGING, version)
     client.set_model_version_tag(name, version, "staging.entered_at", entry["at"])
     client.set_model_version_tag(name, version, "staging.entered_by", f"{reason} ({entry['by']})")
     if previous:
@@ -273,16 +283,24 @@ def move_staging(
 ) -> dict[str, Any]:
     """Compare-and-set: move ``staging`` to ``version`` only if it still points at ``expected``."""
     with promotion_lock(client, name, lock_timeout_s):
-        current = aliases(client, name).get(STAGING)
-        if current != expected:
-            raise PromotionError(
-                f"@{STAGING} of {name} moved from v{expected} to v{current} while v{version} was being "
-                f"evaluated: not promoted (stale). Compare against v{current} by rerunning, or "
-                f"`quantflow promote --version {version}` on purpose"
-            )
-        if current == version:
-            raise PromotionError(f"{name} v{version} already holds @{STAGING}: nothing to move")
-        return _record_move(client, name, version, current, reason)
+        _repair_history(client, name)  # a move a killed holder recorded but did not apply is settled first
+        return _compare_and_move(client, name, str(version), expected, reason)
+
+
+def _compare_and_move(
+    client: mlflow.MlflowClient, name: str, version: str, expected: str | None, reason: str
+) -> dict[str, Any]:
+    expected = None if expected is None else str(expected)
+    current = aliases(client, name).get(STAGING)
+    if current != expected:
+        raise PromotionError(
+            f"@{STAGING} of {name} moved from v{expected} to v{current} while v{version} was being "
+            f"evaluated: not promoted (stale). Compare against v{current} by rerunning, or "
+            f"`quantflow promote --version {version}` on purpose"
+        )
+    if current == version:
+        raise PromotionError(f"{name} v{version} already holds @{STAGING}: nothing to move")
+    return _record_move(client, name, version, current, reason)
 
 
 def move_challenger(client: mlflow.MlflowClient, name: str, version: str, lock_timeout_s: float) -> bool:
@@ -291,20 +309,24 @@ def move_challenger(client: mlflow.MlflowClient, name: str, version: str, lock_t
         current = aliases(client, name).get(CHALLENGER)
         if current is not None and int(current) > int(version):
             return False
-        client.set_registered_model_alias(name, CHALLENGER, version)
+        client.set_registered_model_alias(name, CHALLENGER, str(version))
         return True
 
 
-def rollback_target(history: list[dict[str, Any]]) -> str:
-    """Replay the history as a stack (a promotion pushes, a rollback pops) and name the version below the top."""
+def rollback_target(history: list[dict[str, Any]], current: str | None = None) -> str:
+    """Replay the history as a stack (a promotion pushes, a rollback pops) and name the version that held
+    ``staging`` before ``current`` (the top of the stack when the history is complete)."""
     stack: list[str] = []
     for entry in history:
+        version = str(entry["version"])
         if entry["reason"].startswith("rollback") and stack:
             stack.pop()
-            if not stack or stack[-1] != entry["version"]:
-                stack.append(entry["version"])
+            if not stack or stack[-1] != version:
+                stack.append(version)
         else:
-            stack.append(entry["version"])
+            stack.append(version)
+    if current is not None and stack and stack[-1] != str(current):
+        stack.append(str(current))  # a move the history lacks: the recorded top is the one before it
     if len(stack) < 2:
         raise PromotionError(
             f"no earlier @{STAGING} version in the history ({len(history)} moves recorded); "
@@ -339,11 +361,17 @@ def promote(
 
 
 def rollback(client: mlflow.MlflowClient, name: str, lock_timeout_s: float) -> dict[str, Any]:
-    """``staging`` back to the version that held it before the current one, from the recorded history."""
-    current = aliases(client, name).get(STAGING)
-    target = rollback_target(read_history(client, name))
-    usable_version(client, name, target)
-    return move_staging(client, name, target, current, f"rollback from v{current}", lock_timeout_s)
+    """``staging`` back to the version that held it before the current one, from the recorded history.
+
+    One lock for the whole decision: the history is settled first (a move a killed run left half-done), so the
+    target is the version that really held ``staging`` before (history [1, 3, 5, 8] with v9 behind the alias
+    but unrecorded → v8)."""
+    with promotion_lock(client, name, lock_timeout_s):
+        _repair_history(client, name)
+        current = aliases(client, name).get(STAGING)
+        target = rollback_target(read_history(client, name), current)
+        usable_version(client, name, target)
+        return _compare_and_move(client, name, target, current, f"rollback from v{current}")
 
 
 # --- repair after a killed run ------------------------------------------------------------------------------
@@ -351,8 +379,8 @@ def rollback(client: mlflow.MlflowClient, name: str, lock_timeout_s: float) -> d
 
 def repair(client: mlflow.MlflowClient, name: str, lock_timeout_s: float) -> list[str]:
     """Finish what killed runs left: a pending version of a dead process is marked abandoned and loses
-    ``challenger``, unless it already holds ``staging`` (its move completed: it is marked complete); a
-    ``staging`` move missing from the history is recorded. Returns the versions it touched."""
+    ``challenger``, unless it already holds ``staging`` (an alias moved by older code: it is marked complete);
+    the history is settled (:func:`_repair_history`). Returns the versions it touched."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException as exc:
@@ -363,16 +391,17 @@ def repair(client: mlflow.MlflowClient, name: str, lock_timeout_s: float) -> lis
     with promotion_lock(client, name, lock_timeout_s):
         current = aliases(client, name)
         for mv in versions:
+            number = str(mv.version)  # int from the sqlite store: compared with an alias, a str
             if mv.tags.get(STATE_TAG) != PENDING or not owner_is_gone(
                 mv.tags.get(OWNER_TAG, ""), lock_timeout_s
             ):
                 continue
-            state = COMPLETE if current.get(STAGING) == mv.version else ABANDONED
-            client.set_model_version_tag(name, mv.version, STATE_TAG, state)
-            logger.warning("repair: %s v%s left pending by a dead run: now %s", name, mv.version, state)
-            touched.append(mv.version)
+            state = COMPLETE if current.get(STAGING) == number else ABANDONED
+            client.set_model_version_tag(name, number, STATE_TAG, state)
+            logger.warning("repair: %s v%s left pending by a dead run: now %s", name, number, state)
+            touched.append(number)
         _repair_challenger(client, name, versions, current, touched)
-        _repair_history(client, name, current.get(STAGING))
+        _repair_history(client, name)
     return touched
 
 
@@ -384,7 +413,7 @@ def _repair_challenger(
     done = [
         int(v.version)
         for v in versions
-        if v.tags.get(STATE_TAG, COMPLETE) == COMPLETE and v.version not in abandoned
+        if v.tags.get(STATE_TAG, COMPLETE) == COMPLETE and str(v.version) not in abandoned
     ]
     if done:
         client.set_registered_model_alias(name, CHALLENGER, str(max(done)))
@@ -392,15 +421,47 @@ def _repair_challenger(
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def _repair_history(client: mlflow.MlflowClient, name: str, staging: str | None) -> None:
+def version_state(client: mlflow.MlflowClient, name: str, version: str) -> str | None:
+    """``quantflow.state`` of a version (None: no such version; untagged versions of older code: complete)."""
+    try:
+        return client.get_model_version(name, str(version)).tags.get(STATE_TAG, COMPLETE)
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def _repair_history(client: mlflow.MlflowClient, name: str) -> None:
+    """Make the last history entry and the alias agree (caller holds the lock).
+
+    A recorded move whose alias did not move (killed between the two): finished when ``staging`` still holds the
+    entry's ``previous`` and the version is complete, else dropped. An alias moved without an entry: recorded."""
     history = read_history(client, name)
-    recorded = history[-1]["version"] if history else None
-    if staging is not None and staging != recorded:
+    staging = aliases(client, name).get(STAGING)
+    last = history[-1] if history else None
+    if last is not None and str(last["version"]) == staging:
+        return
+    if last is not None and last.get("previous") == staging:
+        if version_state(client, name, last["version"]) == COMPLETE:
+            client.set_registered_model_alias(name, STAGING, str(last["version"]))
+            logger.warning(
+                "repair: %s @%s → v%s, a recorded move a killed run did not apply",
+                name,
+                STAGING,
+                last["version"],
+            )
+            return
+        logger.warning("repair: %s: dropping the recorded move to v%s (not complete)", name, last["version"])
+        history = history[:-1]
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history, separators=(",", ":")))
+        if (history[-1]["version"] if history else None) == staging:
+            return
+    if staging is not None:
         entry = {
             "version": staging,
-            "previous": recorded,
+            "previous": history[-1]["version"] if history else None,
             "reason": "repair: move of a killed run",
             "at": now_iso(),
+            "by": f"{getpass.getuser()}@{socket.gethostname()}",
         }
-        entry["by"] = f"{getpass.getuser()}@{socket.gethostname()}"
         _append_history(client, name, entry)

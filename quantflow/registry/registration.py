@@ -1,25 +1,43 @@
-"""One registration, in the order that keeps faults harmless: repair, gate, run, pending version, card, aliases.
+"""One registration, in the order that keeps faults harmless: repair, gate, run, pending version, card, complete,
+aliases.
 
 Every new version gets the alias ``challenger``; it also gets ``staging`` when the gate passes
 (quantflow/registry/gate.py). Aliases only: registry stages are deprecated. A version is created ``pending``
-and carries its gate tags from the start; the model card, the aliases and finally ``quantflow.state=complete``
-follow, so a run killed half-way leaves a version no alias points at, which the next run marks ``abandoned``.
+and carries its gate tags from the start; the model card, then ``quantflow.state=complete``, then the aliases
+follow, so an alias never points at a version that is not complete, and a run killed before ``complete`` leaves
+a version no alias points at, which the next run marks ``abandoned``.
+
+A nightly run tags its run and version with ``quantflow.night``: registering the same night again (the task's
+retry, or the next run finishing a night that was killed or met an outage) reuses that night's version instead of
+making a second one. A pending version of the night is completed rather than abandoned: it is only ever created
+after its run logged everything (reports, gate.json, the model), so it holds exactly the night's model; its card
+and aliases are what is missing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantflow.core.params import Params
+import mlflow
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from quantflow.core.failpoints import failpoint
+from quantflow.core.params import Params, RegisterParams
 from quantflow.registry.candidate import Inputs
 from quantflow.registry.card import model_card
 from quantflow.registry.gate import gate_tags, run_gate
 from quantflow.registry.promotion import (
     COMPLETE,
+    OWNER_TAG,
+    PENDING,
     STATE_TAG,
     Retry,
     active_owner,
@@ -35,9 +53,11 @@ from quantflow.registry.tracking import (
     restoring_sys_path,
     using_tracking_uri,
 )
-from quantflow.registry.versions import apply_aliases, create_version
+from quantflow.registry.versions import Call, apply_aliases, create_version
 
 logger = logging.getLogger(__name__)
+
+NIGHT_TAG = "quantflow.night"  # the nightly run that trained the model: one version per night
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,64 @@ class RegisterResult:
     gate: dict  # {"passed", "verdict", "checks": [{"name", "value", "threshold", "passed", "detail"}...]}
     tracking_uri: str
     outcome: str = ""  # the verdict, or why a passing candidate was still not promoted
+    reused: bool = False  # the night's version existed already (a retry, or a run finishing a killed night)
+
+
+def night_version(client: mlflow.MlflowClient, name: str, night: str, owner: str) -> ModelVersion | None:
+    """The version registered for ``night`` that is not abandoned (complete first), or None.
+
+    A pending one is adopted (its owner becomes ``owner``) so the repair that follows leaves it alone."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        return None
+    mine = [
+        v for v in versions if v.tags.get(NIGHT_TAG) == night and v.tags.get(STATE_TAG) in (PENDING, COMPLETE)
+    ]
+    if not mine:
+        return None
+    found = max(mine, key=lambda v: (v.tags.get(STATE_TAG) == COMPLETE, int(v.version)))
+    if found.tags.get(STATE_TAG) == PENDING:
+        client.set_model_version_tag(name, str(found.version), OWNER_TAG, owner)
+    logger.info(
+        "register: night %s already has %s v%s (%s): finishing it",
+        night,
+        name,
+        found.version,
+        found.tags.get(STATE_TAG),
+    )
+    return found
+
+
+def load_gate(client: mlflow.MlflowClient, run_id: str) -> dict[str, Any]:
+    """The gate decision a run logged (``gate.json``): a reused version keeps the decision it was made with."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = client.download_artifacts(run_id, "gate.json", scratch)
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def finish_version(
+    call: Call,
+    client: mlflow.MlflowClient,
+    candidate: tuple[str, str, dict[str, Any], dict[str, str]],
+    inputs: Inputs,
+    pending: bool,
+    rp: RegisterParams,
+) -> tuple[bool, str]:
+    """Card and ``complete`` (when still pending), then the aliases, then the outcome tag; (promoted, outcome).
+
+    ``candidate`` is (model name, version, gate, the version's tags)."""
+    name, version, gate, tags = candidate
+    if pending:
+        card = model_card(name, version, inputs, gate, tags)
+        call("model card", lambda: client.update_model_version(name, version, description=card))
+        call("complete", lambda: client.set_model_version_tag(name, version, STATE_TAG, COMPLETE))
+        failpoint("register:after-complete")
+    promoted, outcome = apply_aliases(call, client, name, version, gate, rp)
+    call("outcome", lambda: client.set_model_version_tag(name, version, "promotion.outcome", outcome))
+    return promoted, outcome
 
 
 def register_candidate(
@@ -56,9 +134,9 @@ def register_candidate(
 ) -> RegisterResult:
     """Log the run, register the candidate as a new version of ``params.model_name``, apply the gate.
 
-    ``tags`` (git commit, dvc.lock digest, flow-run id...) go on the run and the version, beside
-    ``params_digest``. Raises RegistryUnavailable when the tracking server stays unreachable after
-    ``register.retries``.
+    ``tags`` (git commit, dvc.lock digest, flow-run id, the night...) go on the run and the version, beside
+    ``params_digest``. With a ``quantflow.night`` tag whose version exists, that version is finished instead.
+    Raises RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
     started = time.perf_counter()
     uri, artifact_dir = resolve_tracking_uri(root)
@@ -70,23 +148,32 @@ def register_candidate(
         return retrying(fn, what, retry, uri)
 
     base_tags = {**(tags or {}), "params_digest": params.digest(), "quantflow.variant": inputs.variant}
+    night = base_tags.get(NIGHT_TAG)
     with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries(), active_owner() as owner:
+        earlier = (
+            call("the night's version", lambda: night_version(client, name, night, owner)) if night else None
+        )
         call("repair half-registered versions", lambda: repair(client, name, rp.lock_timeout_s))
-        experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
-        gate = call(
-            "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
-        )
-        all_tags = {**base_tags, **gate_tags(gate)}
-        run_id, info = call(
-            "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
-        )
-        version = call("create version", lambda: create_version(client, name, info, run_id, all_tags, owner))
-        card = model_card(name, version, inputs, gate, all_tags)
-        call("model card", lambda: client.update_model_version(name, version, description=card))
-        promoted, outcome = apply_aliases(call, client, name, version, gate, rp)
-        finish = {STATE_TAG: COMPLETE, "promotion.outcome": outcome}
-        for key, value in finish.items():
-            call("finish", lambda k=key, v=value: client.set_model_version_tag(name, version, k, v))
+        if earlier is None:
+            experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
+            gate = call(
+                "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
+            )
+            all_tags = {**base_tags, **gate_tags(gate)}
+            run_id, info = call(
+                "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
+            )
+            failpoint("register:after-run")
+            version = call(
+                "create version", lambda: create_version(client, name, info, run_id, all_tags, owner)
+            )
+            failpoint("register:after-version")
+            pending = True
+        else:
+            version, run_id, all_tags = str(earlier.version), earlier.run_id, dict(earlier.tags)
+            gate = call("the night's gate", lambda: load_gate(client, run_id))
+            pending = earlier.tags.get(STATE_TAG) == PENDING
+        promoted, outcome = finish_version(call, client, (name, version, gate, all_tags), inputs, pending, rp)
     logger.info(
         "register: %s v%s (run %s): %s, in %.1f s on %s",
         name,
@@ -96,4 +183,4 @@ def register_candidate(
         time.perf_counter() - started,
         uri,
     )
-    return RegisterResult(run_id, name, version, promoted, gate, uri, outcome)
+    return RegisterResult(run_id, name, version, promoted, gate, uri, outcome, reused=earlier is not None)

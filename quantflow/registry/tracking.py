@@ -17,12 +17,16 @@ import mlflow
 
 from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import TRACKING_ENV, artifact_root, tracking_uri
+from quantflow.registry.promotion import Retry, no_inner_http_retries, retrying
 
 logger = logging.getLogger(__name__)
 
 
 class TrackingError(QuantflowError):
-    """The tracking store is in a state the registry cannot write to (a deleted experiment...)."""
+    """The tracking store is in a state the registry cannot write to (a deleted experiment, a corrupted file...)."""
+
+
+SQLITE_PREFIX = "sqlite:///"
 
 
 def resolve_tracking_uri(root: Path) -> tuple[str, Path | None]:
@@ -86,3 +90,36 @@ def ensure_experiment(client: mlflow.MlflowClient, name: str, artifact_dir: Path
             "or set register.experiment"
         )
     return experiment.experiment_id
+
+
+def store_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (the embedded default), None for any other store."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def check_store(root: Path, retry: Retry) -> str:
+    """Fail fast when the tracking store cannot be used, before a night trains or commits anything; its URI.
+
+    A sqlite file that is not a database (or an MLflow schema it cannot read) is a TrackingError naming the
+    file; a server that does not answer is a RegistryUnavailable naming its URI, after ``retry``.
+    """
+    uri, _ = resolve_tracking_uri(root)
+
+    def probe() -> None:
+        make_client(uri).search_registered_models(max_results=1)
+
+    path = store_file(uri)
+    if path is None:
+        with no_inner_http_retries():
+            retrying(probe, "check the tracking store", retry, uri)
+        return uri
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 - sqlite/SQLAlchemy/alembic errors alike: the file is unusable
+        cause = str(exc.__cause__ or exc).splitlines()[0][:200]
+        raise TrackingError(
+            f"{path}: the MLflow store (sqlite) cannot be used: {type(exc).__name__}: {cause}. Restore the file "
+            f"from a backup, or move it away to start an empty registry (its runs and versions would be lost); "
+            "nothing was trained or committed"
+        ) from None
+    return uri

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from quantflow.core.failpoints import failpoint
 from quantflow.core.params import Params, RegisterParams
 from quantflow.registry.promotion import (
     CHALLENGER,
@@ -26,6 +27,7 @@ from quantflow.registry.promotion import (
     STATE_TAG,
     PromotionError,
     Retry,
+    aliases,
     move_challenger,
     move_staging,
     no_inner_http_retries,
@@ -67,18 +69,24 @@ def apply_aliases(
 ) -> tuple[bool, str]:
     """``challenger`` always (unless a newer run took it); ``staging`` by compare-and-set when the gate passed.
 
-    Returns (promoted, outcome in words)."""
+    Only on a complete version. Idempotent, so a run finishing a killed night's version can call it again: a
+    version that already holds ``staging`` is left there. Returns (promoted, outcome in words)."""
     if not call(f"move @{CHALLENGER}", lambda: move_challenger(client, name, version, rp.lock_timeout_s)):
         logger.warning("register: a newer version holds @%s; v%s does not take it", CHALLENGER, version)
+    failpoint("register:after-challenger")
     if not gate["passed"]:
         return False, gate["verdict"]
+    if call(f"read @{STAGING}", lambda: aliases(client, name).get(STAGING)) == str(version):
+        return True, gate["verdict"]
     try:
+        champion = gate["champion_version"]
         call(
             f"move @{STAGING}",
-            lambda: move_staging(client, name, version, gate["champion_version"], "gate", rp.lock_timeout_s),
+            lambda: move_staging(client, name, version, champion, "gate", rp.lock_timeout_s),
         )
     except PromotionError as exc:
         return False, f"gate passed but not promoted: {exc}"
+    failpoint("register:after-staging")
     return True, gate["verdict"]
 
 

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 import tests.integration.test_register as fake
 from quantflow.cli import app
+from quantflow.core.failpoints import FailpointError
 from quantflow.core.params import Params
 from quantflow.registry.promotion import (
     CHALLENGER,
@@ -37,6 +38,7 @@ from quantflow.registry.promotion import (
     move_staging,
     read_history,
 )
+from quantflow.registry.registration import NIGHT_TAG
 from tasks.register import register
 from tests.mlflow_server import free_port, mlflow_server, mlflow_server_process  # noqa: F401
 from tests.params_helpers import params_with
@@ -297,7 +299,9 @@ def test_unreachable_server_fails_clearly_and_leaves_no_aliased_half_version(
 KILLED_REGISTER = """
 import sys
 from pathlib import Path
+from quantflow.core.failpoints import FailpointError
 from quantflow.core.params import Params
+from quantflow.registry.registration import NIGHT_TAG
 from tasks.register import register
 register(Params.model_validate_json(sys.argv[2]), Path(sys.argv[1]))
 """
@@ -325,12 +329,41 @@ def test_sigkill_during_register_then_next_run_repairs(
     assert child[0].wait(timeout=180) == -signal.SIGKILL
     assert link.fired.is_set()
     killed = state(client, name)
-    assert killed["lock"] and killed["aliases"][CHALLENGER] != first.version  # the mess a kill leaves
-    assert killed["states"][killed["aliases"][CHALLENGER]] == "pending"
+    assert killed["lock"] and killed["aliases"][CHALLENGER] != first.version  # the lock a kill leaves
+    # aliases only on complete versions: the version was complete before its first alias moved
+    assert killed["states"][killed["aliases"][CHALLENGER]] == "complete"
 
-    after = register(params, make_root())
+    after = register(params, make_root())  # the dead holder's promotion lock is taken over
     assert after.promoted
     now = state(client, name)
-    assert now["states"][killed["aliases"][CHALLENGER]] == "abandoned"
+    assert now["states"][killed["aliases"][CHALLENGER]] == "complete"
     assert now["aliases"] == {STAGING: after.version, CHALLENGER: after.version}
+    assert_consistent(client, name)
+
+
+def test_a_night_registers_one_version_whatever_stops_it(
+    client: mlflow.MlflowClient,
+    make_root: Callable[..., Path],
+    params: Params,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A version tagged with a night is reused by the next registration of that night: a pending one is
+    completed (never abandoned for a second copy), a complete one keeps its number and gets its aliases."""
+    name, root = params.model_name, make_root()
+    register(params, root)
+    night = {NIGHT_TAG: "night-1"}
+    monkeypatch.setenv("QUANTFLOW_FAILPOINTS", "register:after-version=raise")
+    with pytest.raises(FailpointError):
+        register(params, root, night)
+    (pending,) = [v for v, s in state(client, name)["states"].items() if s == "pending"]
+    monkeypatch.setenv("QUANTFLOW_FAILPOINTS", "register:after-complete=raise")
+    with pytest.raises(FailpointError):
+        register(params, root, night)  # completes the pending version, dies before its aliases
+    assert state(client, name)["states"][pending] == "complete"
+    monkeypatch.delenv("QUANTFLOW_FAILPOINTS")
+    again = register(params, root, night)
+    assert again.reused and again.version == pending and again.promoted
+    assert sorted(state(client, name)["states"].values()) == ["complete", "complete"]
+    assert state(client, name)["aliases"] == {STAGING: pending, CHALLENGER: pending}
+    assert "Gate: passed" in client.get_model_version(name, pending).description
     assert_consistent(client, name)
