@@ -75,7 +75,8 @@ def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str) -> pd.DataFr
 
     key: the split's key of the text (:func:`text_key`, whatever preprocess.lowercase says); script_share: expected-script characters among letters and digits;
     markup: 1 when the text holds HTML or a URL; known: 1 when the key is already in the dataset;
-    conflict: the key carries another label in the dataset or in this batch.
+    conflict: the key carries another label in the dataset or in this batch; cleaned_empty: the text has
+    characters but its key is empty (markup or URLs only: split would drop it).
     """
     texts = frame["text"].map(lambda t: t if isinstance(t, str) else "")
     key = texts.map(text_key)
@@ -96,6 +97,7 @@ def derive(frame: pd.DataFrame, known: pd.DataFrame, language: str) -> pd.DataFr
         markup=texts.str.contains(MARKUP).astype(float),
         known=key.isin(known_labels.keys()).astype(float),
         conflict=conflict,
+        cleaned_empty=texts.str.contains(r"\S") & key.eq(""),
     )
 
 
@@ -121,6 +123,7 @@ def check_batch(
     data = derive(frame, known, params.preprocess.language)
     result = _validate(suite, data, supplied)
     verdict = _judge(result, suite, data, params, name)
+    verdict.failures[:0] = label_set_change(data, params, name)
     verdict.data_docs = write_data_docs(result, reports.data_docs)
     _write_json(reports.contract, result.to_json_dict())
     return verdict
@@ -174,6 +177,26 @@ def _judge(
         return BatchVerdict(clean, quarantined, failures)
     warnings = [f"{name}: {len(bad)} rows quarantined:\n" + "\n".join(row_lines)] if bad else []
     return BatchVerdict(clean, quarantined, failures, warnings)
+
+
+def label_set_change(data: pd.DataFrame, params: Params, name: str) -> list[str]:
+    """Labels outside the label set change the label set: the batch is blocked whatever their share.
+
+    Not a bad row to quarantine: a new class needs a new model (validate.labels, a retrain from scratch), and
+    dropping its rows silently would train tonight's model on a batch that is not what was sent."""
+    allowed = list(params.labels or ())
+    labels = data["label"].dropna()
+    unknown = labels[~labels.isin(allowed)]
+    if not allowed or unknown.empty:
+        return []
+    counts = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.value_counts().items())
+    rows = "; ".join(
+        f"row {i}: label={_clip(v)}" for i, v in unknown.head(params.validate_.example_rows).items()
+    )
+    return [
+        f"{name}: labels outside the label set {allowed}: {counts}, e.g. {rows}. A change of the label set "
+        "blocks the batch whatever its share: fix the labels, or add the class to validate.labels and retrain"
+    ]
 
 
 def _raised(info: dict[str, Any] | None) -> bool:

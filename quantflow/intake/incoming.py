@@ -48,7 +48,7 @@ class BatchOutcome:
     report_dir: Path | None = None  # reports/nightly/<batch>/: Data Docs, drift table and plot
     stored: Path | None = None  # <accepted_dir>/<batch>.parquet
     rejected: Path | None = None  # <rejected_dir>/<batch>/: the blocked file, report.md and report.json
-    pending: Path | None = None  # the incoming file, moved once the night's dataset passed its contract
+    pending: Path | None = None  # the incoming file: moved to processed/ once the night's model is registered
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Intake:
     """Every batch of one night, in file-name order."""
 
     batches: list[BatchOutcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # about the incoming folder itself (not a batch)
 
     @property
     def accepted(self) -> list[BatchOutcome]:
@@ -71,6 +72,26 @@ def list_incoming(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def incoming_oddities(folder: Path) -> list[str]:
+    """What waits in ``folder`` but is not a batch file: a directory, a dangling link, a special file.
+
+    Reported (the run summary's warnings), not read: batches are files directly in the folder, and a link whose
+    target is gone cannot be read. Hidden names (.gitkeep) are left out as for the batches."""
+    if not folder.is_dir():
+        return []
+    notes = []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if path.is_symlink() and not path.exists():
+            notes.append(f"{path}: a link to {os.readlink(path)}, which does not exist: not read")
+        elif path.is_dir():
+            notes.append(
+                f"{path}: a directory, not a batch file: not read (put its files in {folder} itself)"
+            )
+        elif not path.is_file():
+            notes.append(f"{path}: not a regular file: not read")
+    return notes
 
 
 def read_batch(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
@@ -165,7 +186,9 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
     Each accepted batch joins the known texts before the next one is judged, so two batches of one night
     cannot bring the same text twice or with two labels.
     """
-    intake = Intake()
+    intake = Intake(warnings=incoming_oddities(layout.incoming_dir))
+    for note in intake.warnings:
+        logger.warning("incoming: %s", note)
     known = dataset_keys(layout.split_dir)
     taken = {p.stem for p in accepted_files(layout.accepted_dir)}
     for path in list_incoming(layout.incoming_dir):
@@ -188,16 +211,6 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
         )
         intake.batches.append(outcome)
     return intake
-
-
-def finish(intake: Intake, layout: Layout) -> None:
-    """After the night's dataset passed its contract: move each accepted file to the processed folder."""
-    folder = layout.processed_dir
-    for outcome in intake.accepted:
-        if outcome.pending is not None and outcome.pending.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            os.replace(outcome.pending, folder / outcome.pending.name)
-            outcome.pending = None
 
 
 def withdraw(intake: Intake, layout: Layout, reason: str | None) -> None:

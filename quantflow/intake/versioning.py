@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -122,12 +123,39 @@ def push_data(root: Path) -> None:
 
 
 def restore_outputs(root: Path, targets: list[Path]) -> None:
-    """Put tracked outputs back to what ``dvc.lock`` records (after bad data was written over them)."""
+    """Put tracked outputs (every one when ``targets`` is empty) back to what ``dvc.lock`` records, after bad
+    data was written over them; a cache object that is missing is pulled from the DVC remote.
+
+    When neither works, the targets that could not be restored are removed (no bad data is left for a later
+    step or run to pick up: the next run sees them missing and rebuilds them) and a VersioningError says what
+    failed, for the caller to report beside the error that asked for the restore.
+    """
     if not (root / "dvc.lock").is_file():
         for target in targets:
-            target.unlink(missing_ok=True)
+            _remove(target)
         return
-    dvc(["checkout", "--force", "--quiet", *[str(t.relative_to(root)) for t in targets]], root)
+    names = [str(t.relative_to(root)) for t in targets]
+    try:
+        dvc(["checkout", "--force", *names], root)  # not --quiet: on failure its message names the outputs
+    except VersioningError as checkout:
+        logger.warning("restore from the DVC cache failed, pulling from the remote: %s", checkout)
+        try:
+            dvc(["pull", "--force", *names], root)
+        except VersioningError as pull:
+            for target in targets:
+                _remove(target)
+            removed = f"; removed {', '.join(names)}: the next run rebuilds them" if names else ""
+            raise VersioningError(
+                f"restoring {', '.join(names) or 'the outputs'} to dvc.lock failed: from the cache ({checkout}) "
+                f"and from the remote ({pull}){removed}"
+            ) from None
+
+
+def _remove(target: Path) -> None:
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
 
 
 def file_sha256(path: Path) -> str:
