@@ -1,9 +1,11 @@
 """The nightly retrain: take the incoming batches, run every step of dvc.yaml as a Prefect task, then DVC
-versioning and MLflow registration.
+versioning and MLflow registration, as one transaction (flows/night.py: the phases, the journal, recovery).
 
-A night whose batches are all blocked (or that brings nothing new to an up-to-date pipeline) does not retrain.
-When any batch was blocked the flow run ends Failed (after training on the night's accepted batches, if any),
-so schedulers and notifications see it; the summary says why, with example rows.
+The run holds the project's workspace lock throughout, checks the tracking store before anything is trained,
+and first settles the previous night when it stopped half-way. A night whose batches are all blocked (or that
+brings nothing new to an up-to-date pipeline) does not retrain. When any batch was blocked the flow run ends
+Failed (after training on the night's accepted batches, if any), so schedulers and notifications see it; the
+summary says why, with example rows.
 """
 
 from __future__ import annotations
@@ -19,21 +21,28 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
+from flows.night import (
+    Recovery,
+    close_night,
+    finish_night,
+    open_night,
+    record_intake,
+    recover,
+    roll_back,
+)
 from flows.runinfo import run_links
 from quantflow.core.errors import QuantflowError, ValidationFailed
+from quantflow.core.failpoints import failpoint
+from quantflow.core.journal import Night, record
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, load_params
+from quantflow.core.workspace import workspace_lock
 from quantflow.intake.contracts import check_dataset_task
-from quantflow.intake.incoming import Intake, finish, take_incoming_task, withdraw
-from quantflow.intake.nightly import add_accepted_task, commit_night_task, retrain_reason
-from quantflow.intake.versioning import (
-    commit_outputs_task,
-    lineage,
-    push_data_task,
-    require_dvc_repo,
-    restore_outputs,
-)
-from tasks.register import register_task
+from quantflow.intake.incoming import Intake, take_incoming_task, withdraw
+from quantflow.intake.nightly import retrain_reason
+from quantflow.intake.versioning import lineage, require_dvc_repo
+from quantflow.registry.promotion import Retry
+from quantflow.registry.tracking import check_store
 from tasks.stages import STAGES, stage_args, step_function
 
 logger = logging.getLogger(__name__)
@@ -51,6 +60,7 @@ class RunSummary:
     intake: Intake = field(default_factory=Intake)
     retrain: str | None = None  # why the night retrains; None: it does not
     git_commit: str | None = None  # the commit holding the night's dvc.lock and .dvc files
+    recovered: Recovery | None = None  # what this run did with a previous night that stopped half-way
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -64,6 +74,9 @@ class RunSummary:
         self.results[name] = result
         return result
 
+    def timed_recovery(self, name: str, call: Any, *args: Any) -> Any:
+        return self.timed(f"recover: {name}", call, *args)
+
 
 class BatchesBlocked(QuantflowError):
     """At least one incoming batch was blocked: the flow run fails after doing what the others allowed."""
@@ -75,74 +88,85 @@ class BatchesBlocked(QuantflowError):
 
 
 def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
-    """ingest … compress, each as its task; the dataset contract runs right after split.
-
-    Bad data restores the raw file (and the split) and stops before anything is trained on it.
-    """
+    """ingest … compress, each as its task; the dataset contract runs right after split."""
     for name in STAGES:
-        try:
-            summary.timed(name, step_function(name, as_task=True), *stage_args(name, params, layout))
-            if name == "split":
-                summary.timed(
-                    "dataset contract",
-                    check_dataset_task,
-                    params,
-                    layout.split_dir,
-                    layout.expectations_dir,
-                    layout.dataset_contract,  # not under reports/validation: a DVC output of validate
-                )
-        except ValidationFailed:
-            stale = [layout.raw, layout.split_dir] if (layout.root / "dvc.lock").is_file() else [layout.raw]
-            restore_outputs(layout.root, stale)
-            raise
+        summary.timed(name, step_function(name, as_task=True), *stage_args(name, params, layout))
+        if name == "split":
+            summary.timed(
+                "dataset contract",
+                check_dataset_task,
+                params,
+                layout.split_dir,
+                layout.expectations_dir,
+                layout.dataset_contract,  # not under reports/validation: a DVC output of validate
+            )
+        failpoint(f"steps:after-{name}")
 
 
-def retrain_night(summary: RunSummary, params: Params, layout: Layout) -> None:
-    """The steps on tonight's data; on failure tonight's accepted batches are withdrawn (data unchanged)."""
+def train_night(summary: RunSummary, params: Params, layout: Layout, night: Night) -> None:
+    """The steps on tonight's data. On failure the night rolls back at once: tonight's stored batches go (and are
+    rejected when the night's dataset failed its checks), every DVC output returns to dvc.lock, and a restore that
+    fails is reported beside the error, never instead of it."""
     try:
         run_steps(summary, params, layout)
-    except ValidationFailed as exc:
-        withdraw(summary.intake, layout, f"the night's dataset failed: {str(exc).splitlines()[0]}")
+    except Exception as exc:
+        reason = None
+        if isinstance(exc, ValidationFailed):
+            reason = f"the night's dataset failed: {str(exc).splitlines()[0]}"
+        withdraw(summary.intake, layout, reason)  # without a reason: left in incoming for the next night
+        _, problems = roll_back(layout, night, f"{type(exc).__name__} in the steps")
+        if problems and isinstance(exc, QuantflowError):
+            exc.args = (f"{exc}\n" + "\n".join(f"Also: {p}" for p in problems), *exc.args[1:])
+        for problem in problems:
+            logger.error("rolling back the night: %s", problem)
         raise
-    except Exception:
-        withdraw(summary.intake, layout, None)  # left in incoming for the next night
-        raise
-    finish(summary.intake, layout)
+    record(layout.root, night, "trained", summary.retrain or "")
+    failpoint("night:after-trained")
+
+
+def flow_tags() -> dict[str, str]:
+    return {
+        "prefect_flow_run_id": str(flow_run.id or "none"),
+        "prefect_flow_run_name": str(flow_run.name or "none"),
+    }
+
+
+def run_night(
+    summary: RunSummary, params: Params, layout: Layout, params_file: str, overrides: dict[str, Any]
+) -> None:
+    """Tonight, phase by phase (flows/night.py): intake, the steps, versions, commit, register, close."""
+    night = open_night(layout, params_file, overrides, params)
+    summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
+    summary.retrain = retrain_reason(params, layout, summary.intake, bool(overrides))
+    record_intake(layout, night, summary.intake, summary.retrain)
+    if not summary.retrain:
+        close_night(layout, night, "not retrained")
+        return
+    train_night(summary, params, layout, night)
+    summary.registered = finish_night(params, layout, night, summary.timed, flow_tags())
+    summary.git_commit = night.git_commit
+    summary.results["lineage"] = lineage(layout.root)
+    close_night(layout, night, f"registered v{summary.registered.version}")
 
 
 @flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
 def nightly_retrain(
     root: str = ".", params_file: str = "params.yaml", overrides: dict[str, Any] | None = None
 ) -> RunSummary:
-    """Retrain on the configured dataset, compress, version the data and register the chosen variant."""
+    """Settle the previous night if it stopped half-way, then retrain on the configured dataset and tonight's
+    batches, compress, version the data and register the chosen variant, holding the workspace lock."""
     project = Path(root).resolve()
     params = load_params(project / params_file, overrides)
     require_dvc_repo(project)
     layout = Layout.of(params, project)
-    layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
     summary = RunSummary(dataset=params.ingest.dataset, layout=layout)
     summary.results["root"] = project
-    summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
-    summary.retrain = retrain_reason(params, layout, summary.intake, bool(overrides))
-    if summary.retrain:
-        retrain_night(summary, params, layout)
-        summary.timed("dvc add accepted", add_accepted_task, project, summary.intake)
-        summary.timed("dvc commit", commit_outputs_task, project)
-        summary.timed("dvc push", push_data_task, project)
-        if params.nightly.git_commit == "always" or (
-            params.nightly.git_commit == "accepted" and summary.intake.accepted
-        ):
-            summary.git_commit = summary.timed(
-                "git commit", commit_night_task, project, params, summary.intake
-            )
-        summary.results["lineage"] = lineage(project)
-        tags = {
-            **summary.results["lineage"].tags(),
-            "prefect_flow_run_id": str(flow_run.id or "none"),
-            "prefect_flow_run_name": str(flow_run.name or "none"),
-            "nightly.accepted_batches": ",".join(b.name for b in summary.intake.accepted) or "none",
-        }
-        summary.registered = summary.timed("register", register_task, params, project, tags)
+    with workspace_lock(project, f"nightly_retrain (flow run {flow_run.name or '?'})"):
+        retry = Retry(params.register.retries + 1, params.register.retry_backoff_s)
+        summary.timed("tracking store", check_store, project, retry)
+        summary.recovered = recover(project, summary.timed_recovery, flow_tags())
+        layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
+        run_night(summary, params, layout, params_file, overrides or {})
     create_markdown_artifact(
         markdown=render_summary(summary),
         key="nightly-retrain-summary",
@@ -156,8 +180,10 @@ def nightly_retrain(
 
 def _log_outcome(summary: RunSummary) -> None:
     reg, log = summary.registered, get_run_logger()
+    if summary.recovered is not None:
+        log.info("recovered: %s", summary.recovered.describe())
     if reg is None:
-        log.info("not retrained: no new accepted data and the pipeline is up to date")
+        log.info("not retrained: %s", "every batch blocked" if summary.intake.blocked else "nothing new")
         return
     log.info(
         "registered %s v%s: %s (%.0f s)",
@@ -172,11 +198,12 @@ def render_summary(summary: RunSummary) -> str:
     """The run summary as markdown: the night's batches, the model section (when it retrained), timings."""
     lines = render_intake(summary)
     if summary.registered is None:
-        lines += [
-            "",
-            "**Not retrained**: no new accepted data and the pipeline is up to date; "
-            "the registry and `staging` are unchanged.",
-        ]
+        why = (
+            "every incoming batch was blocked (a blocked night does not retrain, `--set` or not)"
+            if summary.intake.blocked and not summary.intake.accepted
+            else "no new accepted data and the pipeline is up to date"
+        )
+        lines += ["", f"**Not retrained**: {why}; the registry and `staging` are unchanged by tonight."]
     else:
         lines += ["", *render_model(summary)]
     lines += ["", "| step | seconds |", "|---|---|"]
@@ -190,6 +217,11 @@ def render_intake(summary: RunSummary) -> list[str]:
     """One row per incoming batch, then why each blocked batch was blocked and where its reports are."""
     intake = summary.intake
     lines = [f"## nightly_retrain on `{summary.dataset}`", ""]
+    if summary.recovered is not None:
+        lines += [f"**Recovered the previous night first**: {summary.recovered.describe()}.", ""]
+    lines += [f"- warning: {note}" for note in intake.warnings]
+    if intake.warnings:
+        lines.append("")
     if not intake.batches:
         lines.append("No incoming batches.")
     else:

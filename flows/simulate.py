@@ -24,6 +24,7 @@ from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import Layout, tracking_uri
 from quantflow.core.params import load_params
+from quantflow.core.workspace import LOCK_FILE, STATE_DIR, workspace_lock
 from quantflow.intake.versioning import tool_env
 
 logger = logging.getLogger(__name__)
@@ -64,15 +65,13 @@ class NightRow:
 def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path:
     """A fresh git + DVC project in ``workdir`` holding ``source``'s pipeline files and params + overrides.
 
-    Only a folder this command made (it holds a marker file) is ever deleted.
+    Only a folder this command made (it holds a marker file) is ever emptied; its workspace lock (held by the
+    caller) stays.
     """
+    check_workdir(workdir)
     if workdir.exists():
-        if not (workdir / MARKER).is_file() and any(workdir.iterdir()):
-            raise SimulationError(
-                f"{workdir}: exists and was not made by simulate-nights; pass another --workdir"
-            )
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+        empty_sandbox(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("made by quantflow simulate-nights; deleted by its next run\n")
     for name in PROJECT_FILES:
         src, dst = source / name, workdir / name
@@ -108,6 +107,29 @@ def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path
     return workdir
 
 
+def check_workdir(workdir: Path) -> None:
+    """A folder this command did not make (no marker file) is never touched: an error says so."""
+    if (
+        workdir.exists()
+        and not (workdir / MARKER).is_file()
+        and any(p.name != STATE_DIR for p in workdir.iterdir())
+    ):
+        raise SimulationError(
+            f"{workdir}: exists and was not made by simulate-nights; pass another --workdir"
+        )
+
+
+def empty_sandbox(workdir: Path) -> None:
+    """Everything of an earlier simulation goes, except the workspace lock file (its holder is this run)."""
+    doomed = [p for p in workdir.iterdir() if p.name != STATE_DIR]
+    doomed += [p for p in (workdir / STATE_DIR).glob("*") if p.name != LOCK_FILE]
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def ignored_paths(layout: Layout) -> list[str]:
     """What git leaves to DVC, the stores and the night: every output folder of the sandbox's Layout."""
     folders = [
@@ -126,7 +148,7 @@ def ignored_paths(layout: Layout) -> list[str]:
         layout.quarantine_dir,
     ]
     inside = [layout.relative(f).as_posix() for f in folders if f.is_relative_to(layout.root)]
-    return ["mlflow.db", "mlartifacts", "dvc-remote", "dvc_plots", *dict.fromkeys(inside)]
+    return ["mlflow.db", "mlartifacts", "dvc-remote", "dvc_plots", STATE_DIR, *dict.fromkeys(inside)]
 
 
 def night_batches(
@@ -216,14 +238,31 @@ def simulate(
     holdout: float,
     overrides: dict[str, Any],
 ) -> list[NightRow]:
-    """Build the sandbox, then run one nightly flow per night; the per-night rows for the table."""
+    """Build the sandbox, then run one nightly flow per night, holding the sandbox's workspace lock throughout;
+    the per-night rows for the table."""
     settings = {
         **QUICK,
         "ingest.max_rows_per_class": rows_per_class,
         "ingest.holdout_fraction": holdout,
         **overrides,
     }
-    root = make_sandbox(source, workdir.resolve(), settings)
+    check_workdir(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workspace_lock(workdir.resolve(), "quantflow simulate-nights"):
+        return simulate_in(source, workdir.resolve(), settings, nights, per_class, bad_night, holdout)
+
+
+def simulate_in(
+    source: Path,
+    workdir: Path,
+    settings: dict[str, Any],
+    nights: int,
+    per_class: int,
+    bad_night: int,
+    holdout: float,
+) -> list[NightRow]:
+    """The sandbox made afresh in ``workdir`` (whose lock the caller holds), then the nights."""
+    root = make_sandbox(source, workdir, settings)
     params = load_params(root / "params.yaml")
     if params.ingest.path is not None:
         raise SimulationError(

@@ -58,9 +58,62 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+BUSY_EXIT = 3  # another run holds the project (WorkspaceBusy); 2: any other error a user can act on
+
+
 def _fail(exc: QuantflowError) -> None:
+    from quantflow.core.workspace import WorkspaceBusy
+
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(BUSY_EXIT if isinstance(exc, WorkspaceBusy) else 2)
+
+
+class _NoExpectedTraceback(logging.Formatter):
+    """A terminal formatter that leaves out the traceback of an error a user can act on (a QuantflowError: a
+    blocked batch, bad data, bad params, a busy workspace, a registry outage): the CLI prints its message once.
+
+    The traceback stays in the flow run's log (Prefect's API handler) and in the failure summary."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, QuantflowError):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _quiet_expected_tracebacks() -> None:
+    """Wrap the terminal handlers' formatters (call after Prefect set up logging, i.e. after importing flows)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler.formatter, _NoExpectedTraceback
+        ):
+            handler.setFormatter(_NoExpectedTraceback(handler.formatter))
+
+
+def _night(project: Path, params: Path, overrides: dict[str, Any]) -> None:
+    """One nightly flow run (the caller holds the workspace lock); prints the summary."""
+    from flows.nightly import BatchesBlocked, nightly_retrain, render_summary
+
+    _quiet_expected_tracebacks()
+    try:
+        summary = nightly_retrain(root=str(project), params_file=str(params), overrides=overrides)
+    except BatchesBlocked as exc:  # the summary first, then the failure (exit 2)
+        print(render_summary(exc.summary))
+        raise
+    print(render_summary(summary))
+    reg = summary.registered
+    if reg is not None:
+        print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
+        print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
 
 
 @app.command()
@@ -69,22 +122,20 @@ def run(
     set_: SetOpt = None,
     root: Annotated[Path, typer.Option(help="project folder (holds dvc.yaml)")] = Path("."),
 ) -> None:
-    """Run the nightly flow once: ingest → … → compress, dvc commit + push, register in MLflow."""
-    _setup()
-    from flows.nightly import BatchesBlocked, nightly_retrain, render_summary
+    """Run the nightly flow once: ingest → … → compress, dvc commit + push, register in MLflow.
 
+    Holds the project's workspace lock: a second run in the same folder stops at once (exit 3) naming the first."""
+    _setup()
+    from quantflow.core.params import load_params
+    from quantflow.core.workspace import workspace_lock
+
+    overrides, project = parse_overrides(set_), root.resolve()
     try:
-        summary = nightly_retrain(root=str(root), params_file=str(params), overrides=parse_overrides(set_))
-    except BatchesBlocked as exc:  # the summary first, then the failure (exit 2)
-        print(render_summary(exc.summary))
-        _fail(exc)
+        load_params(project / params, overrides)  # before the temporary Prefect API starts (seconds)
+        with workspace_lock(project, "quantflow run"):
+            _night(project, params, overrides)
     except QuantflowError as exc:
         _fail(exc)
-    print(render_summary(summary))
-    reg = summary.registered
-    if reg is not None:
-        print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
-        print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
 
 
 @app.command()
@@ -347,9 +398,12 @@ def reproduce(
     _setup()
     from flows.reproduce import reproduce as rebuild
     from quantflow.core.params import load_params
+    from quantflow.core.workspace import workspace_lock
 
     try:
-        result = rebuild(load_params(params), root.resolve(), version, keep)
+        loaded = load_params(params)
+        with workspace_lock(root.resolve(), f"quantflow reproduce --version {version}"):
+            result = rebuild(loaded, root.resolve(), version, keep)
     except QuantflowError as exc:
         _fail(exc)
     print(result.render())
@@ -372,6 +426,7 @@ def simulate_nights(
     _setup()
     from flows.simulate import render_table, simulate
 
+    _quiet_expected_tracebacks()
     try:
         rows = simulate(
             params.resolve().parent,

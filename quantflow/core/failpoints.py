@@ -7,7 +7,8 @@ failpoint libraries do in storage engines (TiKV's fail-rs, FoundationDB's buggif
 
 - ``kill``: SIGKILL this process (nothing is flushed, no handler runs: a power cut as far as the run can tell);
 - ``raise``: raise :class:`FailpointError`, a plain crash with a traceback;
-- ``wait:<file>``: block until ``<file>`` exists (lets a test stop a server at exactly that point), at most 120 s.
+- ``wait:<file>``: write ``<file>.waiting`` (the run got there), then block until ``<file>`` exists (lets a test
+  stop a server at exactly that point), at most 120 s.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def failpoint(name: str) -> None:
         raise FailpointError(f"failpoint {name}")
     elif action.startswith("wait:"):
         target, deadline = Path(action.removeprefix("wait:")), time.monotonic() + WAIT_LIMIT_S
+        target.with_name(target.name + ".waiting").write_text(f"{name} {os.getpid()}\n", encoding="utf-8")
         while not target.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
     else:

@@ -18,12 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from quantflow.core.errors import QuantflowError
 from quantflow.core.workspace import state_dir
 
 JOURNAL_FILE = "journal.json"
 ARCHIVE_DIR = "nights"
 # The phases of a night in order; each is recorded once its writes are complete.
 PHASES = ("started", "taken", "trained", "versioned", "committed", "registered", "done")
+
+
+class JournalError(QuantflowError):
+    """The night journal cannot be read: the message names the file and what to do."""
 
 
 def now_iso() -> str:
@@ -40,6 +45,7 @@ class Night:
     host: str
     params_file: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    params_digest: str = ""  # of the params the night ran with: a roll-forward warns when the file changed
     phase: str = "started"
     outcome: str = ""  # done: "registered", "not retrained", "rolled back: ...", "finished by <night>"
     accepted: list[dict[str, str]] = field(default_factory=list)  # {"name", "source", "stored"}
@@ -53,7 +59,7 @@ class Night:
         return PHASES.index(self.phase) >= PHASES.index(phase)
 
 
-def new_night(params_file: str, overrides: dict[str, Any]) -> Night:
+def new_night(params_file: str, overrides: dict[str, Any], params_digest: str = "") -> Night:
     started = datetime.now(UTC)
     return Night(
         night_id=f"{started:%Y%m%dT%H%M%SZ}-{os.getpid()}",
@@ -62,6 +68,7 @@ def new_night(params_file: str, overrides: dict[str, Any]) -> Night:
         host=socket.gethostname(),
         params_file=params_file,
         overrides=dict(overrides),
+        params_digest=params_digest,
     )
 
 
@@ -77,7 +84,7 @@ def read_journal(root: Path) -> Night | None:
     try:
         return Night(**json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, TypeError) as exc:
-        raise ValueError(
+        raise JournalError(
             f"{path}: the night journal is unreadable ({exc}); inspect it, then delete it to start afresh"
         ) from None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from quantflow.core.failpoints import FailpointError, failpoint
-from quantflow.core.journal import PHASES, close, journal_path, new_night, read_journal, record
+from quantflow.core.journal import PHASES, JournalError, close, journal_path, new_night, read_journal, record
 from quantflow.core.workspace import LOCK_FILE, STATE_DIR, WorkspaceBusy, workspace_lock
 
 HOLDER = """
@@ -83,7 +83,7 @@ def test_the_journal_records_phases_and_is_archived_when_closed(tmp_path: Path) 
 
 def test_an_unreadable_journal_names_its_file(tmp_path: Path) -> None:
     journal_path(tmp_path).write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"journal.json: the night journal is unreadable"):
+    with pytest.raises(JournalError, match=r"journal.json: the night journal is unreadable"):
         read_journal(tmp_path)
 
 

@@ -1,0 +1,201 @@
+"""A night as a transaction: its phases in the journal, and what the next run does with a night that stopped.
+
+A night writes to stores that share no transaction: the project folder (data/accepted, DVC outputs, the incoming
+folders), the DVC cache and remote, git, and the MLflow registry. So it runs in phases, each recorded in the
+journal (``.quantflow/journal.json``, quantflow/core/journal.py) once its writes are done:
+
+    started → taken      the batches judged: accepted ones stored in data/accepted/ (still waiting in incoming/)
+            → trained    every step of dvc.yaml ran on tonight's data
+            → versioned  dvc add of the accepted batches, dvc commit, dvc push
+            → committed  git commit of dvc.lock and the .dvc files
+            → registered the night's model version, complete, with its aliases
+            → done       the accepted incoming files moved to processed/, the journal archived under nights/
+
+Nothing about a batch is final before ``registered``: its incoming file stays where it was. The next run reads
+the journal before anything else (whether or not it retrains) and settles the night:
+
+- stopped before ``trained``: **rolled back**. Accepted files no ``.dvc`` file tracks are deleted, the DVC
+  outputs are checked out to ``dvc.lock`` (the next intake judges the waiting batches against the last committed
+  dataset, not against half a night), the incoming files stay for tonight; ``dvc status`` decides the retrain.
+- ``trained`` or later: **rolled forward** with the night's own params file and overrides: dvc add/commit/push
+  and the git commit again (idempotent), the model registered exactly once (registration.py reuses the night's
+  version), its batches moved to processed/.
+
+A failure inside a night does the same at once: before ``trained`` the night rolls back in process; after it the
+journal stays and the error says that the next run finishes the night first.
+
+Failpoints (quantflow/core/failpoints.py) sit at every boundary: ``night:after-<phase>``,
+``steps:after-<stage>``, ``night:after-moved``, and inside register (``register:after-run``, ``-version``,
+``-complete``, ``-challenger``, ``-staging``, ``staging:after-history``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantflow.core.errors import QuantflowError
+from quantflow.core.failpoints import failpoint
+from quantflow.core.journal import Night, close, new_night, read_journal, record
+from quantflow.core.layout import Layout
+from quantflow.core.params import Params, load_params
+from quantflow.intake.incoming import Intake
+from quantflow.intake.nightly import (
+    add_accepted_task,
+    commit_night_task,
+    drop_orphans,
+    move_to_processed,
+    restore_workspace,
+)
+from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task
+from quantflow.registry.registration import NIGHT_TAG, RegisterResult
+from tasks.register import register_task_for
+
+logger = logging.getLogger(__name__)
+
+Timed = Callable[..., Any]  # (step name, callable, *args) → its result, timed for the run summary
+
+
+@dataclass
+class Recovery:
+    """What this run did with the night the journal held."""
+
+    night_id: str
+    phase: str  # where that night stopped
+    action: str  # "rolled back" or "rolled forward"
+    registered: RegisterResult | None = None
+    notes: list[str] = field(default_factory=list)  # what the roll-back dropped, or could not restore
+
+    def describe(self) -> str:
+        done = ""
+        if self.registered is not None:
+            done = f"; its model registered as v{self.registered.version} ({self.registered.outcome})"
+        extra = "".join(f"; {p}" for p in self.notes)
+        return f"night {self.night_id} stopped after '{self.phase}': {self.action}{done}{extra}"
+
+
+def open_night(layout: Layout, params_file: str, overrides: dict[str, Any], params: Params) -> Night:
+    night = new_night(params_file, overrides, params.digest())
+    record(layout.root, night, "started")
+    failpoint("night:after-started")
+    return night
+
+
+def record_intake(layout: Layout, night: Night, intake: Intake, retrain: str | None) -> None:
+    """The night's accepted batches (what a roll-forward versions and moves) and why it retrains."""
+    night.accepted = [
+        {"name": b.name, "source": b.source, "stored": str(layout.relative(b.stored))}
+        for b in intake.accepted
+        if b.stored is not None
+    ]
+    night.retrain = retrain
+    record(layout.root, night, "taken", f"{len(night.accepted)} accepted, {len(intake.blocked)} blocked")
+    failpoint("night:after-taken")
+
+
+def roll_back(layout: Layout, night: Night, why: str) -> tuple[list[str], list[str]]:
+    """Undo a night that did not reach ``trained``: orphaned accepted files out, DVC outputs back to dvc.lock,
+    the journal closed. The incoming files stay. Returns (what it did, what failed: reported, not raised)."""
+    dropped = drop_orphans(layout)
+    problem = restore_workspace(layout)
+    problems = [f"the restore failed: {problem}"] if problem else []
+    done = (
+        [f"dropped the stored {', '.join(dropped)} (the incoming file waits for tonight)"] if dropped else []
+    )
+    close(layout.root, night, "; ".join([f"rolled back ({why})", *done, *problems]))
+    logger.warning("night %s rolled back (%s)%s", night.night_id, why, "".join(f"; {d}" for d in done))
+    return done, problems
+
+
+def finish_night(
+    params: Params, layout: Layout, night: Night, timed: Timed, tags: dict[str, str]
+) -> RegisterResult | None:
+    """versioned → committed → registered, each phase skipped when the journal has it already (a roll-forward).
+
+    Every phase is idempotent, so a run killed inside one (or a run finishing it) can do it again. A failure
+    leaves the journal at the last finished phase and says that the next run finishes the night first."""
+    root = layout.root
+    try:
+        if not night.reached("versioned"):
+            timed("dvc add accepted", add_accepted_task, root, [b["stored"] for b in night.accepted])
+            timed("dvc commit", commit_outputs_task, root)
+            timed("dvc push", push_data_task, root)
+            record(root, night, "versioned")
+            failpoint("night:after-versioned")
+        if not night.reached("committed"):
+            wanted = params.nightly.git_commit == "always" or (
+                params.nightly.git_commit == "accepted" and night.accepted
+            )
+            if wanted:
+                names = [b["name"] for b in night.accepted]
+                night.git_commit = (
+                    timed("git commit", commit_night_task, root, params, names) or night.git_commit
+                )
+            record(root, night, "committed", night.git_commit or "no git commit")
+            failpoint("night:after-committed")
+        if night.reached("registered"):
+            return None
+        return register_night(params, layout, night, timed, tags)
+    except QuantflowError as exc:
+        exc.args = (f"{exc}\n{unfinished_note(night, layout)}", *exc.args[1:])
+        raise
+
+
+def register_night(
+    params: Params, layout: Layout, night: Night, timed: Timed, tags: dict[str, str]
+) -> RegisterResult:
+    """Register the night's model once: its version carries ``quantflow.night``, which a retry or a later run
+    that finishes the night finds and completes instead of making another."""
+    tags = {
+        **lineage(layout.root).tags(),
+        **tags,
+        NIGHT_TAG: night.night_id,
+        "nightly.accepted_batches": ",".join(b["name"] for b in night.accepted) or "none",
+    }
+    reg = timed("register", register_task_for(params), params, layout.root, tags)
+    night.run_id, night.version = reg.run_id, reg.version
+    record(layout.root, night, "registered", f"{reg.model_name} v{reg.version}: {reg.outcome}")
+    failpoint("night:after-registered")
+    return reg
+
+
+def unfinished_note(night: Night, layout: Layout) -> str:
+    """What a failed night after ``trained`` leaves, and what the next run does about it."""
+    batches = ", ".join(b["source"] for b in night.accepted) or "no batch"
+    return (
+        f"The night {night.night_id} stopped after '{night.phase}' (its model is trained; batches: {batches}, "
+        f"still waiting in {layout.relative(layout.incoming_dir)}). The next `quantflow run` in {layout.root} "
+        "finishes it first: it versions, commits and registers this model once, then takes new batches."
+    )
+
+
+def close_night(layout: Layout, night: Night, outcome: str) -> None:
+    """The accepted incoming files to processed/ (their night is registered), then the journal archived."""
+    move_to_processed(layout, [b["source"] for b in night.accepted])
+    failpoint("night:after-moved")
+    close(layout.root, night, outcome)
+
+
+def recover(root: Path, timed: Timed, tags: dict[str, str]) -> Recovery | None:
+    """Settle the night the journal holds (a run killed or failed half-way), before anything else; None when
+    there is none. The workspace lock guarantees that night's process is gone."""
+    night = read_journal(root)
+    if night is None:
+        return None
+    params = load_params(root / night.params_file, night.overrides)
+    layout = Layout.of(params, root)
+    stopped = night.phase
+    if params.digest() != night.params_digest:
+        logger.warning(
+            "night %s: its params file changed since; recovering with the file as it is now", night.night_id
+        )
+    if not night.reached("trained"):
+        done, problems = roll_back(layout, night, f"stopped after '{stopped}'")
+        return Recovery(night.night_id, stopped, "rolled back", notes=done + problems)
+    logger.warning("night %s stopped after '%s': finishing it", night.night_id, stopped)
+    registered = finish_night(params, layout, night, timed, tags)
+    close_night(layout, night, "registered, finished by a later run")
+    return Recovery(night.night_id, stopped, "rolled forward", registered)
