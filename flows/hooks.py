@@ -128,6 +128,8 @@ def render_failure(failure: Failure, summary_path: Path | None) -> str:
         f"- MLflow: {failure.tracking_uri} (a run that failed before `register` changed nothing there; a night"
         " with blocked batches may still have registered the ones it accepted: see its run summary)",
         "- `dvc status` in the project: which outputs the failed run left uncommitted",
+        "- `.quantflow/journal.json` in the project: where the night stopped; the next run rolls it back (before"
+        " `trained`) or finishes it (versions, commits and registers its model once) before anything else",
     ]
     if summary_path is not None:
         lines.append(f"- this summary: `{summary_path}`")

@@ -51,7 +51,9 @@ from quantflow.intake.nightly import (
     restore_workspace,
 )
 from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task
+from quantflow.registry.promotion import Retry
 from quantflow.registry.registration import NIGHT_TAG, RegisterResult
+from quantflow.registry.tracking import check_store
 from tasks.register import register_task_for
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,19 @@ def close_night(layout: Layout, night: Night, outcome: str) -> None:
     move_to_processed(layout, [b["source"] for b in night.accepted])
     failpoint("night:after-moved")
     close(layout.root, night, outcome)
+
+
+def check_store_first(root: Path, retry: Retry) -> str:
+    """The tracking store must answer before a night starts; when it does not and the journal holds a trained
+    night, the error also says that the next run registers that night's model first."""
+    try:
+        return check_store(root, retry)
+    except QuantflowError as exc:
+        pending = read_journal(root)
+        if pending is not None and pending.reached("trained"):
+            params = load_params(root / pending.params_file, pending.overrides)
+            exc.args = (f"{exc}\n{unfinished_note(pending, Layout.of(params, root))}", *exc.args[1:])
+        raise
 
 
 def recover(root: Path, timed: Timed, tags: dict[str, str]) -> Recovery | None:

@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from flows.hooks import on_failure
 from flows.night import (
     Recovery,
+    check_store_first,
     close_night,
     finish_night,
     open_night,
@@ -42,7 +43,6 @@ from quantflow.intake.incoming import Intake, take_incoming_task, withdraw
 from quantflow.intake.nightly import retrain_reason
 from quantflow.intake.versioning import lineage, require_dvc_repo
 from quantflow.registry.promotion import Retry
-from quantflow.registry.tracking import check_store
 from tasks.stages import STAGES, stage_args, step_function
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def nightly_retrain(
     summary.results["root"] = project
     with workspace_lock(project, f"nightly_retrain (flow run {flow_run.name or '?'})"):
         retry = Retry(params.register.retries + 1, params.register.retry_backoff_s)
-        summary.timed("tracking store", check_store, project, retry)
+        summary.timed("tracking store", check_store_first, project, retry)
         summary.recovered = recover(project, summary.timed_recovery, flow_tags())
         layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
         run_night(summary, params, layout, params_file, overrides or {})

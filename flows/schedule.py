@@ -9,7 +9,7 @@ Overlap is prevented by the *deployment* concurrency limit, not a global one: Pr
 server when a run of the deployment moves to Pending, for both ``serve`` and workers, and with
 ``CANCEL_NEW`` a night whose predecessor still runs is cancelled (visible in the UI) instead of piling up
 behind a stuck run. A hand-made ``quantflow run`` is not a run of the deployment and is not counted: the
-registry's promotion lock (quantflow/registry/promotion.py) already serializes what two runs could corrupt.
+project's workspace lock (quantflow/core/workspace.py, taken by the flow itself) stops whichever comes second.
 """
 
 from __future__ import annotations

@@ -49,28 +49,41 @@ def copy(src: Path, dst: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def snapshots(tmp_path_factory: pytest.TempPathFactory, prefect_api: tuple[str, Path]) -> dict[str, Path]:
+def night1(tmp_path_factory: pytest.TempPathFactory, prefect_api: tuple[str, Path]) -> tuple[Path, Path]:
+    """(the project path every case uses, the snapshot of the template after night 1)."""
     base = tmp_path_factory.mktemp("faults")
     root = make_template(base / "project")
-    project = Project(root, environment(*prefect_api))
-    first = project.run()
+    first = Project(root, environment(*prefect_api)).run()
     assert first.returncode == 0, first.output
     copy(root, base / "night1")
+    return root, base / "night1"
+
+
+@pytest.fixture(scope="session")
+def trained(night1: tuple[Path, Path], prefect_api: tuple[str, Path]) -> Path:
+    """The snapshot of night 1, then a night with batch b1 killed right after its steps."""
+    root, snapshot = night1
+    copy(snapshot, root)
+    project = Project(root, environment(*prefect_api))
     project.drop_batch()
     killed = project.run(failpoints="night:after-trained=kill")
     assert killed.returncode == -signal.SIGKILL, killed.output
-    copy(root, base / "trained")
-    return {"project": root, "night1": base / "night1", "trained": base / "trained"}
+    copy(root, snapshot.with_name("trained"))
+    return snapshot.with_name("trained")
 
 
 @pytest.fixture
-def restore(snapshots: dict[str, Path], prefect_api: tuple[str, Path]) -> Callable[[str], Project]:
+def restore(
+    night1: tuple[Path, Path], prefect_api: tuple[str, Path], request: pytest.FixtureRequest
+) -> Callable[[str], Project]:
     """``restore("night1")`` or ``restore("trained")``: that snapshot at the project's path, as a Project."""
+    root, first = night1
 
     def restore_snapshot(name: str) -> Project:
-        baseline = {n["night_id"] for n in Project(snapshots["night1"], {}).nights()}
-        copy(snapshots[name], snapshots["project"])
-        return Project(snapshots["project"], environment(*prefect_api), baseline)
+        snapshot = first if name == "night1" else request.getfixturevalue(name)
+        copy(snapshot, root)
+        baseline = {n["night_id"] for n in Project(first, {}).nights()}
+        return Project(root, environment(*prefect_api), baseline)
 
     return restore_snapshot
 

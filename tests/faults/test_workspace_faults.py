@@ -117,3 +117,23 @@ def test_a_recovered_nights_model_is_reproduced(project: Project) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "REPRODUCED" in done.stdout
+
+
+def test_a_blocked_night_prints_no_traceback_and_set_does_not_retrain_it(project: Project) -> None:
+    """Issue item 10 on the terminal: a batch with a new label is blocked (whatever its share), a directory and a
+    dangling link in incoming/ are reported, `--set` does not retrain a night whose batches were all blocked."""
+    new_label = batch().assign(label=lambda f: f["label"].where(f.index > 1, "sports"))  # 2 rows of 80
+    project.drop_batch("newlabel", new_label)
+    incoming = project.root / "data" / "incoming"
+    (incoming / "a-folder").mkdir()
+    (incoming / "gone.csv").symlink_to(project.root / "nowhere.csv")
+    before = (git_head(project.root), (project.root / "dvc.lock").read_bytes(), len(project.versions()))
+    run = project.run("--set", "train.epochs=2")
+    assert run.returncode == 2, run.output
+    assert "| newlabel | blocked |" in run.stdout and "labels outside the label set" in run.stdout
+    assert "'sports' (2 rows)" in run.stderr and "Traceback" not in run.output
+    assert "a-folder: a directory, not a batch file" in run.stdout and "gone.csv: a link to" in run.stdout
+    assert "**Not retrained**: every incoming batch was blocked" in run.stdout
+    after = (git_head(project.root), (project.root / "dvc.lock").read_bytes(), len(project.versions()))
+    assert after == before
+    assert_consistent(project)

@@ -137,6 +137,11 @@ def bad_batches(held: pd.DataFrame, train: pd.DataFrame) -> dict[str, tuple[str,
             ),
             ["unknown label: 20 rows", "label='sports'"],
         ),
+        "a new label in a few rows": (  # a change of the label set: blocked whatever its share
+            "new_label.csv",
+            write_csv(good.assign(label=[("sports" if i < 2 else x) for i, x in enumerate(good["label"])])),
+            ["labels outside the label set", "'sports' (2 rows)", "whatever its share"],
+        ),
         "extremely long texts": (
             "long.csv",
             write_csv(good.assign(text=good["text"].map(lambda t: (t * 3000)[:20000]))),
@@ -184,7 +189,8 @@ def bad_batches(held: pd.DataFrame, train: pd.DataFrame) -> dict[str, tuple[str,
 
 @pytest.fixture(scope="module")
 def night2(night1: RunSummary, project: Path, held: pd.DataFrame, tracking: str) -> dict[str, Any]:  # noqa: F811
-    """All the bad batches in one night: one flow run, one verdict per batch."""
+    """All the bad batches in one night: one flow run, one verdict per batch. Run with a `--set` override: a
+    night whose batches are all blocked does not retrain for it."""
     registry = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     name = night1.registered.model_name
     before = state(project, registry, name)
@@ -193,7 +199,7 @@ def night2(night1: RunSummary, project: Path, held: pd.DataFrame, tracking: str)
     for file_name, payload, _ in cases.values():
         (incoming(project) / file_name).write_bytes(payload)
     with pytest.raises(BatchesBlocked) as err:
-        nightly_retrain(root=str(project))
+        nightly_retrain(root=str(project), overrides={"train.epochs": 3})
     summary = err.value.summary
     return {
         "before": before,
@@ -217,6 +223,7 @@ CASES = [
     "unknown label set",
     "bad-row share over the threshold",
     "unknown labels in some rows",
+    "a new label in a few rows",
     "extremely long texts",
     "mojibake",
     "invalid UTF-8",
@@ -262,6 +269,8 @@ def test_blocked_night_summary_names_every_batch(night2: dict[str, Any]) -> None
 def night3(night2: dict[str, Any], project: Path, held: pd.DataFrame) -> RunSummary:
     good = balanced(held, 200, 60)
     good.loc[3, "text"] = "   "  # quarantined, the batch goes on
+    good.loc[5, "text"] = "<div><br/></div>"  # empty once cleaned: quarantined, not dropped by split unseen
+    good.loc[7, "text"] = "https://example.com/a.html"
     good.to_csv(incoming(project) / "fresh.csv", index=False)
     good.assign(label="sports").iloc[:20].to_csv(incoming(project) / "sports.csv", index=False)
     with pytest.raises(BatchesBlocked) as err:
@@ -279,7 +288,9 @@ def test_good_batch_is_appended_retrained_and_versioned(
     assert (fresh.status, sports.status) == ("accepted", "blocked")
     assert fresh.accepted_rows + fresh.quarantined_rows == 120 and fresh.accepted_rows > 100
     quarantine = pd.read_csv(project / "data" / "quarantine" / "fresh.csv", keep_default_na=False)
-    assert quarantine.set_index("row").at[3, "reason"] == "blank text"
+    reasons = quarantine.set_index("row")["reason"]
+    assert reasons[3] == "blank text"
+    assert reasons[5].startswith("empty after cleaning") and reasons[7].startswith("empty after cleaning")
     assert (project / "data" / "processed" / "fresh.csv").is_file()
     assert (project / "reports" / "nightly" / "fresh" / "data_docs.html").read_text().count("<html") == 1
     assert (project / "reports" / "nightly" / "fresh" / "drift.png").is_file()

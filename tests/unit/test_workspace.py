@@ -106,3 +106,34 @@ def test_a_kill_failpoint_kills_the_process() -> None:
         text=True,
     )
     assert done.returncode == -signal.SIGKILL and "survived" not in done.stdout
+
+
+def quantflow_run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "quantflow"), "run", "--root", str(root), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=root)
+
+
+def test_quantflow_run_refuses_a_busy_project_with_exit_3(tmp_path: Path) -> None:
+    from tests.params_helpers import write_params
+
+    write_params(tmp_path / "params.yaml")
+    holder = start_holder(tmp_path)
+    try:
+        done = quantflow_run(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"pid {holder.pid} on " in done.stderr and "(test holder)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_quantflow_run_checks_params_before_the_prefect_api_starts(tmp_path: Path) -> None:
+    from tests.params_helpers import write_params
+
+    write_params(tmp_path / "params.yaml")
+    done = quantflow_run(tmp_path, "--set", "train.epochs=many")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "train.epochs" in done.stderr and "Traceback" not in done.stderr
+    assert "temporary server" not in done.stdout + done.stderr  # no Prefect API was started to say so
+    assert not (tmp_path / STATE_DIR / LOCK_FILE).exists()  # refused before the workspace was locked
