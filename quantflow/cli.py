@@ -16,6 +16,7 @@ import typer
 import yaml
 
 from quantflow.core.errors import QuantflowError
+from quantflow.core.ports import MLFLOW_UI
 
 app = typer.Typer(
     help="Retrain, compress and ship a text classifier.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -113,7 +114,7 @@ def _night(project: Path, params: Path, overrides: dict[str, Any]) -> None:
     reg = summary.registered
     if reg is not None:
         print(f"\nMLflow: {reg.tracking_uri}  (run {reg.run_id})")
-        print("Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:5000")
+        print(f"Open the UI with `make ui` (or `quantflow ui`), then http://127.0.0.1:{MLFLOW_UI}")
 
 
 @app.command()
@@ -240,7 +241,7 @@ def scale(
 
 @app.command()
 def ui(
-    port: int = 5000,
+    port: Annotated[int, typer.Option(help="port (default: quantflow/core/ports.py MLFLOW_UI)")] = MLFLOW_UI,
     host: str = "127.0.0.1",
     root: Annotated[Path, typer.Option(help="project folder")] = Path("."),
 ) -> None:
