@@ -99,6 +99,7 @@ def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
                 layout.split_dir,
                 layout.expectations_dir,
                 layout.dataset_contract,  # not under reports/validation: a DVC output of validate
+                layout.data_docs,
             )
         failpoint(f"steps:after-{name}")
 
@@ -209,7 +210,7 @@ def render_summary(summary: RunSummary) -> str:
     lines += ["", "| step | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in summary.timings.items()]
     lines += [f"| **total** | **{summary.total_seconds:.1f}** |"]
-    lines += run_links(summary, summary.results.get("root"))
+    lines += run_links(summary)
     return "\n".join(lines)
 
 
@@ -231,7 +232,7 @@ def render_intake(summary: RunSummary) -> list[str]:
             for b in intake.batches
         ]
     for b in intake.batches:
-        reports = f"{_shown(summary, b.report_dir)}/ (data_docs.html, drift.md, drift.png)"
+        reports = f"{_shown(summary, b.report_dir)}/ (contract.json, drift.md, drift.png)"
         where = f"; also in {_shown(summary, b.rejected)}/" if b.rejected is not None else ""
         lines += ["", f"**{b.name}** ({b.status}): reports in the run's artifacts under `{reports}`{where}"]
         lines += [

@@ -1,8 +1,9 @@
 """The "where did this come from, where do I look" part of a nightly run's markdown summary.
 
 Data version (git commit and the md5 of every output ``dvc.lock`` records), the MLflow run as a link (or how
-to open it when tracking is the embedded SQLite store), and the validation report / Great Expectations Data
-Docs when the run produced them. Kept apart from flows/nightly.py so the flow only appends these lines.
+to open it when tracking is the embedded SQLite store), the validation report and the project's Great
+Expectations Data Docs site (its index, each batch's page). Kept apart from flows/nightly.py so the flow only
+appends these lines.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quantflow.core.layout import BatchReports
+from quantflow.core.layout import Layout
+from quantflow.core.ports import MLFLOW_UI
 
-# where a GX file context writes Data Docs, relative to the project root
-DATA_DOCS_INDEX = Path("gx/uncommitted/data_docs/local_site/index.html")
 MD5_SHOWN = 12
+REPORTS_ARTIFACTS = "reports"  # where the register run logs the reports folder (quantflow/registry/runlog.py)
 
 
 def mlflow_run_link(tracking_uri: str, experiment_id: str | None, run_id: str) -> str:
@@ -22,7 +23,7 @@ def mlflow_run_link(tracking_uri: str, experiment_id: str | None, run_id: str) -
     fragment = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"#/runs/{run_id}"
     if tracking_uri.startswith(("http://", "https://")):
         return f"[run {run_id}]({tracking_uri.rstrip('/')}/{fragment})"
-    return f"run `{run_id}` in `{tracking_uri}`: `quantflow ui`, then http://127.0.0.1:5000/{fragment}"
+    return f"run `{run_id}` in `{tracking_uri}`: `quantflow ui`, then http://127.0.0.1:{MLFLOW_UI}/{fragment}"
 
 
 def experiment_of(tracking_uri: str, run_id: str) -> str | None:
@@ -47,18 +48,26 @@ def data_version_lines(lineage: Any) -> list[str]:
     return lines
 
 
-def docs_lines(root: Path | None, validation: Any) -> list[str]:
+def docs_lines(layout: Layout | None, validation: Any, logged: bool = False) -> list[str]:
+    """The validation report and the Data Docs index (when built); ``logged``: the register run holds the site
+    among its artifacts (it logs the reports folder)."""
     lines = []
     report = getattr(validation, "report_path", None)
     if report is not None:
         lines.append(f"- validation report: `{report}`")
-    docs = getattr(validation, "data_docs", None) or (root / DATA_DOCS_INDEX if root is not None else None)
-    if docs is not None and Path(docs).is_file():
-        lines.append(f"- Data Docs: {Path(docs).resolve().as_uri()}")
+    index = layout.data_docs.index if layout is not None else None
+    if index is not None and index.is_file():
+        where = ""
+        if logged:
+            artifact = Path(REPORTS_ARTIFACTS) / layout.data_docs.site.relative_to(layout.reports_dir)
+            where = f" (also in the MLflow run's artifacts, `{artifact.as_posix()}/`)"
+        lines.append(
+            f"- Data Docs (validate, dataset contract, every batch): {index.resolve().as_uri()}{where}"
+        )
     return lines
 
 
-def run_links(summary: Any, root: Path | None = None) -> list[str]:
+def run_links(summary: Any) -> list[str]:
     """Markdown lines for the run summary: data version, MLflow run, validation report and Data Docs."""
     reg = summary.registered
     lines = ["", "### Lineage and links"]
@@ -67,16 +76,19 @@ def run_links(summary: Any, root: Path | None = None) -> list[str]:
         experiment = experiment_of(reg.tracking_uri, reg.run_id)
         lines.append(f"- MLflow: {mlflow_run_link(reg.tracking_uri, experiment, reg.run_id)}")
         lines.append(f"- model: `models:/{reg.model_name}/{reg.version}`")
-    lines += docs_lines(root, summary.results.get("validate"))
+    layout = getattr(summary, "layout", None)
+    lines += docs_lines(layout, summary.results.get("validate"), logged=reg is not None)
     lines += batch_docs_lines(getattr(summary, "intake", None))
     return lines
 
 
 def batch_docs_lines(intake: Any) -> list[str]:
-    """One Data Docs link per incoming batch the contract judged (reports/nightly/<batch>/data_docs.html)."""
+    """One Data Docs link per incoming batch the contract judged: its page in the project's site."""
     lines = []
     for batch in getattr(intake, "batches", None) or []:
-        docs = BatchReports(batch.report_dir).data_docs if batch.report_dir is not None else None
-        if docs is not None and docs.is_file():
-            lines.append(f"- Data Docs of batch {batch.name} ({batch.status}): {docs.resolve().as_uri()}")
+        docs = getattr(batch, "data_docs", None)
+        if docs is not None and Path(docs).is_file():
+            lines.append(
+                f"- Data Docs of batch {batch.name} ({batch.status}): {Path(docs).resolve().as_uri()}"
+            )
     return lines

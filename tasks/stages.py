@@ -58,6 +58,7 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
             lay.expectations_dir,
             s.labels,
             s.ingest.dataset,
+            lay.data_docs,
         ),
         "split": lambda: (s.split, lay.raw, lay.split_dir, lay.split_stats),
         "preprocess": lambda: (s.preprocess, lay.split_dir, lay.features_dir, lay.tokenizer_dir, s.labels),

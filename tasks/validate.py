@@ -3,7 +3,9 @@
 The suites are hand-written JSON in Great Expectations 1.x's own serialized format, reviewed like code.
 Values that belong to ``params.yaml`` (the label set, text length bounds, rows per class) appear in them as
 suite parameters (``{"$PARAMETER": "labels"}``) and are supplied at run time, so one file serves every
-dataset. A run writes one JSON report, on success and on failure, and never touches the raw file.
+dataset. A run writes one JSON report (the DVC output), on success and on failure, and never touches the raw
+file; given the project's Data Docs folder it also adds both suites' results to the site (run name: the Prefect
+flow run, or ``stage-validate`` under DVC).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ from typing import Any
 import great_expectations as gx
 import pandas as pd
 from great_expectations.core import ExpectationSuite
+from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.datasource.fluent import PandasDatasource
 from prefect import task
 
+from quantflow.core.datadocs import record, run_identifier
 from quantflow.core.errors import DataError, ValidationFailed
 from quantflow.core.layout import shown_path
+from quantflow.core.layout import DataDocsPaths
 from quantflow.core.params import ParamsError, ValidateParams
 from quantflow.core.suites import gx_context, load_suite
 from quantflow.core.validation import Target, entry, failure_line, failure_message, in_suite_order
@@ -47,23 +53,27 @@ def validate(
     expectations_dir: Path,
     labels: Sequence[str] | None,
     dataset: str,
+    data_docs: DataDocsPaths | None = None,
 ) -> ValidationResult:
     """Validate the raw dataset with both suites; write the report to ``report_path``; raise on failure.
 
     ``labels`` is the allowed label set (``validate.labels``, or the built-in dataset's own). Raises
     :class:`ValidationFailed` (with the report) when any expectation fails, so a bad dataset stops the
-    pipeline before split; the report is written either way for review.
+    pipeline before split; the report, and the Data Docs pages when ``data_docs`` is given, are written either
+    way for review.
     """
     started = time.perf_counter()
     supplied = suite_parameters(settings, labels, dataset)
     raw_suite = load_suite(expectations_dir / f"{settings.suite}.json", supplied)
     class_suite = load_suite(expectations_dir / f"{settings.class_suite}.json", supplied)
     frame = _read_raw(raw_path)
-    targets, skipped = _targets(frame, raw_suite, class_suite, supplied["labels"])
-    entries, lines, statistics = _run(targets, supplied, settings.example_rows)
+    targets, skipped = _targets(frame, raw_suite, class_suite, supplied["labels"], dataset)
+    entries, lines, statistics, outcomes = _run(targets, supplied, settings.example_rows)
     statistics["rows"] = len(frame)
     report = _report(settings, dataset, raw_path, supplied, statistics, entries, skipped)
     report_path = _write_report(report, report_path)
+    if data_docs is not None:
+        record(data_docs, outcomes, _run_id())
     logger.info(
         "validated %s: %d rows, %d of %d expectations passed in %.2f s (report: %s)",
         raw_path,
@@ -119,14 +129,28 @@ def class_counts(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     )
 
 
+def _run_id() -> RunIdentifier:
+    """The Data Docs run id: the Prefect flow run validate runs in, or ``stage-validate`` (DVC, a direct call)."""
+    from prefect.runtime import flow_run
+
+    return run_identifier("stage-validate", flow_run.flow_name, flow_run.name)
+
+
 def _targets(
-    frame: pd.DataFrame, raw_suite: ExpectationSuite, class_suite: ExpectationSuite, labels: list[str]
+    frame: pd.DataFrame,
+    raw_suite: ExpectationSuite,
+    class_suite: ExpectationSuite,
+    labels: list[str],
+    dataset: str,
 ) -> tuple[list[Target], dict[str, str]]:
     """What to validate: the raw frame, and the class counts when there is a label column to count."""
-    targets = [Target(raw_suite, frame)]
+    targets = [Target(raw_suite, frame, asset=dataset)]
     skipped: dict[str, str] = {}
     if "label" in frame.columns:
-        targets.append(Target(class_suite, class_counts(frame, labels), key_column="label", unit="classes"))
+        counts = class_counts(frame, labels)
+        targets.append(
+            Target(class_suite, counts, key_column="label", unit="classes", asset=f"{dataset}.class_counts")
+        )
     else:
         skipped[class_suite.name] = "the raw data has no 'label' column to count"
         logger.warning("skipping suite %s: %s", class_suite.name, skipped[class_suite.name])
@@ -135,9 +159,14 @@ def _targets(
 
 def _run(
     targets: list[Target], supplied: dict[str, Any], example_rows: int
-) -> tuple[list[dict[str, Any]], list[str], dict[str, int]]:
-    """Validate every target; return report entries, message lines for failures, and counts."""
-    source = gx_context().data_sources.add_pandas("quantflow")
+) -> tuple[
+    list[dict[str, Any]],
+    list[str],
+    dict[str, int],
+    list[tuple[ExpectationSuite, ExpectationSuiteValidationResult]],
+]:
+    """Validate every target; return report entries, message lines for failures, counts and GX's results."""
+    source = gx_context().data_sources.add_pandas("raw")
     result_format = {
         "result_format": "SUMMARY",  # counts + the first ``example_rows`` unexpected values and indices
         "partial_unexpected_count": example_rows,
@@ -146,21 +175,23 @@ def _run(
     entries: list[dict[str, Any]] = []
     lines: list[str] = []
     statistics = {"evaluated_expectations": 0, "successful_expectations": 0, "unsuccessful_expectations": 0}
+    outcomes = []
     for target in targets:
         batch = _batch(source, target)
         outcome = batch.validate(target.suite, result_format=result_format, expectation_parameters=supplied)
+        outcomes.append((target.suite, outcome))
         for key in statistics:
             statistics[key] += int(outcome.statistics[key])
         for result in in_suite_order(outcome.results, target.suite):
             entries.append(entry(result, target))
             if not result.success:
                 lines.append(failure_line(entries[-1], target))
-    return entries, lines, statistics
+    return entries, lines, statistics, outcomes
 
 
 def _batch(source: PandasDatasource, target: Target) -> Any:
     """A GX batch over the target's whole frame (a dataframe asset with one batch definition)."""
-    asset = source.add_dataframe_asset(target.suite.name)
+    asset = source.add_dataframe_asset(target.asset or target.suite.name)
     definition = asset.add_batch_definition_whole_dataframe(target.suite.name)
     return definition.get_batch(batch_parameters={"dataframe": target.frame})
 

@@ -87,19 +87,43 @@ class CompressionReports:
 
 
 @dataclass(frozen=True)
-class BatchReports:
-    """``reports/nightly/<batch>/``: what the batch contract and the drift check write for one nightly batch."""
+class DataDocsPaths:
+    """``reports/gx/``: the project's one Great Expectations Data Docs site and the two GX stores it is built
+    from. Not a DVC output: validate, the dataset contract and every nightly batch add to it, run after run."""
 
     folder: Path
 
     @property
-    def contract(self) -> Path:
-        """The GX validation result of expectations/<nightly.batch_suite>.json."""
-        return self.folder / "contract.json"
+    def expectations(self) -> Path:
+        """GX's expectations store: each suite as it was last validated (generated; expectations/ is the source)."""
+        return self.folder / "expectations"
 
     @property
-    def data_docs(self) -> Path:
-        return self.folder / "data_docs.html"
+    def validations(self) -> Path:
+        """GX's validation results store: one JSON per suite, run name, run time and batch."""
+        return self.folder / "validations"
+
+    @property
+    def site(self) -> Path:
+        """The Data Docs site GX's site builder writes (its links are relative, inside this folder)."""
+        return self.folder / "data_docs"
+
+    @property
+    def index(self) -> Path:
+        return self.site / "index.html"
+
+
+@dataclass(frozen=True)
+class BatchReports:
+    """``reports/nightly/<batch>/``: what the batch contract and the drift check write for one nightly batch."""
+
+    folder: Path
+    data_docs: DataDocsPaths | None = None  # the site the contract's result joins (None: not recorded)
+
+    @property
+    def contract(self) -> Path:
+        """The GX validation result of expectations/<nightly.batch_suite>.json (its page is in the Data Docs)."""
+        return self.folder / "contract.json"
 
     @property
     def drift(self) -> Path:
@@ -196,6 +220,11 @@ class Layout:
         return self.validation_dir / f"{self.dataset}.json"
 
     @property
+    def data_docs(self) -> DataDocsPaths:
+        """reports/gx/: the Data Docs site of every validation (validate, dataset contract, nightly batches)."""
+        return DataDocsPaths(self.reports_dir / "gx")
+
+    @property
     def split_stats(self) -> Path:
         return self.reports_dir / "split.json"
 
@@ -245,8 +274,8 @@ class Layout:
         return self.reports_dir / "nightly"
 
     def batch_reports(self, batch: str) -> BatchReports:
-        """reports/nightly/<batch>/: contract.json, data_docs.html, drift.json/.md/.png."""
-        return BatchReports(self.nightly_reports / batch)
+        """reports/nightly/<batch>/: contract.json, drift.json/.md/.png; the contract's page joins the Data Docs."""
+        return BatchReports(self.nightly_reports / batch, self.data_docs)
 
     @property
     def dataset_contract(self) -> Path:

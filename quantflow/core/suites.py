@@ -15,6 +15,7 @@ from typing import Any
 import great_expectations as gx
 from great_expectations import exceptions as gx_exceptions
 from great_expectations.core import ExpectationSuite
+from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 from great_expectations.data_context import EphemeralDataContext
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -98,3 +99,24 @@ def gx_context() -> EphemeralDataContext:
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
     return gx.get_context(project_config=config, mode="ephemeral")
+
+
+COMPLETE = {"result_format": "COMPLETE"}  # every unexpected row's index and value
+
+
+def validate_frame(
+    suite: ExpectationSuite,
+    frame: Any,
+    supplied: Mapping[str, Any],
+    source: str,
+    asset: str,
+    result_format: Mapping[str, Any],
+) -> ExpectationSuiteValidationResult:
+    """GX's result of ``suite`` on the whole ``frame`` (a pandas DataFrame), in a fresh in-memory context.
+
+    ``source`` and ``asset`` name the data: the result's batch is ``<source>-<asset>`` (Data Docs shows both).
+    """
+    datasource = gx_context().data_sources.add_pandas(source)
+    definition = datasource.add_dataframe_asset(asset).add_batch_definition_whole_dataframe(suite.name)
+    batch = definition.get_batch(batch_parameters={"dataframe": frame})
+    return batch.validate(suite, result_format=dict(result_format), expectation_parameters=dict(supplied))

@@ -25,13 +25,15 @@ class Target:
     """One suite and the frame it runs on.
 
     ``key_column`` names an example by its value (``label='news'``) where a row number means nothing, as
-    in the derived class-count frame; ``unit`` is what one row of the frame counts.
+    in the derived class-count frame; ``unit`` is what one row of the frame counts; ``asset`` names the frame
+    in GX (the Data Docs' asset name; the suite's name when None).
     """
 
     suite: ExpectationSuite
     frame: pd.DataFrame
     key_column: str | None = None
     unit: str = "rows"
+    asset: str | None = None
 
 
 def in_suite_order(

@@ -3,7 +3,9 @@
 Both are GX suites in ``expectations/`` (``batch.json``, ``dataset.json``) with ``$PARAMETER`` values from
 ``params.yaml``. In the batch suite, ``meta.level: row`` marks checks whose failing rows are quarantined
 (with ``meta.reason``) while their share stays under ``nightly.max_bad_row_share``; every other failure
-blocks the batch. Each batch's validation result is rendered as GX Data Docs HTML beside its reports.
+blocks the batch. Each result joins the project's Data Docs site (quantflow/core/datadocs.py); a batch's as the
+contract judged it: row-level checks with ``mostly = 1 - nightly.max_bad_row_share`` and one more check on the
+share of quarantined rows, so an accepted batch whose bad rows were set aside reads "Succeeded" and lists them.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from typing import Any
 
 import pandas as pd
 from great_expectations.core import ExpectationSuite
-from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
 from prefect import task
 
+from quantflow.core.datadocs import record
 from quantflow.core.errors import ValidationFailed
-from quantflow.core.layout import SPLITS, BatchReports, split_file
+from quantflow.core.layout import SPLITS, BatchReports, DataDocsPaths, split_file
 from quantflow.core.params import Params
-from quantflow.core.suites import gx_context, load_suite
+from quantflow.core.suites import COMPLETE, load_suite, validate_frame
 from quantflow.core.text import text_key
+from quantflow.intake.judged import judged_result, run_id
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ class BatchVerdict:
     quarantined: pd.DataFrame  # row, text, label, reason
     failures: list[str] = field(default_factory=list)  # contract-level: the batch is blocked
     warnings: list[str] = field(default_factory=list)
-    data_docs: Path | None = None
+    data_docs: Path | None = None  # the batch's page in the project's Data Docs site (when recorded)
 
 
 def batch_parameters(params: Params) -> dict[str, Any]:
@@ -124,18 +127,22 @@ def check_batch(
     result = _validate(suite, data, supplied)
     verdict = _judge(result, suite, data, params, name)
     verdict.failures[:0] = label_set_change(data, params, name)
-    verdict.data_docs = write_data_docs(result, reports.data_docs)
-    _write_json(reports.contract, result.to_json_dict())
+    shown, recorded = judged_result(suite, data, verdict.quarantined["row"], params, supplied, name)
+    if reports.data_docs is not None:
+        [verdict.data_docs] = record(reports.data_docs, [(shown, recorded)], run_id("batch-contract"))
+    _write_json(reports.contract, recorded.to_json_dict())
     return verdict
 
 
-def _validate(suite: ExpectationSuite, data: pd.DataFrame, supplied: dict[str, Any]) -> Any:
-    source = gx_context().data_sources.add_pandas("nightly")
-    asset = source.add_dataframe_asset(suite.name)
-    batch = asset.add_batch_definition_whole_dataframe(suite.name).get_batch(
-        batch_parameters={"dataframe": data}
-    )
-    return batch.validate(suite, result_format={"result_format": "COMPLETE"}, expectation_parameters=supplied)
+def _validate(
+    suite: ExpectationSuite,
+    data: pd.DataFrame,
+    supplied: dict[str, Any],
+    source_name: str = "nightly",
+    asset_name: str | None = None,
+) -> Any:
+    """GX's COMPLETE result of ``suite`` on ``data``; the batch is ``<source_name>-<asset_name>`` in Data Docs."""
+    return validate_frame(suite, data, supplied, source_name, asset_name or suite.name, COMPLETE)
 
 
 def _judge(
@@ -246,28 +253,6 @@ def _clip(value: Any) -> str:
     return repr(value)
 
 
-def write_data_docs(result: ExpectationSuiteValidationResult, path: Path) -> Path:
-    """Render one validation result as a GX Data Docs page (the renderer GX's site builder uses)."""
-    from great_expectations.render.renderer.page_renderer import ValidationResultsPageRenderer
-    from great_expectations.render.view.view import DefaultJinjaPageView
-
-    for res in result.results:  # numpy 2 scalars repr as np.float64(...), which GX's renderer cannot parse
-        res.result = _plain(res.result)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    html = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
-    path.write_text(html, encoding="utf-8")
-    return path
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars inside nested dicts and lists → Python numbers."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value.item() if hasattr(value, "item") and not isinstance(value, str | bytes) else value
-
-
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
@@ -291,10 +276,14 @@ def dataset_frames(split_dir: Path, labels: list[str]) -> dict[str, pd.DataFrame
 
 
 def check_dataset(
-    params: Params, split_dir: Path, expectations_dir: Path, report_path: Path
+    params: Params,
+    split_dir: Path,
+    expectations_dir: Path,
+    report_path: Path,
+    data_docs: DataDocsPaths | None = None,
 ) -> dict[str, Any]:
-    """Run expectations/<dataset_suite>.json on the split, write ``report_path`` (``Layout.dataset_contract``);
-    raise DatasetContractFailed with examples."""
+    """Run expectations/<dataset_suite>.json on the split, write ``report_path`` (``Layout.dataset_contract``)
+    and, given ``data_docs``, add the results to the site; raise DatasetContractFailed with examples."""
     nightly = params.nightly
     supplied = {
         "min_class_share": nightly.min_class_share,
@@ -303,13 +292,14 @@ def check_dataset(
     }
     suite = load_suite(expectations_dir / f"{nightly.dataset_suite}.json", supplied)
     frames = dataset_frames(split_dir, list(params.labels or ()))
-    failures, results = [], {}
+    failures, results, outcomes = [], {}, []
     for frame_name, frame in frames.items():
         part = ExpectationSuite(
             name=f"{suite.name}.{frame_name}",
             expectations=[e for e in suite.expectations if (e.meta or {}).get("frame") == frame_name],
         )
-        result = _validate(part, frame, supplied)
+        result = _validate(part, frame, supplied, "split", f"{params.ingest.dataset}.{frame_name}")
+        outcomes.append((part, result))
         results[frame_name] = result.to_json_dict()
         for res in result.results:
             if not res.success:
@@ -321,6 +311,8 @@ def check_dataset(
                 )
     report = {"success": not failures, "suite_parameters": supplied, "results": results}
     _write_json(report_path, report)
+    if data_docs is not None:
+        record(data_docs, outcomes, run_id("dataset-contract"))
     if failures:
         message = f"{split_dir}: the merged dataset breaks expectations/{nightly.dataset_suite}.json:\n"
         raise DatasetContractFailed(message + "\n".join(failures), report)

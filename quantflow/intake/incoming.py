@@ -45,7 +45,8 @@ class BatchOutcome:
     drift: str = "not measured"
     reasons: list[str] = field(default_factory=list)  # why blocked, with example rows
     warnings: list[str] = field(default_factory=list)
-    report_dir: Path | None = None  # reports/nightly/<batch>/: Data Docs, drift table and plot
+    report_dir: Path | None = None  # reports/nightly/<batch>/: contract.json, drift table and plot
+    data_docs: Path | None = None  # the contract's page in the project's Data Docs site
     stored: Path | None = None  # <accepted_dir>/<batch>.parquet
     rejected: Path | None = None  # <rejected_dir>/<batch>/: the blocked file, report.md and report.json
     pending: Path | None = None  # the incoming file: moved to processed/ once the night's model is registered
@@ -128,6 +129,7 @@ def judge(path: Path, name: str, params: Params, layout: Layout, known: pd.DataF
         return outcome
     outcome.rows = len(frame)
     verdict = check_batch(frame, params, known, layout.expectations_dir, reports, path.name)
+    outcome.data_docs = verdict.data_docs
     outcome.quarantined_rows = len(verdict.quarantined)
     outcome.reasons += verdict.failures
     outcome.warnings += verdict.warnings

@@ -38,7 +38,6 @@ def test_a_few_bad_rows_are_quarantined_with_reasons_and_the_rest_kept(
     assert verdict.quarantined.set_index("row")["reason"].to_dict() == {4: "blank text", 9: "unknown label"}
     assert len(verdict.clean) == len(frame) - 2
     assert "2 rows quarantined" in verdict.warnings[0] and "row 9: label='sports'" in verdict.warnings[0]
-    assert "<html" in (tmp_path / "data_docs.html").read_text()
 
 
 def test_texts_labelled_otherwise_in_the_dataset_are_quarantined(

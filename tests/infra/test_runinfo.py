@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from flows.runinfo import DATA_DOCS_INDEX, batch_docs_lines, data_version_lines, docs_lines, mlflow_run_link
+from flows.runinfo import batch_docs_lines, data_version_lines, docs_lines, mlflow_run_link
+from quantflow.core.layout import Layout
+from quantflow.core.ports import MLFLOW_UI
 from quantflow.intake.versioning import Lineage
 from tasks.validate import ValidationResult
+from tests.params_helpers import shipped_params
 
 
 def test_http_tracking_gives_a_clickable_run_link() -> None:
@@ -20,7 +23,7 @@ def test_embedded_store_says_how_to_open_the_run() -> None:
     assert (
         "`sqlite:////p/mlflow.db`" in link
         and "quantflow ui" in link
-        and "#/experiments/1/runs/abc123" in link
+        and f"http://127.0.0.1:{MLFLOW_UI}/#/experiments/1/runs/abc123" in link
     )
 
 
@@ -33,25 +36,27 @@ def test_data_version_names_commit_and_every_output_md5() -> None:
     assert "`artifacts/model` 222222222222" in lines and "`data/raw/x.parquet` 111111111111" in lines
 
 
-def test_docs_lines_link_data_docs_only_when_built(tmp_path: Path) -> None:
-    result = ValidationResult(True, tmp_path / "reports" / "validation" / "x.json", {})
-    assert docs_lines(tmp_path, result) == [f"- validation report: `{result.report_path}`"]
-    index = tmp_path / DATA_DOCS_INDEX
+def test_docs_lines_link_the_data_docs_index_only_when_built(tmp_path: Path) -> None:
+    layout = Layout.of(shipped_params(), tmp_path)
+    result = ValidationResult(True, layout.validation_report, {})
+    assert docs_lines(layout, result) == [f"- validation report: `{result.report_path}`"]
+    index = layout.data_docs.index
     index.parent.mkdir(parents=True)
     index.write_text("<html></html>")
-    assert docs_lines(tmp_path, result)[-1] == f"- Data Docs: {index.resolve().as_uri()}"
+    assert docs_lines(layout, result)[-1].endswith(f": {index.resolve().as_uri()}")
+    logged = docs_lines(layout, result, logged=True)[-1]
+    assert logged.endswith("(also in the MLflow run's artifacts, `reports/gx/data_docs/`)"), logged
 
 
 def test_batch_data_docs_are_linked_when_written(tmp_path: Path) -> None:
-    written, missing = tmp_path / "reports" / "nightly" / "b1", tmp_path / "reports" / "nightly" / "b2"
-    written.mkdir(parents=True)
-    (written / "data_docs.html").write_text("<html></html>")
+    written = tmp_path / "site" / "validations" / "b1.html"
+    written.parent.mkdir(parents=True)
+    written.write_text("<html></html>")
     intake = SimpleNamespace(
         batches=[
-            SimpleNamespace(name="b1", status="accepted", report_dir=written),
-            SimpleNamespace(name="b2", status="blocked", report_dir=missing),
+            SimpleNamespace(name="b1", status="accepted", data_docs=written),
+            SimpleNamespace(name="b2", status="blocked", data_docs=tmp_path / "missing.html"),
+            SimpleNamespace(name="b3", status="blocked", data_docs=None),  # unreadable: no contract ran
         ]
     )
-    assert batch_docs_lines(intake) == [
-        f"- Data Docs of batch b1 (accepted): {(written / 'data_docs.html').resolve().as_uri()}"
-    ]
+    assert batch_docs_lines(intake) == [f"- Data Docs of batch b1 (accepted): {written.resolve().as_uri()}"]

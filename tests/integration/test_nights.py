@@ -292,14 +292,13 @@ def test_good_batch_is_appended_retrained_and_versioned(
     assert reasons[3] == "blank text"
     assert reasons[5].startswith("empty after cleaning") and reasons[7].startswith("empty after cleaning")
     assert (project / "data" / "processed" / "fresh.csv").is_file()
-    assert (project / "reports" / "nightly" / "fresh" / "data_docs.html").read_text().count("<html") == 1
     assert (project / "reports" / "nightly" / "fresh" / "drift.png").is_file()
     assert night3.registered.version == "2"
     run = registry.get_run(night3.registered.run_id)
     assert run.data.tags["nightly.accepted_batches"] == "fresh"
     assert run.data.tags["git_commit"] == night3.git_commit
     artifacts = {a.path for a in registry.list_artifacts(night3.registered.run_id, "reports/nightly/fresh")}
-    assert "reports/nightly/fresh/data_docs.html" in artifacts
+    assert "reports/nightly/fresh/contract.json" in artifacts
     committed = sh(["git", "show", "--name-only", "--format=", night3.git_commit], project).split()
     assert set(committed) >= {"dvc.lock", "data/accepted/fresh.parquet.dvc", "data/accepted/.gitignore"}
     assert json.loads(dvc(["status", "--json"], project)) == {}
@@ -326,3 +325,31 @@ def test_a_night_with_nothing_new_does_not_retrain(
     summary = nightly_retrain(root=str(project))
     assert summary.registered is None and summary.retrain is None and not summary.intake.batches
     assert registry_state(registry, night3.registered.model_name) == before
+
+
+def test_the_data_docs_show_each_batch_as_the_contract_judged_it(
+    night3: RunSummary,
+    project: Path,
+    registry: mlflow.MlflowClient,  # noqa: F811
+) -> None:
+    """One site for the project: the accepted batch with a quarantined row reads "Succeeded" (not "Failed"), the
+    blocked one "Failed"; both under the night's flow run name; the site is among the run's artifacts and the
+    summary links its index and each batch's page."""
+    from flows.nightly import render_summary
+    from tests.data.test_data_docs import assert_links_stay_inside, page_text
+
+    site = project / "reports" / "gx" / "data_docs"
+    fresh, sports = night3.intake.batches
+    assert fresh.data_docs.is_relative_to(site) and sports.data_docs.is_relative_to(site)
+    assert "Status: Succeeded" in page_text(fresh.data_docs) and "Status: Failed" in page_text(
+        sports.data_docs
+    )
+    run_name = fresh.data_docs.parent.parent.name
+    assert run_name.startswith("nightly_retrain-") and sports.data_docs.parent.parent.name == run_name
+    assert f"Run Name {run_name}" in page_text(fresh.data_docs)
+    assert_links_stay_inside(site)
+    logged = {a.path for a in registry.list_artifacts(night3.registered.run_id, "reports/gx/data_docs")}
+    assert "reports/gx/data_docs/index.html" in logged
+    summary = render_summary(night3)
+    assert (site / "index.html").resolve().as_uri() in summary
+    assert f"Data Docs of batch fresh (accepted): {fresh.data_docs.resolve().as_uri()}" in summary
