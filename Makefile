@@ -72,8 +72,8 @@ bench-data: install ## batch-contract, validate and drift throughput on the full
 bench-labels: install ## label-noise audit vs 5 % known flips, and report vs drop accuracy, on both built-in datasets (BENCHMARKS.md)
 	$(BIN)/python bench/labels.py
 
-clean: ## remove outputs of runs (keeps .venv, the MLflow store and the DVC cache)
-	rm -rf data/raw data/split data/features artifacts dvc_plots $(filter-out reports/quality.md,$(wildcard reports/*))
+clean: ## remove outputs of runs (keeps .venv, the MLflow store, the DVC cache and the studies' committed tables)
+	rm -rf data/raw data/split data/features artifacts dvc_plots $(filter-out reports/quality.md reports/scale,$(wildcard reports/*))
 
 scale: install ## scaling study: every size of params.yaml `scale:` on a local Dask cluster, MLflow runs + plots
 	$(BIN)/quantflow scale

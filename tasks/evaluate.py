@@ -14,12 +14,15 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from quantflow.core.baseline import tfidf_baseline
 from quantflow.core.features import load_features
+from quantflow.core.headline import write_headline
 from quantflow.core.layout import EvaluationReports, split_file
 from quantflow.core.models import load_model
 from quantflow.core.params import EvaluateParams
 from quantflow.core.training import predict_logits
 
 logger = logging.getLogger(__name__)
+
+HEADLINE = ("accuracy", "macro_f1")  # per model in metrics.json: the headline figures DVC compares
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def evaluate(
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(reports.predictions, index=False)
     plot_confusion(y_true, y_pred, labels, f"{manifest.config['arch']} on the test split", plot_path)
+    for model, path in (("fp32", reports.headline), ("baseline", reports.baseline_headline)):
+        write_headline(path, {key: metrics[model][key] for key in HEADLINE})
     logger.info(
         "evaluate: %s accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f",
         manifest.config["arch"],

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
+from quantflow.core.headline import write_headline
 from quantflow.core.layout import SPLITS, split_file
 from quantflow.core.params import SplitParams
 from quantflow.core.text import hash_unit, text_key
@@ -54,8 +55,11 @@ def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return kept.reset_index(drop=True), counts
 
 
-def split(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) -> SplitResult:
-    """Write ``train/val/test.parquet`` (columns text, label, key) and the split statistics."""
+def split(
+    params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path, headline: Path | None = None
+) -> SplitResult:
+    """Write ``train/val/test.parquet`` (columns text, label, key), the split statistics and, when given, the
+    headline figures (rows kept and dropped: ``Layout.split_headline``)."""
     frame, counts = deduplicate(pd.read_parquet(raw_path))
     frame = frame.assign(split=frame["key"].map(lambda k: assign_split(k, params)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,10 @@ def split(params: SplitParams, raw_path: Path, out_dir: Path, stats_path: Path) 
     stats = {**counts, "splits": per_split}
     stats_path.parent.mkdir(parents=True, exist_ok=True)
     stats_path.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if headline is not None:
+        write_headline(
+            headline, {"rows": counts["rows_out"], "dropped": counts["rows_in"] - counts["rows_out"]}
+        )
     logger.info(
         "split: %d rows in, %d duplicates and %d conflicting rows dropped → train %d, val %d, test %d",
         counts["rows_in"],

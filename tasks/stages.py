@@ -60,7 +60,7 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
             s.ingest.dataset,
             lay.data_docs,
         ),
-        "split": lambda: (s.split, lay.raw, lay.split_dir, lay.split_stats),
+        "split": lambda: (s.split, lay.raw, lay.split_dir, lay.split_stats, lay.split_headline),
         "preprocess": lambda: (s.preprocess, lay.split_dir, lay.features_dir, lay.tokenizer_dir, s.labels),
         "train": lambda: (
             s.train,

@@ -52,13 +52,25 @@ def accepted_files(accepted_dir: Path) -> list[Path]:
     return sorted(accepted_dir.glob("*.parquet")) if accepted_dir.is_dir() else []
 
 
+def headline_file(reports_dir: Path, name: str) -> Path:
+    """``<reports_dir>/headline/<name>.json``: a step's few headline figures, flat keys (DVC's ``metrics:``).
+
+    Every headline file shares its keys with the others where it can (``accuracy``, ``macro_f1``), so
+    ``dvc metrics show`` prints one narrow table, a row per file; the detailed reports stay plain outputs.
+    """
+    return reports_dir / "headline" / f"{name}.json"
+
+
 @dataclass(frozen=True)
 class EvaluationReports:
-    """What evaluate writes: metrics (model and baseline), predictions (DVC's confusion plot), the matrix PNG."""
+    """What evaluate writes: metrics (model and baseline), predictions (DVC's confusion plot), the matrix PNG,
+    and the headline figures of the model and of the baseline."""
 
     metrics: Path
     predictions: Path
     confusion_plot: Path
+    headline: Path
+    baseline_headline: Path
 
     @classmethod
     def under(cls, reports_dir: Path) -> EvaluationReports:
@@ -66,16 +78,20 @@ class EvaluationReports:
             reports_dir / "metrics.json",
             reports_dir / "predictions.csv",
             reports_dir / "plots" / "confusion_matrix.png",
+            headline_file(reports_dir, "evaluate"),
+            headline_file(reports_dir, "baseline"),
         )
 
 
 @dataclass(frozen=True)
 class CompressionReports:
-    """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot."""
+    """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot, and
+    the chosen variant's headline figures."""
 
     report: Path
     table: Path
     plot: Path
+    headline: Path
 
     @classmethod
     def under(cls, reports_dir: Path) -> CompressionReports:
@@ -83,6 +99,7 @@ class CompressionReports:
             reports_dir / "compression.json",
             reports_dir / "compression.md",
             reports_dir / "plots" / "compression_pareto.png",
+            headline_file(reports_dir, "compress"),
         )
 
 
@@ -226,7 +243,13 @@ class Layout:
 
     @property
     def split_stats(self) -> Path:
+        """split: rows in, dropped (duplicates, conflicts, blanks) and per split and class."""
         return self.reports_dir / "split.json"
+
+    @property
+    def split_headline(self) -> Path:
+        """split's headline figures: rows kept and dropped (DVC metrics)."""
+        return headline_file(self.reports_dir, "split")
 
     @property
     def train_history(self) -> Path:
@@ -250,6 +273,16 @@ class Layout:
         return self.evaluation.confusion_plot
 
     @property
+    def evaluate_headline(self) -> Path:
+        """evaluate's headline figures for the trained model (DVC metrics)."""
+        return self.evaluation.headline
+
+    @property
+    def baseline_headline(self) -> Path:
+        """evaluate's headline figures for the TF-IDF baseline (DVC metrics)."""
+        return self.evaluation.baseline_headline
+
+    @property
     def compression(self) -> CompressionReports:
         """compress: every variant's size, accuracy, latency, and the chosen one."""
         return CompressionReports.under(self.reports_dir)
@@ -265,6 +298,11 @@ class Layout:
     @property
     def compression_plot(self) -> Path:
         return self.compression.plot
+
+    @property
+    def compress_headline(self) -> Path:
+        """compress's headline figures for the chosen variant (DVC metrics)."""
+        return self.compression.headline
 
     # --- the nightly intake -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantflow.core.headline import write_headline
 from quantflow.core.layout import CompressionReports
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.text import Tokenizer
@@ -203,7 +204,7 @@ def pareto_plot(variants: dict[str, dict], reference: dict[str, dict], chosen: s
 
 
 def write_report(reports: CompressionReports, report: dict) -> None:
-    """compression.json, compression.md (table + decision) and the Pareto plot."""
+    """compression.json, compression.md (table + decision), the Pareto plot and the chosen variant's headline."""
     table_path, plot_path = reports.table, reports.plot
     reports.report.parent.mkdir(parents=True, exist_ok=True)
     reports.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -217,3 +218,17 @@ def write_report(reports: CompressionReports, report: dict) -> None:
         encoding="utf-8",
     )
     pareto_plot(variants, reference, chosen, plot_path)
+    write_headline(reports.headline, headline(variants[chosen], chosen))
+
+
+def headline(variant: dict, name: str) -> dict[str, float | str]:
+    """The chosen variant's figures that experiments are compared by: accuracy, macro-F1, MB, p50 latency."""
+    figures: dict[str, float | str] = {
+        "variant": name,
+        "accuracy": variant["accuracy"],
+        "macro_f1": variant["macro_f1"],
+        "size_mb": variant["size_bytes"] / 1e6,
+    }
+    if variant.get("latency_p50_ms") is not None:
+        figures["p50_ms"] = variant["latency_p50_ms"]
+    return figures

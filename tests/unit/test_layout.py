@@ -18,12 +18,20 @@ from quantflow.core.params import load_params
 STAGE_OUTPUTS = {
     "ingest": ("raw",),
     "validate": ("validation_dir",),
-    "split": ("split_dir", "split_stats"),
+    "split": ("split_dir", "split_stats", "split_headline"),
     "preprocess": ("features_dir", "tokenizer_dir"),
     "train": ("model_dir", "train_history"),
-    "evaluate": ("metrics", "predictions", "confusion_plot"),
-    "compress": ("variants_dir", "compression_table", "compression_report", "compression_plot"),
+    "evaluate": ("metrics", "predictions", "confusion_plot", "evaluate_headline", "baseline_headline"),
+    "compress": (
+        "variants_dir",
+        "compression_table",
+        "compression_report",
+        "compression_plot",
+        "compress_headline",
+    ),
 }
+# the metrics DVC shows and compares: the headline files only, cached (an experiment's commit holds them)
+METRICS = ("split_headline", "evaluate_headline", "baseline_headline", "compress_headline")
 # non-default folders: an output that matches only because dvc.yaml spells the shipped path fails here
 MOVED = {
     "paths": {"raw_dir": "d/raw", "split_dir": "d/split", "reports_dir": "out/rep", "variants_dir": "v"},
@@ -72,10 +80,40 @@ def test_every_declared_output_is_the_layout_path_its_step_writes(
 
 
 @pytest.mark.parametrize("changes", [{}, MOVED], ids=["shipped", "moved"])
-def test_the_scale_plots_are_the_files_the_study_writes(
+def test_the_metrics_are_the_cached_headline_files(project_root: Path, tmp_path: Path, changes: dict) -> None:
+    """Only the small headline files are metrics, and DVC caches them: `dvc exp run` commits them (through
+    dvc.lock) and `dvc exp show` reads them back; the detailed reports are plain, uncached outputs."""
+    repo = rendered_project(project_root, tmp_path, changes)
+    layout = Layout.of(load_params(tmp_path / "params.yaml"), tmp_path)
+    outs = [out for stage in repo.index.stages for out in stage.outs]
+    metrics = {Path(out.def_path): out for out in outs if out.metric}
+    assert set(metrics) == {layout.relative(getattr(layout, name)) for name in METRICS}
+    assert all(out.use_cache for out in metrics.values())
+    for name in ("split_stats", "metrics", "compression_report"):
+        [out] = [o for o in outs if Path(o.def_path) == layout.relative(getattr(layout, name))]
+        assert not out.metric and not out.use_cache, name
+
+
+@pytest.mark.parametrize("changes", [{}, MOVED], ids=["shipped", "moved"])
+def test_the_scale_plots_are_the_table_the_study_writes(
     project_root: Path, tmp_path: Path, changes: dict
 ) -> None:
     repo = rendered_project(project_root, tmp_path, changes)
     layout = Layout.of(load_params(tmp_path / "params.yaml"), tmp_path)
     sources = {Path(p) for p in repo.index._plot_sources}  # DVC's own resolution of the top-level plots
-    assert sources == {layout.relative(p) for p in (layout.scale_table, *layout.scale_plots)}
+    assert sources == {layout.relative(layout.scale_table)}
+
+
+def test_the_committed_scale_table_holds_every_plotted_column(project_root: Path) -> None:
+    """Until `quantflow scale` runs, reports/scale/scale.csv is the committed header: `dvc plots show` reads
+    it (empty axes) instead of warning that it failed to load the study's plots."""
+    layout = Layout.of(load_params(project_root / "params.yaml"), project_root)
+    header = layout.scale_table.read_text(encoding="utf-8").splitlines()[0].split(",")
+    plots = yaml.safe_load((project_root / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
+    plotted = {
+        column
+        for plot in plots
+        for props in plot.values()
+        for column in [props["x"], *(c for cols in props["y"].values() for c in cols)]
+    }
+    assert plotted <= set(header), plotted - set(header)
