@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
+from flows.logs import send_step_logs
 from flows.night import (
     Recovery,
     check_store_first,
@@ -156,6 +157,7 @@ def nightly_retrain(
 ) -> RunSummary:
     """Settle the previous night if it stopped half-way, then retrain on the configured dataset and tonight's
     batches, compress, version the data and register the chosen variant, holding the workspace lock."""
+    send_step_logs()
     project = Path(root).resolve()
     params = load_params(project / params_file, overrides)
     require_dvc_repo(project)

@@ -71,7 +71,12 @@ def build_deployment(
 
 
 def serve_nightly(deployment: RunnerDeployment) -> None:
-    """Register the deployment and execute its runs until SIGTERM/Ctrl-C (which pauses the schedule)."""
+    """Register the deployment and execute its runs until SIGTERM/Ctrl-C (which pauses the schedule).
+
+    Each run is a subprocess with this process's environment: ``quantflow schedule`` set Prefect's extra
+    loggers (flows/logs.py) before importing Prefect, so the runs' step lines reach their logs. (A served
+    deployment takes no ``job_variables``: those are for work pools, as in infra/prefect.yaml.)
+    """
     logger.info(
         "serving %s/%s on %s: %s",
         FLOW_NAME,

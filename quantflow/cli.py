@@ -36,7 +36,10 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a para
 
 
 def _setup() -> None:
-    for key, value in QUIET_ENV.items():
+    """Environment before Prefect is imported (its logging reads it then), and the terminal's log format."""
+    from flows.logs import PREFECT_ENV
+
+    for key, value in {**QUIET_ENV, **PREFECT_ENV}.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from prefect import task
-from tqdm import tqdm
 
 from quantflow.core.layout import SPLITS, features_file, split_file
 from quantflow.core.params import PreprocessParams
@@ -26,6 +26,8 @@ from quantflow.core.text import (
 
 logger = logging.getLogger(__name__)
 
+TOKENIZE_LOG_EVERY = 5000  # texts between two progress lines of the tokenizer
+
 
 @dataclass(frozen=True)
 class PreprocessResult:
@@ -36,9 +38,21 @@ class PreprocessResult:
     oov_rate: dict[str, float]
 
 
-def tokenize_texts(tokenizer: Tokenizer, texts: list[str], desc: str) -> list[list[str]]:
-    stream = tokenizer.iter_tokens(texts)
-    return list(tqdm(stream, total=len(texts), desc=f"tokenize {desc}", unit="text", mininterval=1.0))
+def tokenize_texts(
+    tokenizer: Tokenizer, texts: list[str], desc: str, every: int = TOKENIZE_LOG_EVERY
+) -> list[list[str]]:
+    """The tokens of every text; a log line every ``every`` texts and one at the end (a flow run's logs show
+    how far a long tokenization got)."""
+    started = time.perf_counter()
+    tokens: list[list[str]] = []
+    for done, row in enumerate(tokenizer.iter_tokens(texts), start=1):
+        tokens.append(row)
+        if done % every == 0 and done < len(texts):
+            logger.info("preprocess: tokenized %d of %d %s texts", done, len(texts), desc)
+    logger.info(
+        "preprocess: tokenized %d %s texts in %.1f s", len(tokens), desc, time.perf_counter() - started
+    )
+    return tokens
 
 
 def label_order(train_labels: pd.Series, allowed: tuple[str, ...] | None) -> list[str]:

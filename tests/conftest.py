@@ -11,11 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from flows.logs import PREFECT_ENV
+
 for _key, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "true",
     "GIT_PYTHON_REFRESH": "quiet",
+    **PREFECT_ENV,  # as the CLI sets it: the steps' lines in a flow run's logs, none sent outside one
 }.items():
     os.environ.setdefault(_key, _value)
 

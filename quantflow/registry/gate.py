@@ -184,6 +184,8 @@ def run_gate(
     else:
         check, paired = champion_check(client, name, version, inputs, predicted, list(candidate.labels), rp)
         checks.append(check)
+    for c in checks:
+        logger.info("gate: %s %s: %s", "pass" if c.passed else "FAIL", c.name, c.detail)
     return {
         "passed": all(c.passed for c in checks),
         "verdict": verdict(checks),

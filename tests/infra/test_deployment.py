@@ -14,6 +14,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.flows import load_flow_from_entrypoint
 from rich.console import Console
 
+from flows.logs import PREFECT_ENV
 from flows.nightly import nightly_retrain
 from flows.schedule import build_deployment
 from quantflow.core.params import ParamsError, load_params, parse_params
@@ -97,3 +98,9 @@ def test_bad_schedule_params_name_the_key(section: dict[str, Any], fragment: str
     with pytest.raises(ParamsError, match=rf"{fragment}\b.*\(got: ") as caught:
         parse_params(data)
     assert "missing key" not in str(caught.value)  # the one bad value is named, nothing else
+
+
+def test_prefect_yaml_runs_send_the_step_loggers(yaml_deployment: dict[str, Any]) -> None:
+    """A worker's flow runs get Prefect's extra loggers from the deployment, as `quantflow` processes get them
+    from the CLI: quantflow's own lines in the run's logs."""
+    assert yaml_deployment["work_pool"]["job_variables"]["env"] == PREFECT_ENV
