@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ PROJECT_FILES = (
     "tasks",
     "data/external/.gitkeep",
     "data/accepted/.gitkeep",
+    "reports/scale/scale.csv",
 )
 TINY = {
     "ingest": {"dataset": "news_vs_comment", "max_rows_per_class": 200},
@@ -166,6 +168,121 @@ def test_metrics_reports_and_clean_dvc_status(good_run: RunSummary, project: Pat
     assert any((project / "dvc-remote").rglob("*")), "the flow pushes the data to the DVC remote"
 
 
+def flow_run_logs(flow_run_id: str) -> list[str]:
+    """Every log line the Prefect API holds for the flow run (its tasks' included), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the run's last lines may still be queued in this process
+    wanted = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    lines: list[str] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(wanted, limit=200, offset=len(lines), sort=LogSort.TIMESTAMP_ASC):
+            lines += [log.message for log in page]
+    return lines
+
+
+def test_step_lines_reach_the_flow_run_logs_once(
+    good_run: RunSummary, client: mlflow.MlflowClient, harness: None
+) -> None:
+    """quantflow's own lines (not only Prefect's state changes) are in the flow run's logs, each once."""
+    tags = client.get_run(good_run.registered.run_id).data.tags
+    lines = flow_run_logs(tags["prefect_flow_run_id"])
+    epochs = TINY["train"]["epochs"]
+    expected = [
+        r"ingest: \d+ rows from news_vs_comment",
+        r"validated .*news_vs_comment.parquet: \d+ rows",
+        r"split: \d+ rows in",
+        r"preprocess: tokenized \d+ train texts in",
+        *(rf"train: epoch {e} loss [\d.]+ val acc [\d.]+ val macro-F1 [\d.]+" for e in range(1, epochs + 1)),
+        r"compress \[1/\d\] building fp32: done in",
+        r"compress: chose ",
+        r"gate: pass min_f1: ",
+        r"register: quantflow-news_vs_comment v1 ",
+    ]
+    for pattern in expected:
+        found = [line for line in lines if re.match(pattern, line)]
+        assert len(found) == 1, f"{pattern!r}: {len(found)} lines in the flow run's logs:\n" + "\n".join(
+            lines
+        )
+
+
+CLI_FLOW = """
+import logging
+from quantflow.cli import _setup
+_setup()  # what every `quantflow` command does first
+from prefect import flow, task
+
+@task
+def step():
+    logging.getLogger("tasks.demo").info("demo: one step line")
+
+@flow(name="demo-step-logs")
+def demo():
+    step()
+
+print(demo(return_state=True).state_details.flow_run_id)
+"""
+
+
+def test_a_cli_process_prints_each_step_line_once_and_sends_it(harness: None) -> None:
+    """A process set up as the CLI does (no logging settings inherited): the step's line is on the terminal once
+    and in the flow run's logs once."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in tool_env().items() if not k.startswith("PREFECT_LOGGING")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_FLOW], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    terminal = done.stdout + done.stderr
+    assert terminal.count("demo: one step line") == 1, terminal
+    assert flow_run_logs(done.stdout.strip().splitlines()[-1]).count("demo: one step line") == 1
+
+
+def test_data_docs_index_after_the_run(
+    good_run: RunSummary, project: Path, client: mlflow.MlflowClient
+) -> None:
+    """The run left one Data Docs site: validate's suites and the dataset contract under the flow run's name,
+    linked from the summary and logged with the MLflow run."""
+    from flows.nightly import render_summary
+    from tests.data.test_data_docs import assert_links_stay_inside, page_text
+
+    site = project / "reports" / "gx" / "data_docs"
+    assert (site / "index.html").is_file()
+    tags = client.get_run(good_run.registered.run_id).data.tags
+    run_name = f"nightly_retrain-{tags['prefect_flow_run_name']}"
+    pages = sorted(p.relative_to(site / "validations") for p in (site / "validations").rglob("*.html"))
+    suites = {page.parts[: page.parts.index(run_name)] for page in pages}
+    frames = {("dataset", frame) for frame in ("classes", "texts", "cells")}  # GX nests dotted suite names
+    assert suites == {("raw_dataset",), ("raw_class_counts",), *frames}
+    assert all("Status: Succeeded" in page_text(site / "validations" / page) for page in pages)
+    assert_links_stay_inside(site)
+    assert f"{(site / 'index.html').resolve().as_uri()}" in render_summary(good_run)
+    logged = {a.path for a in client.list_artifacts(good_run.registered.run_id, "reports/gx/data_docs")}
+    assert "reports/gx/data_docs/index.html" in logged
+
+
+def test_dvc_metrics_fit_120_columns_and_plots_load(good_run: RunSummary, project: Path) -> None:
+    table = dvc(["metrics", "show"], project).rstrip("\n").splitlines()
+    assert [line.split()[0] for line in table[1:]] == [
+        f"reports/headline/{name}.json" for name in ("split", "evaluate", "baseline", "compress")
+    ]
+    assert max(map(len, table)) <= 120, "\n".join(table)
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "plots", "show"],
+        cwd=project,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "failed to load" not in done.stdout + done.stderr, done.stderr
+
+
 def test_repro_after_changing_epochs_reruns_train_onwards(good_run: RunSummary, project: Path) -> None:
     params_path = project / "params.yaml"
     params = yaml.safe_load(params_path.read_text())
@@ -235,3 +352,32 @@ def test_bad_input_stops_the_run_and_changes_nothing(
     assert after == before
     for leftover in (project / "data" / "external").glob("*.*"):
         leftover.unlink()
+
+
+def test_an_experiment_records_its_metrics_beside_its_params(good_run: RunSummary, project: Path) -> None:
+    """`dvc exp run -S` then `dvc exp show`: the committed run and the experiment, each with its params and
+    its headline figures (read back from DVC's cache through each commit's dvc.lock)."""
+    sh(["git", "add", "-A"], project)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run"], project)
+    baseline_epochs = yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
+    dvc(["exp", "run", "-S", "train.epochs=1"], project)
+    rows = experiment_rows(json.loads(dvc(["exp", "show", "--json"], project)))
+    epochs = {row["params"]["params.yaml"]["data"]["train"]["epochs"] for row in rows}
+    assert epochs == {baseline_epochs, 1}
+    for row in rows:
+        metrics = row["metrics"]
+        for name in ("evaluate", "baseline", "compress"):
+            figures = metrics[f"reports/headline/{name}.json"]["data"]
+            assert isinstance(figures["accuracy"], float) and isinstance(figures["macro_f1"], float), row
+        assert isinstance(metrics["reports/headline/split.json"]["data"]["rows"], int)
+
+
+def experiment_rows(shown: list[dict]) -> list[dict]:
+    """The data of the baseline commit and of each experiment of ``dvc exp show --json`` (not the workspace)."""
+    rows = []
+    for baseline in shown:
+        if baseline.get("rev") == "workspace":
+            continue
+        rows.append(baseline["data"])
+        rows += [rev["data"] for exp in baseline.get("experiments") or [] for rev in exp["revs"]]
+    return rows
