@@ -28,8 +28,7 @@ from prefect import task
 
 from quantflow.core.datadocs import record, run_identifier
 from quantflow.core.errors import DataError, ValidationFailed
-from quantflow.core.layout import shown_path
-from quantflow.core.layout import DataDocsPaths
+from quantflow.core.layout import DataDocsPaths, shown_path
 from quantflow.core.params import ParamsError, ValidateParams
 from quantflow.core.suites import gx_context, load_suite
 from quantflow.core.validation import Target, entry, failure_line, failure_message, in_suite_order

@@ -32,12 +32,25 @@ def test_a_few_bad_rows_are_quarantined_with_reasons_and_the_rest_kept(
 ) -> None:
     frame = tiny_frame.copy()
     frame.loc[4, "text"] = "  "
-    frame.loc[9, "label"] = "sports"
+    frame.loc[9, "text"] = "<div><br/></div>"
     verdict = judge(frame, tmp_path)
     assert verdict.failures == []
-    assert verdict.quarantined.set_index("row")["reason"].to_dict() == {4: "blank text", 9: "unknown label"}
+    reasons = verdict.quarantined.set_index("row")["reason"].to_dict()
+    assert reasons[4] == "blank text" and reasons[9].startswith("empty after cleaning") and len(reasons) == 2
     assert len(verdict.clean) == len(frame) - 2
-    assert "2 rows quarantined" in verdict.warnings[0] and "row 9: label='sports'" in verdict.warnings[0]
+    assert (
+        "2 rows quarantined" in verdict.warnings[0]
+        and "row 9: text='<div><br/></div>'" in verdict.warnings[0]
+    )
+
+
+def test_one_row_with_a_new_label_blocks_the_batch(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
+    """A label outside the label set changes the label set: not a bad row to set aside, whatever its share."""
+    frame = tiny_frame.copy()
+    frame.loc[9, "label"] = "sports"
+    verdict = judge(frame, tmp_path)
+    assert len(verdict.failures) == 1 and "labels outside the label set" in verdict.failures[0]
+    assert "'sports' (1 rows), e.g. row 9" in verdict.failures[0]
 
 
 def test_texts_labelled_otherwise_in_the_dataset_are_quarantined(
