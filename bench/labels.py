@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from quantflow.core.benchmarks import write_section
+from quantflow.core.candidates import train_neural
 from quantflow.core.features import load_features
 from quantflow.core.label_audit import (
     FilterBy,
@@ -46,7 +47,6 @@ from quantflow.core.training import predict_logits
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 from tasks.split import split
-from tasks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-labels:start -->", "<!-- bench-labels:end -->"
@@ -129,7 +129,7 @@ def train_and_test(
         shutil.copy2(split_dir / f"{name}.parquet", run_split / f"{name}.parquet")
     started = time.perf_counter()
     preprocess(params.preprocess, run_split, out / "features", out / "tokenizer", params.labels)
-    result = train(
+    result = train_neural(
         params.train, out / "features", out / "tokenizer", out / "model", out / "history.json", params.seed
     )
     seconds = time.perf_counter() - started

@@ -21,9 +21,10 @@ import yaml
 
 from flows.scale import ScaleResult, run_scale, scale_layout
 from quantflow.core.benchmarks import write_section
+from quantflow.core.candidates import train_neural
 from quantflow.core.layout import Layout
 from quantflow.core.params import load_params
-from tasks.train import TrainResult, train
+from quantflow.core.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-scale:start -->", "<!-- bench-scale:end -->"
@@ -54,7 +55,7 @@ def time_ddp(overrides: dict, processes: int) -> tuple[float, TrainResult]:
     p = params.train.model_copy(update={"workers": processes, "device": "cpu"})
     out = Layout.of(params, ROOT).scale_dir / f"ddp-{processes}"
     started = time.perf_counter()
-    result = train(
+    result = train_neural(
         p, layout.features_dir, layout.tokenizer_dir, out / "model", out / "history.json", params.seed
     )
     seconds = time.perf_counter() - started

@@ -43,6 +43,8 @@ from quantflow.intake.contracts import check_dataset_task
 from quantflow.intake.incoming import Intake, take_incoming_task, withdraw
 from quantflow.intake.nightly import retrain_reason
 from quantflow.intake.versioning import lineage, require_dvc_repo
+from quantflow.registry.candidate import shipped_label
+from quantflow.registry.card import shipped_lines
 from quantflow.registry.promotion import Retry
 from tasks.stages import STAGES, stage_args, step_function
 
@@ -256,14 +258,16 @@ def _shown(summary: RunSummary, path: Path | None) -> str:
 
 
 def render_model(summary: RunSummary) -> list[str]:
-    """Metrics of fp32 and int8, the registered version and its gate."""
+    """The candidates and the winner, metrics of fp32 and int8, the registered version and its gate."""
     metrics = summary.results["evaluate"].metrics
     compression = summary.results["compress"]
     reg = summary.registered
-    lines = [
+    fp32 = metrics["fp32"]
+    lines = [  # the family that won, every candidate's scores, the test against the baseline; then the table
+        *shipped_lines(metrics),
         "| model | accuracy | macro-F1 | size | p50 ms, 1 text |",
         "|---|---|---|---|---|",
-        f"| PyTorch fp32 | {metrics['fp32']['accuracy']:.4f} | {metrics['fp32']['macro_f1']:.4f} | | |",
+        f"| {shipped_label(metrics)} | {fp32['accuracy']:.4f} | {fp32['macro_f1']:.4f} | | |",
         f"| TF-IDF + LR baseline | {metrics['baseline']['accuracy']:.4f} "
         f"| {metrics['baseline']['macro_f1']:.4f} | | |",
     ]

@@ -138,6 +138,7 @@ def ignored_paths(layout: Layout) -> list[str]:
         layout.features_dir,
         layout.tokenizer_dir,
         layout.model_dir,
+        layout.candidates_dir,
         layout.variants_dir,
         layout.reports_dir,
         layout.failure_dir,

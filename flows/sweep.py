@@ -2,9 +2,10 @@
 
 A size is a set of ``train.*`` overrides (``scale.grid``): embedding width x filters for a TextCNN, layers x
 width for a Transformer (feed-forward width 2 x width). Each size reuses the pipeline's own functions —
-:func:`tasks.train.train` and :func:`tasks.compress.compress` with ``compress.variants = scale.variants`` (ONNX
-fp32 and one int8 variant) — on the data prepared once for the whole sweep, so its accuracy, macro-F1,
-parameter count, sizes and latency p50 are exactly what the nightly pipeline would report for that size.
+:func:`quantflow.core.candidates.train_neural` and :func:`tasks.compress.compress` with
+``compress.variants = scale.variants`` (ONNX fp32 and one int8 variant) — on the data prepared once for the
+whole sweep, so its accuracy, macro-F1, parameter count, sizes and latency p50 are exactly what the nightly
+pipeline would report for that size.
 Latency is timed while other sizes train on the other workers: compare the fp32/int8 pair of one size, and
 sizes against each other only as a trend.
 """
@@ -22,10 +23,10 @@ from typing import Any
 
 from prefect import task
 
+from quantflow.core.candidates import train_neural
 from quantflow.core.layout import CompressionReports, Layout
 from quantflow.core.params import Params, ScaleParams
 from tasks.compress import compress
-from tasks.train import train
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def train_size(params: Params, size: Size, layout: Layout, out_dir: Path) -> dic
     started = time.perf_counter()
     p = size_params(params, size)
     folder = out_dir / size.name
-    trained = train(
+    trained = train_neural(
         p.train, layout.features_dir, layout.tokenizer_dir, folder / "model", folder / "history.json", p.seed
     )
     train_seconds = time.perf_counter() - started

@@ -25,6 +25,8 @@ from pathlib import Path
 from prefect import task
 from sklearn.metrics import accuracy_score, f1_score
 
+from quantflow.core.candidates import folder_family
+from quantflow.core.classic_variants import CLASSIC_FAMILY, compress_classic
 from quantflow.core.export import torch_threads
 from quantflow.core.features import read_split
 from quantflow.core.layout import CompressionReports, shown_path, split_file
@@ -274,6 +276,11 @@ def compress(
     against PyTorch eager, choose one by ``compress.policy`` and write the reports. ``seed`` draws the
     calibration sample and the fine-tuning order. Raises ParityError when an export does not match PyTorch,
     DataError when a split is missing or unusable."""
+    if folder_family(model_dir) == CLASSIC_FAMILY:  # fp32 + int8-dynamic (quantflow/core/classic_variants.py)
+        report = compress_classic(settings, model_dir, split_dir, variants_dir, reports, choose)
+        return CompressResult(
+            report["variants"], report["chosen"], report["parity"]["max_abs_diff"], reports.report
+        )
     texts, labels = read_split(split_file(split_dir, "test"), "test", "evaluate the variants on")
     train = read_split(split_file(split_dir, "train"), "train", "calibrate and fine-tune the variants on")
     with tempfile.TemporaryDirectory() as tmp:

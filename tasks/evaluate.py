@@ -1,4 +1,9 @@
-"""evaluate: test-split metrics of the trained model, its confusion matrix, and a TF-IDF baseline beside it."""
+"""evaluate: test-split metrics of the shipped model (neural or classic), its confusion matrix, every candidate's
+test scores beside their validation scores, and a TF-IDF baseline on raw text with the paired test against it.
+
+The shipped model is scored before export, in its own runtime (PyTorch or scikit-learn): metrics.json's
+``fp32`` entry is the reference compress and the register gate measure the ONNX variants against.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ from prefect import task
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from quantflow.core.baseline import tfidf_baseline
+from quantflow.core.bundle import Manifest
+from quantflow.core.candidates import family_of, predict_scores
+from quantflow.core.errors import DataError
 from quantflow.core.features import load_features
 from quantflow.core.headline import write_headline
-from quantflow.core.layout import EvaluationReports, split_file
-from quantflow.core.models import load_model
+from quantflow.core.layout import EvaluationReports, TrainOutputs, split_file
 from quantflow.core.params import EvaluateParams
-from quantflow.core.training import predict_logits
+from quantflow.core.stats import compare_paired
 
 logger = logging.getLogger(__name__)
 
@@ -84,41 +91,90 @@ def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], titl
     plt.close(fig)
 
 
+def read_selection(path: Path) -> dict:
+    """candidates.json as the train step wrote it, or a DataError naming the file and the step to rerun."""
+    if not path.is_file():
+        raise DataError(f"{path}: the train step's selection report is missing; rerun the train step")
+    selection = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(selection, dict) or "winner" not in selection or "candidates" not in selection:
+        raise DataError(f"{path}: expected the keys winner and candidates; rerun the train step")
+    return selection
+
+
+def candidate_rows(
+    selection: dict, trained: TrainOutputs, ids: np.ndarray, y_true: list[str], labels: list[str]
+) -> dict[str, dict]:
+    """Every candidate's validation scores (from the selection), test scores, size and whether it won."""
+    rows = {}
+    for name, row in selection["candidates"].items():
+        predicted = [labels[i] for i in predict_scores(trained.candidate_dir(name), ids).argmax(axis=1)]
+        test = classification_metrics(y_true, predicted, labels)
+        rows[name] = {
+            **{k: row[k] for k in ("family", "arch", "val_accuracy", "val_macro_f1", "size_bytes")},
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "winner": name == selection["winner"],
+        }
+    return rows
+
+
+def versus_baseline(y_pred: list[str], baseline: list[str], y_true: list[str]) -> dict:
+    """The shipped model against the raw-text baseline on the same test texts: exact McNemar and a paired CI."""
+    cmp = compare_paired(y_pred, baseline, y_true)
+    return {
+        "difference": round(cmp.difference, 6),
+        "ci_low": round(cmp.ci_low, 6),
+        "ci_high": round(cmp.ci_high, 6),
+        "p_value": cmp.p_value,
+        "only_model_right": cmp.only_candidate_right,
+        "only_baseline_right": cmp.only_champion_right,
+    }
+
+
 def evaluate(
     params: EvaluateParams,
-    model_dir: Path,
+    trained: TrainOutputs,
     features_dir: Path,
     split_dir: Path,
     reports: EvaluationReports,
     seed: int,
 ) -> EvaluateResult:
-    """Write the metrics (model and baseline), the predictions and the confusion matrix plot (``reports``)."""
-    model, _, manifest = load_model(model_dir)
+    """Write the metrics (shipped model, candidates, baseline), the predictions and the confusion matrix plot."""
+    selection = read_selection(trained.selection)
+    manifest = Manifest.load(trained.model_dir)
     labels = manifest.labels
     ids, y = load_features(features_dir, "test")
     y_true = [labels[i] for i in y]
-    y_pred = [labels[i] for i in predict_logits(model, ids).argmax(axis=1)]
+    y_pred = [labels[i] for i in predict_scores(trained.model_dir, ids).argmax(axis=1)]
     train_df, test_df = (pd.read_parquet(split_file(split_dir, s)) for s in ("train", "test"))
     baseline_pred = tfidf_baseline(train_df, test_df, params, seed)
+    arch = str(manifest.config["arch"])
     metrics = {
         "test_rows": len(y_true),
+        "model": {"candidate": selection["winner"], "family": family_of(manifest.config), "arch": arch},
         "fp32": classification_metrics(y_true, y_pred, labels),
         "baseline": classification_metrics(test_df["label"].tolist(), baseline_pred, labels),
+        "versus_baseline": versus_baseline(y_pred, baseline_pred, test_df["label"].tolist()),
+        "candidates": candidate_rows(selection, trained, ids, y_true, labels),
+        "selection": {"winner": selection["winner"], "reason": selection["reason"]},
     }
     metrics_path, plot_path = reports.metrics, reports.confusion_plot
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(reports.predictions, index=False)
-    plot_confusion(y_true, y_pred, labels, f"{manifest.config['arch']} on the test split", plot_path)
+    plot_confusion(y_true, y_pred, labels, f"{arch} on the test split", plot_path)
     for model, path in (("fp32", reports.headline), ("baseline", reports.baseline_headline)):
         write_headline(path, {key: metrics[model][key] for key in HEADLINE})
     logger.info(
-        "evaluate: %s accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f",
-        manifest.config["arch"],
+        "evaluate: %s (%s) accuracy %.4f macro-F1 %.4f | TF-IDF baseline accuracy %.4f macro-F1 %.4f | "
+        "McNemar p %.3g",
+        selection["winner"],
+        arch,
         metrics["fp32"]["accuracy"],
         metrics["fp32"]["macro_f1"],
         metrics["baseline"]["accuracy"],
         metrics["baseline"]["macro_f1"],
+        metrics["versus_baseline"]["p_value"],
     )
     return EvaluateResult(metrics, metrics_path, plot_path)
 

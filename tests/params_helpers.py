@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quantflow.core.params import (
+    ClassicParams,
     IngestParams,
     Params,
     PreprocessParams,
@@ -53,6 +54,11 @@ def preprocess_with(**changes: Any) -> PreprocessParams:
 
 def train_with(**changes: Any) -> TrainParams:
     return _section("train", changes)
+
+
+def classic_with(**changes: Any) -> ClassicParams:
+    """params.yaml's train.classic section (the classic candidates' settings) with ``changes``."""
+    return train_with(**{f"classic.{key}": value for key, value in changes.items()}).classic
 
 
 def write_params(path: Path, changes: dict[str, Any] | None = None) -> Path:

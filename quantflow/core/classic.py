@@ -24,40 +24,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from quantflow.core.params import CLASSIC_MODELS, ClassicParams
+
 logger = logging.getLogger(__name__)
 
-CLASSIC_MODELS = ("tfidf_lr", "nb_lr")
+__all__ = ["CLASSIC_MODELS", "ClassicFit", "ClassicParams", "fit_classic"]
 PAD_ID = 0
 BASE = 0x10000  # id i is code point BASE + i: plane 1 and up, no whitespace or case for scikit-learn to fold
 MAX_ID = 0x10FFFF - BASE
 PAD_CHAR = chr(BASE + PAD_ID)
-
-
-class ClassicParams(BaseModel):
-    """Settings of a classic model: the shape a ``classic`` section of params.yaml would hold."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: Literal[CLASSIC_MODELS] = "tfidf_lr"
-    ngram_max: int = Field(default=3, ge=1, le=6)  # n-grams of n = 1..ngram_max consecutive ids
-    # most frequent n-grams kept (None: all): the ONNX graph's widest tensor is (B, max_features); 50k scored
-    # as 200k (the raw-text baseline's) on both built-in datasets, within the split's noise
-    max_features: int | None = Field(default=50_000, ge=1)
-    min_df: int = Field(default=1, ge=1)  # n-grams in fewer training texts are dropped
-    # tf = 1 + log(count) (the raw-text baseline's choice): no better here, and its Log over the (B, F) tensor
-    # costs about half the batch throughput of the ONNX graph
-    sublinear_tf: bool = False
-    C: float = Field(default=4.0, gt=0)  # inverse L2 strength of the logistic regression(s)
-    max_iter: int = Field(default=2000, ge=1)
-    nb_alpha: float = Field(default=1.0, gt=0)  # nb_lr: additive smoothing of the log-count ratio
 
 
 def id_text(row: np.ndarray, max_len: int) -> str:
@@ -91,12 +72,14 @@ def check_ids(ids: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassicFit:
-    """A fitted classic model: scikit-learn's vectorizer and classifier(s), and the NB ratios (nb_lr).
+    """A fitted classic model ``model`` (one of CLASSIC_MODELS): scikit-learn's vectorizer and classifier(s),
+    and the NB ratios (nb_lr).
 
     ``classifiers`` holds one model (``tfidf_lr``; ``nb_lr`` with 2 classes) or one binary model per class
     (``nb_lr`` one-vs-rest); ``ratios`` (K, F) one row per classifier, None for ``tfidf_lr``.
     """
 
+    model: str
     settings: ClassicParams
     max_len: int
     num_classes: int
@@ -176,12 +159,21 @@ def _fit_nb(
 
 
 def fit_classic(
-    ids: np.ndarray, y: np.ndarray, num_classes: int, settings: ClassicParams, max_len: int, seed: int = 0
+    ids: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    model: str,
+    settings: ClassicParams,
+    max_len: int,
+    seed: int,
 ) -> ClassicFit:
-    """Fit ``settings.model`` on (N, T) ids and (N,) class indexes in ``[0, num_classes)``.
+    """Fit ``model`` (tfidf_lr or nb_lr, ``train.classic`` settings) on (N, T) ids and (N,) class indexes in
+    ``[0, num_classes)``.
 
     Every class must occur in ``y`` (a class never seen gets no weights and the logits would lose a column).
     """
+    if model not in CLASSIC_MODELS:
+        raise ValueError(f"unknown classic model {model!r}; choose one of {', '.join(CLASSIC_MODELS)}")
     ids, y = check_ids(ids), np.asarray(y, dtype=np.int64)
     if len(ids) != len(y):
         raise ValueError(f"ids and y differ in length ({len(ids)} vs {len(y)})")
@@ -193,9 +185,9 @@ def fit_classic(
         )
     vectorizer = make_vectorizer(settings)
     x = vectorizer.fit_transform([id_text(row, max_len) for row in ids])
-    logger.info("classic %s: %d texts, %d n-gram features", settings.model, x.shape[0], x.shape[1])
-    if settings.model == "nb_lr":
+    logger.info("classic %s: %d texts, %d n-gram features", model, x.shape[0], x.shape[1])
+    if model == "nb_lr":
         classifiers, ratios = _fit_nb(x, y, num_classes, settings, seed)
-        return ClassicFit(settings, max_len, num_classes, vectorizer, classifiers, ratios)
+        return ClassicFit(model, settings, max_len, num_classes, vectorizer, classifiers, ratios)
     classifier = _logistic(settings, seed).fit(x, y)
-    return ClassicFit(settings, max_len, num_classes, vectorizer, (classifier,))
+    return ClassicFit(model, settings, max_len, num_classes, vectorizer, (classifier,))

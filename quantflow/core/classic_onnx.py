@@ -37,6 +37,7 @@ from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
 from quantflow.core.quantize import quantize_int8
 from quantflow.core.text import TokenizerConfig
 
+CLASSIC_FAMILY = "classic"  # model.json config["family"]; a neural model's config has no "family"
 OPSET = 18  # as the neural exports (tasks/compress.py)
 OUTPUT_NAME = "logits"
 NORM_EPS = 1e-12
@@ -150,7 +151,7 @@ def classic_graph(fit: ClassicFit) -> onnx.ModelProto:
     linear_nodes, linear_inits = _linear_nodes(fit, tfidf, norm)
     graph = helper.make_graph(
         count_nodes + norm_nodes + linear_nodes,
-        f"quantflow_{fit.settings.model}",
+        f"quantflow_{fit.model}",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.INT64, ["batch", "seq"])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", fit.num_classes])],
         initializer=count_inits + norm_inits + linear_inits,
@@ -166,12 +167,12 @@ def classic_config(fit: ClassicFit) -> dict[str, Any]:
     """``model.json``'s config: the architecture under ``arch`` (as the torch models' ModelConfig) and the settings."""
     coef, _ = fit.linear()
     return {
-        "arch": fit.settings.model,
-        "family": "classic",
+        "arch": fit.model,
+        "family": CLASSIC_FAMILY,
         "num_classes": fit.num_classes,
         "max_len": fit.max_len,
         "features": int(coef.shape[1]),
-        **fit.settings.model_dump(exclude={"model"}),
+        **fit.settings.model_dump(),
     }
 
 

@@ -84,6 +84,20 @@ class EvaluationReports:
 
 
 @dataclass(frozen=True)
+class TrainOutputs:
+    """What train writes: every candidate's folder, the shipped copy of the winner, the choice, its history."""
+
+    model_dir: Path
+    candidates_dir: Path
+    selection: Path
+    history: Path
+
+    def candidate_dir(self, name: str) -> Path:
+        """``<candidates_dir>/<name>/``: one candidate's model folder (and its history.json)."""
+        return self.candidates_dir / name
+
+
+@dataclass(frozen=True)
 class CompressionReports:
     """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot, and
     the chosen variant's headline figures."""
@@ -167,6 +181,7 @@ class Layout:
     features_dir: Path
     tokenizer_dir: Path
     model_dir: Path
+    candidates_dir: Path
     variants_dir: Path
     reports_dir: Path
     expectations_dir: Path
@@ -191,6 +206,7 @@ class Layout:
             features_dir=root / paths.features_dir,
             tokenizer_dir=root / paths.tokenizer_dir,
             model_dir=root / paths.model_dir,
+            candidates_dir=root / paths.candidates_dir,
             variants_dir=root / paths.variants_dir,
             reports_dir=root / paths.reports_dir,
             expectations_dir=root / "expectations",
@@ -253,7 +269,18 @@ class Layout:
 
     @property
     def train_history(self) -> Path:
+        """The shipped model's per-epoch history (one row for a classic model: its one fit)."""
         return self.reports_dir / "train_history.json"
+
+    @property
+    def selection(self) -> Path:
+        """train: every candidate's validation scores, size and speed, and which one won and why."""
+        return self.reports_dir / "candidates.json"
+
+    @property
+    def training(self) -> TrainOutputs:
+        """train: the candidates' folders, the shipped model's folder, the selection and the history."""
+        return TrainOutputs(self.model_dir, self.candidates_dir, self.selection, self.train_history)
 
     @property
     def evaluation(self) -> EvaluationReports:

@@ -40,7 +40,8 @@ class PathsParams(_Section):
     split_dir: Path
     features_dir: Path
     tokenizer_dir: Path
-    model_dir: Path
+    model_dir: Path  # the shipped model: the winning candidate's folder, copied
+    candidates_dir: Path  # every trained candidate, one folder each
     variants_dir: Path
     reports_dir: Path
     accepted_dir: Path  # nightly batches that passed their contracts (DVC-tracked)
@@ -104,7 +105,28 @@ class PreprocessParams(_Section):
     max_len: int = Field(ge=8)
 
 
+CLASSIC_MODELS = ("tfidf_lr", "nb_lr")
+NEURAL = "neural"  # the candidate that is train.model with the train.* settings
+CANDIDATES = (NEURAL, *CLASSIC_MODELS)
+
+
+class ClassicParams(_Section):
+    """The classic candidates (quantflow/core/classic.py): char n-gram TF-IDF + LR and NB-LR on token ids."""
+
+    ngram_max: int = Field(ge=1, le=6)  # n-grams of n = 1..ngram_max consecutive ids
+    # most frequent n-grams kept (null: all): the ONNX graph's widest tensor is (B, max_features)
+    max_features: int | None = Field(ge=1)
+    min_df: int = Field(ge=1)  # n-grams in fewer training texts are dropped
+    sublinear_tf: bool  # tf = 1 + log(count) instead of the count
+    C: float = Field(gt=0)  # inverse L2 strength of the logistic regression(s)
+    max_iter: int = Field(ge=1)
+    nb_alpha: float = Field(gt=0)  # nb_lr: additive smoothing of the naive-Bayes log-count ratio
+
+
 class TrainParams(_Section):
+    # the families trained by the train step; the best on validation (macro-F1) ships (quantflow/core/candidates.py)
+    candidates: list[Literal[CANDIDATES]] = Field(min_length=1)
+    classic: ClassicParams  # tfidf_lr and nb_lr
     # char_word_textcnn needs preprocess.segmenter = char+word
     model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"]
     embed_dim: int = Field(ge=2)
@@ -137,6 +159,13 @@ class TrainParams(_Section):
     augment_synonym: float = Field(ge=0, le=1)
     # initialize the char embedding with word2vec vectors trained on the training split (quantflow/core/pretrain.py)
     pretrained_embeddings: bool
+
+    @model_validator(mode="after")
+    def _candidates_once_each(self) -> TrainParams:
+        repeated = sorted({c for c in self.candidates if self.candidates.count(c) > 1})
+        if repeated:
+            raise ValueError(f"train.candidates names {repeated} more than once (got: {self.candidates})")
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TrainParams:

@@ -131,3 +131,50 @@ def accuracy_drop_pp(reference: float, candidate: float) -> float:
     accuracy on the same test split), in percentage points; negative when it leads. ``compress.max_drop_pp`` bounds
     it twice: the compress step's choice among variants, and the gate's check of the chosen one."""
     return round(100.0 * (reference - candidate), 4)
+
+
+@dataclass(frozen=True)
+class FoldComparison:
+    """Mean over k cross-validation folds of a per-fold score difference (a - b), with a corrected t-interval."""
+
+    k: int
+    mean: float
+    ci_low: float
+    ci_high: float
+    p_value: float  # two-sided, corrected resampled t-test
+    confidence: float
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-fold ``values`` and its Student-t interval (k - 1 degrees of freedom)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        raise ValueError(f"an interval over folds needs at least 2 values (got {len(v)})")
+    half = stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+
+def compare_folds(
+    a: Sequence[float], b: Sequence[float], test_share: float, confidence: float = 0.95
+) -> FoldComparison:
+    """Paired comparison of two models' per-fold scores by the corrected resampled t-test (Nadeau & Bengio,
+    2003): the folds' training sets overlap, so the plain t-test's variance ``s²/k`` is too small; it is
+    ``(1/k + n_test/n_train) s²`` instead. ``test_share`` is n_test / n (1/k for k-fold cross-validation)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    k = len(d)
+    if k < 2 or len(a) != len(b):
+        raise ValueError(f"paired fold scores of equal length >= 2 needed (got {len(a)} and {len(b)})")
+    if not 0 < test_share < 1:
+        raise ValueError(f"test_share must be in (0, 1) (got: {test_share})")
+    mean, var = float(d.mean()), float(d.var(ddof=1))
+    se = math.sqrt((1 / k + test_share / (1 - test_share)) * var)
+    if se == 0:
+        p = 1.0 if mean == 0 else 0.0
+        return FoldComparison(k, mean, mean, mean, p, confidence)
+    half = stats.t.ppf(0.5 + confidence / 2, k - 1) * se
+    p = float(2 * stats.t.sf(abs(mean) / se, k - 1))
+    return FoldComparison(k, mean, mean - half, mean + half, p, confidence)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
+from quantflow.core.bundle import MANIFEST
 from quantflow.core.layout import Layout, accepted_files
 from quantflow.core.params import Params
 from quantflow.intake.incoming import Intake
@@ -30,7 +31,8 @@ def retrain_reason(params: Params, layout: Layout, intake: Intake, overridden: b
         return "nightly.retrain is 'always'"
     if intake.accepted:
         return f"{len(intake.accepted)} batch(es) accepted"
-    if not (layout.model_dir / "model.pt").is_file() or not (layout.root / "dvc.lock").is_file():
+    # model.json: a model folder of either family (model.pt for a neural one, model.onnx for a classic one)
+    if not (layout.model_dir / MANIFEST).is_file() or not (layout.root / "dvc.lock").is_file():
         return "no model yet"
     if overridden and not intake.blocked:
         return "params overridden for this run"

@@ -30,6 +30,25 @@ class Inputs:
         return self.compression["variants"][self.variant]
 
 
+def shipped_label(metrics: dict[str, Any]) -> str:
+    """How the summary, the card and the gate name the shipped model before export: its candidate and runtime,
+    e.g. ``tfidf_lr (scikit-learn)``; ``PyTorch fp32`` for metrics written before candidates existed."""
+    model = metrics.get("model")
+    if not isinstance(model, dict):
+        return "PyTorch fp32"
+    runtime = "scikit-learn" if model.get("family") == "classic" else "PyTorch"
+    return f"{model.get('candidate')}: {model.get('arch')} ({runtime})"
+
+
+def candidate_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """``quantflow.candidate``, ``quantflow.family``, ``quantflow.arch``: which candidate won (run and version);
+    none for metrics written before candidates existed."""
+    model = metrics.get("model")
+    if not isinstance(model, dict):
+        return {}
+    return {f"quantflow.{key}": str(model[key]) for key in ("candidate", "family", "arch") if key in model}
+
+
 def latency_ms(scores: dict[str, Any]) -> float | None:
     """A variant's latency under whichever of ``LATENCY_KEYS`` compress wrote, or None."""
     return next((float(scores[k]) for k in LATENCY_KEYS if isinstance(scores.get(k), int | float)), None)

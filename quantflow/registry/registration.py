@@ -31,7 +31,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from quantflow.core.failpoints import failpoint
 from quantflow.core.params import Params, RegisterParams
-from quantflow.registry.candidate import Inputs
+from quantflow.registry.candidate import Inputs, candidate_tags
 from quantflow.registry.card import model_card
 from quantflow.registry.gate import gate_tags, run_gate
 from quantflow.registry.promotion import (
@@ -147,7 +147,12 @@ def register_candidate(
     def call(what: str, fn: Any) -> Any:
         return retrying(fn, what, retry, uri)
 
-    base_tags = {**(tags or {}), "params_digest": params.digest(), "quantflow.variant": inputs.variant}
+    base_tags = {
+        **(tags or {}),
+        "params_digest": params.digest(),
+        "quantflow.variant": inputs.variant,
+        **candidate_tags(inputs.metrics),
+    }
     night = base_tags.get(NIGHT_TAG)
     with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries(), active_owner() as owner:
         earlier = (

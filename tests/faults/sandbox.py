@@ -56,7 +56,7 @@ TINY = {
     "compress.latency_texts": 20,
     "compress.throughput_texts": 64,
     "register.min_f1": 0.0,
-    "register.max_drop": 1.0,
+    "compress.max_drop_pp": 100.0,
     "register.champion_tolerance": 1.0,
     "register.bootstrap_samples": 200,
     "register.retries": 1,

@@ -1,12 +1,14 @@
-"""Behavioural tests of the default model (CheckList style), on its fp32 ONNX export and its chosen int8 variant.
+"""Behavioural tests of every family the pipeline can ship (CheckList style), on its fp32 ONNX export and its
+chosen int8 variant.
 
 A full-data model does not exist in a test run, so the fixture trains the *default configuration* (every
 ``preprocess``, ``train`` and ``compress`` value of the repository's ``params.yaml``) on a seeded subset of
 the built-in corpus: ``ingest.max_rows_per_class = SUBSET`` (sampled with ``params.yaml``'s seed), then
-split, preprocess, train and compress exactly as the pipeline does. Only the timing sample of the compress
-step is shrunk (it measures speed, not labels) and only the int8 variants quantized from the exported weights
-are built (``VARIANTS``). The tests then check, on fp32 and on the int8 variant the
-compress policy chose:
+split, preprocess, train and compress exactly as the pipeline does, once per family (``train.candidates`` set
+to that one: the neural default, TF-IDF + LR, NB-LR). Only the timing sample of the compress step is shrunk
+(it measures speed, not labels) and only the int8 variants quantized from the exported weights are built
+(``VARIANTS``; a classic model builds fp32 and int8-dynamic). The tests then check, on fp32 and on the int8
+variant the compress policy chose:
 
 - minimum functionality: clear-cut texts of each class get their class;
 - invariance: extra whitespace, full-width vs half-width punctuation and a neutral suffix never change a label,
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantflow.core.layout import CompressionReports, Layout
+from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params, load_params
 from quantflow.core.variants import FP32
@@ -38,6 +40,8 @@ SUBSET = 1000  # rows per class of the built-in news_vs_comment corpus
 VARIANTS = ["fp32", "int8-dynamic", "int8-static"]
 MIN_CHARS = 12  # invariance on real test texts: a suffix may not outweigh a two-character text
 DATASET = "news_vs_comment"
+# every family the train step can ship: each is trained alone (train.candidates: [family]) and checked alike
+FAMILIES = ["neural", "tfidf_lr", "nb_lr"]
 
 # Hand-written, unambiguous examples in the corpora's registers: People's Daily news and product/hotel reviews.
 CLEAR_CUT = {
@@ -85,32 +89,29 @@ def subset_params(project_root: Path) -> Params:
     )
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+@pytest.fixture(scope="module", params=FAMILIES)
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The default configuration with ``train.candidates`` set to one family: the train step ships it, and
+    compress builds its variants exactly as it would for the winner of a nightly run."""
     project_root = Path(__file__).resolve().parents[2]
-    root = tmp_path_factory.mktemp("behaviour")
-    params = subset_params(project_root)
-    raw = ingest(params.ingest, Layout.of(params, root).raw, params.seed).path
-    split(params.split, raw, root / "split", root / "split.json")
-    preprocess(params.preprocess, root / "split", root / "features", root / "tokenizer", params.labels)
-    train(
-        params.train,
-        root / "features",
-        root / "tokenizer",
-        root / "model",
-        root / "history.json",
-        params.seed,
-    )
+    root = tmp_path_factory.mktemp(f"behaviour-{request.param}")
+    params = subset_params(project_root).with_overrides({"train.candidates": [request.param]})
+    layout = Layout.of(params, root)
+    raw = ingest(params.ingest, layout.raw, params.seed).path
+    split(params.split, raw, layout.split_dir, layout.split_stats)
+    preprocess(params.preprocess, layout.split_dir, layout.features_dir, layout.tokenizer_dir, params.labels)
+    shipped = train(params.train, layout.features_dir, layout.tokenizer_dir, layout.training, params.seed)
+    assert shipped.winner.name == request.param
     result = compress(
         params.compress,
-        root / "model",
-        root / "split",
-        root / "variants",
-        CompressionReports.under(root / "reports"),
+        layout.model_dir,
+        layout.split_dir,
+        layout.variants_dir,
+        layout.compression,
         params.seed,
     )
-    texts = pd.read_parquet(root / "split" / "test.parquet")["text"].tolist()
-    return Trained(params, root / "variants", int8_variant(result.variants, result.chosen, params), texts)
+    texts = pd.read_parquet(layout.split_file("test"))["text"].tolist()
+    return Trained(params, layout.variants_dir, int8_variant(result.variants, result.chosen, params), texts)
 
 
 def int8_variant(variants: dict[str, dict], chosen: str, params: Params) -> str:

@@ -22,15 +22,15 @@ from quantflow.core.text import Tokenizer, pad_batch
 from serving.model import ServedModel
 from tests.conftest import NEWS_WORDS, REVIEW_WORDS, make_texts, two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess
-from tests.params_helpers import preprocess_with
+from tests.params_helpers import classic_with, preprocess_with
 
 MAX_LEN = 24  # the tiny texts run 6-37 chars: some are cut
 PARITY_ATOL = 1e-4
-SETTINGS = [
-    ClassicParams(model="tfidf_lr"),
-    ClassicParams(model="tfidf_lr", sublinear_tf=True),
-    ClassicParams(model="nb_lr"),
-    ClassicParams(model="nb_lr", sublinear_tf=True),
+SETTINGS = [  # (model, train.classic.sublinear_tf)
+    ("tfidf_lr", False),
+    ("tfidf_lr", True),
+    ("nb_lr", False),
+    ("nb_lr", True),
 ]
 
 
@@ -73,9 +73,10 @@ def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     return _prepare(tmp_path_factory.mktemp("three"), three_class_frame())
 
 
-def fit_on(data: Prepared, settings: ClassicParams) -> ClassicFit:
+def fit_on(data: Prepared, model: str = "tfidf_lr", settings: ClassicParams | None = None) -> ClassicFit:
+    """``model`` fitted on the training split with params.yaml's train.classic (or ``settings``)."""
     ids, y = data.ids("train")
-    return fit_classic(ids, y, len(data.labels), settings, MAX_LEN, seed=0)
+    return fit_classic(ids, y, len(data.labels), model, settings or classic_with(), MAX_LEN, seed=0)
 
 
 def export(data: Prepared, fit: ClassicFit, folder: Path) -> OnnxClassifier:
@@ -86,13 +87,13 @@ def onnx_proba(classifier: OnnxClassifier, ids: np.ndarray) -> np.ndarray:
     return softmax(classifier.logits(ids))
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"{s.model}-sublinear_{s.sublinear_tf}")
+@pytest.mark.parametrize(("model", "sublinear"), SETTINGS, ids=[f"{m}-sublinear_{s}" for m, s in SETTINGS])
 @pytest.mark.parametrize("classes", ["two_classes", "three_classes"])
 def test_onnx_probabilities_match_scikit_learn(
-    settings: ClassicParams, classes: str, request: pytest.FixtureRequest, tmp_path: Path
+    model: str, sublinear: bool, classes: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     data: Prepared = request.getfixturevalue(classes)
-    fit = fit_on(data, settings)
+    fit = fit_on(data, model, classic_with(sublinear_tf=sublinear))
     classifier = export(data, fit, tmp_path / "model")
     ids, _ = data.ids("test")  # (N, max_len), as data/features holds them
     ids = np.vstack([ids, np.zeros((1, ids.shape[1]), np.int64)])  # + a row of padding only: no n-gram at all
@@ -105,7 +106,7 @@ def test_onnx_probabilities_match_scikit_learn(
 def test_graph_is_tfidf_vectorizer_and_gemm_in_standard_operators(
     two_classes: Prepared, tmp_path: Path
 ) -> None:
-    fit = fit_on(two_classes, ClassicParams())
+    fit = fit_on(two_classes)
     save_classic_folder(fit, tmp_path, two_classes.labels, two_classes.tokenizer_dir)
     model = onnx.load(tmp_path / MODEL_FILE)
     ops = [node.op_type for node in model.graph.node]
@@ -125,9 +126,7 @@ def test_nb_ratios_fold_into_the_gemm(two_classes: Prepared, three_classes: Prep
     for data in (two_classes, three_classes):
         graphs = {}
         for model in ("tfidf_lr", "nb_lr"):
-            save_classic_folder(
-                fit_on(data, ClassicParams(model=model)), tmp_path / model, data.labels, data.tokenizer_dir
-            )
+            save_classic_folder(fit_on(data, model), tmp_path / model, data.labels, data.tokenizer_dir)
             graphs[model] = [n.op_type for n in onnx.load(tmp_path / model / MODEL_FILE).graph.node]
         before_logits = slice(0, graphs["tfidf_lr"].index("Gemm") + 1)
         assert graphs["nb_lr"][before_logits] == graphs["tfidf_lr"][before_logits]
@@ -136,7 +135,7 @@ def test_nb_ratios_fold_into_the_gemm(two_classes: Prepared, three_classes: Prep
 def test_onnx_classifier_loads_the_folder_and_predicts_scikit_learns_labels(
     two_classes: Prepared, tmp_path: Path
 ) -> None:
-    fit = fit_on(two_classes, ClassicParams())
+    fit = fit_on(two_classes)
     classifier = export(two_classes, fit, tmp_path / "model")
     expected = fit.predict_proba(classifier.tokenizer.encode(two_classes.texts)).argmax(axis=1)
     assert classifier.predict(two_classes.texts) == [two_classes.labels[i] for i in expected]
@@ -148,7 +147,7 @@ def test_onnx_classifier_loads_the_folder_and_predicts_scikit_learns_labels(
 def test_padding_and_ids_past_max_len_change_nothing(two_classes: Prepared, tmp_path: Path) -> None:
     """A text alone (no padding), in a padded batch, with extra padding, or with ids past max_len (which the
     tokenizer would have cut): the same probabilities."""
-    fit = fit_on(two_classes, ClassicParams(sublinear_tf=True))
+    fit = fit_on(two_classes, settings=classic_with(sublinear_tf=True))
     classifier = export(two_classes, fit, tmp_path / "model")
     texts = two_classes.texts[:20]
     alone = np.vstack([onnx_proba(classifier, classifier.tokenizer.encode([t])) for t in texts])
@@ -170,7 +169,7 @@ def test_padding_and_ids_past_max_len_change_nothing(two_classes: Prepared, tmp_
 
 
 def test_the_service_serves_and_explains_a_classic_folder(two_classes: Prepared, tmp_path: Path) -> None:
-    fit = fit_on(two_classes, ClassicParams())
+    fit = fit_on(two_classes)
     folder = save_classic_folder(fit, tmp_path / "model", two_classes.labels, two_classes.tokenizer_dir)
     served = ServedModel.load(folder, name="classic", version="1", alias=None, threads=1)
     text = two_classes.texts[0]
@@ -184,7 +183,7 @@ def test_the_service_serves_and_explains_a_classic_folder(two_classes: Prepared,
 def test_int8_variant_has_quantized_ops_is_smaller_and_as_accurate(
     two_classes: Prepared, tmp_path: Path
 ) -> None:
-    fit = fit_on(two_classes, ClassicParams())
+    fit = fit_on(two_classes)
     fp32 = save_classic_folder(fit, tmp_path / "fp32", two_classes.labels, two_classes.tokenizer_dir)
     int8 = quantize_classic(fp32, tmp_path / "int8")
     ops = {node.op_type for node in onnx.load(int8 / MODEL_FILE).graph.node}
@@ -198,12 +197,12 @@ def test_int8_variant_has_quantized_ops_is_smaller_and_as_accurate(
 def test_a_class_missing_from_the_training_labels_is_named(two_classes: Prepared) -> None:
     ids, y = two_classes.ids("train")
     with pytest.raises(ValueError, match=r"missing class indexes \[1\]"):
-        fit_classic(ids[y == 0], y[y == 0], 2, ClassicParams(), MAX_LEN)
+        fit_classic(ids[y == 0], y[y == 0], 2, "tfidf_lr", classic_with(), MAX_LEN, seed=0)
 
 
 def test_a_tokenizer_that_cuts_elsewhere_is_refused(two_classes: Prepared, tmp_path: Path) -> None:
     ids, y = two_classes.ids("train")
-    fit = fit_classic(pad_batch([row[row != 0][:8] for row in ids]), y, 2, ClassicParams(), max_len=8)
+    fit = fit_classic(pad_batch([row[row != 0][:8] for row in ids]), y, 2, "tfidf_lr", classic_with(), 8, 0)
     with pytest.raises(ValueError, match="max_len 24, but the model was fitted on ids cut to 8"):
         save_classic_folder(fit, tmp_path / "model", two_classes.labels, two_classes.tokenizer_dir)
     assert not (tmp_path / "model").exists()

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantflow.core.candidates import train_neural
 from quantflow.core.ddp import DistributedTrainingError, resolve_device, uses_distributed
 from quantflow.core.features import load_features
 from quantflow.core.models import load_model
 from quantflow.core.params import TrainParams
 from quantflow.core.pretrain import word2vec_vectors
 from quantflow.core.training import predict_logits
-from tasks.train import train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import split_and_preprocess, tiny_train_params
 from tests.params_helpers import preprocess_with
@@ -48,7 +48,9 @@ def features(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(root: Path, out: Path, params: TrainParams):
-    return train(params, root / "features", root / "tokenizer", out / "model", out / "history.json", seed=3)
+    return train_neural(
+        params, root / "features", root / "tokenizer", out / "model", out / "history.json", seed=3
+    )
 
 
 def held_out_accuracy(root: Path, model_dir: Path) -> float:

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from quantflow.core.layout import EvaluationReports
+from quantflow.core.candidates import train_neural
+from quantflow.core.layout import EvaluationReports, TrainOutputs
 from quantflow.core.models import ModelConfig, build_model, load_model
 from tasks.evaluate import evaluate
 from tasks.train import train
@@ -46,7 +47,7 @@ def test_loss_falls_when_overfitting_one_batch(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["textcnn", "transformer"])
 def test_train_saves_a_self_describing_folder_and_learns(features: Path, arch: str) -> None:
     params = TINY.model_copy(update={"model": arch})
-    result = train(
+    result = train_neural(
         params,
         features / "features",
         features / "tokenizer",
@@ -67,20 +68,22 @@ def test_train_saves_a_self_describing_folder_and_learns(features: Path, arch: s
 
 def test_training_is_deterministic(features: Path) -> None:
     args = (features / "features", features / "tokenizer")
-    a = train(TINY, *args, features / "m1", features / "h1.json", seed=5)
-    b = train(TINY, *args, features / "m2", features / "h2.json", seed=5)
+    a = train_neural(TINY, *args, features / "m1", features / "h1.json", seed=5)
+    b = train_neural(TINY, *args, features / "m2", features / "h2.json", seed=5)
     assert a.history == b.history
     wa, wb = torch.load(a.model_dir / "model.pt"), torch.load(b.model_dir / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_evaluate_writes_metrics_baseline_and_plot(features: Path) -> None:
-    train(
-        TINY, features / "features", features / "tokenizer", features / "model", features / "h.json", seed=3
+    outputs = TrainOutputs(
+        features / "model", features / "candidates", features / "candidates.json", features / "h.json"
     )
+    params = TINY.model_copy(update={"candidates": ["neural", "tfidf_lr"]})
+    train(params, features / "features", features / "tokenizer", outputs, seed=3)
     result = evaluate(
         shipped_params().evaluate,
-        features / "model",
+        outputs,
         features / "features",
         features / "split",
         EvaluationReports.under(features / "reports"),
@@ -96,3 +99,9 @@ def test_evaluate_writes_metrics_baseline_and_plot(features: Path) -> None:
     accuracy = float(np.mean(predictions["actual"] == predictions["predicted"]))
     assert accuracy == pytest.approx(saved["fp32"]["accuracy"], abs=1e-6)
     assert result.plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every candidate's test scores beside its validation scores; the shipped one's are the fp32 entry's
+    assert set(saved["candidates"]) == {"neural", "tfidf_lr"}
+    (winner,) = [name for name, row in saved["candidates"].items() if row["winner"]]
+    assert saved["model"]["candidate"] == winner == saved["selection"]["winner"]
+    assert saved["candidates"][winner]["test_accuracy"] == saved["fp32"]["accuracy"]
+    assert 0.0 <= saved["versus_baseline"]["p_value"] <= 1.0

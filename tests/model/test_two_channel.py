@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
+from quantflow.core.candidates import train_neural
 from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, load_model
 from quantflow.core.text import SEP, Tokenizer
-from quantflow.core.training import model_config
+from quantflow.core.training import TrainResult, model_config
 from quantflow.registry.model_code import pip_requirements
 from serving.model import ServedModel
 from tasks.compress import CompressResult, compress
-from tasks.train import TrainResult, train
 from tests.conftest import two_vocabulary_frame
 from tests.model.tiny import LABELS, split_and_preprocess, tiny_train_params
 from tests.params_helpers import params_with, preprocess_with, train_with
@@ -117,7 +117,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     preprocess = preprocess_with(segmenter="char+word", min_freq=1, max_len=40)
     split_and_preprocess(root, two_vocabulary_frame(120), preprocess, holdout=0.2, labels=LABELS)
     torch.set_num_threads(1)
-    trained = train(TINY, root / "features", root / "tokenizer", root / "model", root / "h.json", seed=0)
+    trained = train_neural(
+        TINY, root / "features", root / "tokenizer", root / "model", root / "h.json", seed=0
+    )
     params = params_with(
         {
             "compress.latency_texts": 10,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 
-from quantflow.core.stats import compare_paired, judge, mcnemar_exact
+from quantflow.core.stats import compare_folds, compare_paired, judge, mcnemar_exact, t_interval
 
 
 def binom_two_sided(b: int, c: int) -> float:
@@ -79,3 +80,27 @@ def test_bad_inputs_name_the_problem(truth: list[str]) -> None:
         compare_paired(truth[:3], truth, truth)
     with pytest.raises(ValueError, match="champion_rule"):
         judge(compare_paired(truth, truth, truth), "maybe", 0.05, 0.0)
+
+
+def test_fold_interval_is_corrected_for_overlapping_training_sets() -> None:
+    """k-fold folds share training texts: the corrected interval is wider than the plain t-interval."""
+    a, b = [0.90, 0.91, 0.89, 0.92, 0.90], [0.89, 0.90, 0.89, 0.90, 0.90]
+    cmp = compare_folds(a, b, test_share=1 / 5)
+    diffs = np.subtract(a, b)
+    plain_mean, plain_low, plain_high = t_interval(diffs)
+    assert cmp.mean == pytest.approx(plain_mean)
+    assert cmp.ci_low < plain_low and cmp.ci_high > plain_high
+    assert (cmp.ci_high - cmp.ci_low) / (plain_high - plain_low) == pytest.approx(
+        np.sqrt(1 + 5 / 4), rel=1e-9
+    )
+    assert cmp.ci_low <= cmp.mean <= cmp.ci_high
+
+
+def test_fold_comparison_finds_a_consistent_gap_and_not_noise() -> None:
+    better = compare_folds([0.95, 0.96, 0.95, 0.97, 0.96], [0.90, 0.91, 0.90, 0.91, 0.90], 0.2)
+    assert better.p_value < 0.01 and better.ci_low > 0
+    noise = compare_folds([0.90, 0.92, 0.89, 0.91, 0.90], [0.91, 0.90, 0.90, 0.92, 0.89], 0.2)
+    assert noise.p_value > 0.5
+    assert compare_folds([0.9] * 5, [0.9] * 5, 0.2).p_value == 1.0
+    with pytest.raises(ValueError, match="equal length"):
+        compare_folds([0.9, 0.8], [0.9], 0.5)
