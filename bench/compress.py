@@ -1,8 +1,11 @@
 """`make bench-compress`: the compression variants measured carefully on the full default dataset.
 
-Runs the compress step (the same function as the pipeline) on the trained model in ``artifacts/model`` with
-every test text for latency and several interleaved rounds, into a scratch folder (the pipeline's outputs and
-``dvc.lock`` stay untouched), then compares dynamic int8 weight types side by side, prints the tables and
+Runs the compress step (the same function as the pipeline) on the neural candidate the train step left in
+``artifacts/candidates/neural`` (or ``artifacts/model`` when that is neural) with every test text for latency
+and several interleaved rounds, into a scratch folder (the pipeline's outputs and ``dvc.lock`` stay
+untouched), then compares dynamic int8 weight types side by side. Every classic candidate beside it
+(``artifacts/candidates/tfidf_lr``, ``nb_lr``) is compressed too (fp32 + int8-dynamic), and all the families'
+ONNX variants are timed together, interleaved in one process, for the families table. Prints the tables and
 writes them into the Compression section of BENCHMARKS.md.
 
     python bench/compress.py [--rounds 3] [--no-write]
@@ -24,9 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from quantflow.core.benchmarks import write_section
+from quantflow.core.candidates import NEURAL_FAMILY, folder_family
 from quantflow.core.layout import Layout
 from quantflow.core.measure import measure, onnx_runner
-from quantflow.core.params import load_params
+from quantflow.core.params import Params, load_params
 from quantflow.core.quantize import quantize_int8
 from quantflow.core.variants import FP32
 from tasks.compress import compress
@@ -92,7 +96,48 @@ def goals_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def section(report_md: str, weights_md: str, goals_md: str, rounds: int, seconds: float, texts: int) -> str:
+def candidate_folders(layout: Layout) -> dict[str, Path]:
+    """Every trained candidate (artifacts/candidates/<name>/), or the shipped model alone under its family's
+    name when the train step left no candidates folder (a run from before candidates existed)."""
+    found = {p.name: p for p in sorted(layout.candidates_dir.glob("*")) if (p / "model.json").is_file()}
+    if not found and (layout.model_dir / "model.json").is_file():
+        found = {folder_family(layout.model_dir): layout.model_dir}
+    return found
+
+
+def compress_candidate(params: Params, folder: Path, layout: Layout, out: Path) -> dict:
+    """The compress step on one candidate into ``out``; its compression.json."""
+    scratch = Layout.of(params, out)
+    compress(
+        params.compress, folder, layout.split_dir, scratch.variants_dir, scratch.compression, params.seed
+    )
+    return json.loads(scratch.compression_report.read_text(encoding="utf-8"))
+
+
+def family_table(reports: dict[str, tuple[dict, Path]], texts: list[str], rounds: int) -> str:
+    """Every candidate's ONNX variants timed together (interleaved, one process): size, latency, throughput."""
+    runners, accuracy, size = [], {}, {}
+    for name, (report, variants_dir) in reports.items():
+        for variant, row in report["variants"].items():
+            key = f"{name} {variant}"
+            runners.append(onnx_runner(key, variants_dir / variant))
+            accuracy[key], size[key] = row["accuracy"], row["size_bytes"]
+    timings = measure(runners, texts, texts[:1280], rounds)
+    lines = [
+        "| candidate, variant | accuracy | size (KB) | p50 ms | model p50 ms | texts/s @64 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, t in timings.items():
+        lines.append(
+            f"| {key} | {accuracy[key]:.4f} | {size[key] / 1024:,.0f} | {t['latency_p50_ms']:.3f} "
+            f"| {t['model_p50_ms']:.3f} | {t['throughput_b64']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def section(
+    report_md: str, weights_md: str, goals_md: str, families_md: str, rounds: int, seconds: float, texts: int
+) -> str:
     load = os.getloadavg()[0]
     return f"""{START}
 ## Compression (issue: compression suite)
@@ -112,8 +157,31 @@ issue's goals.
 Dynamic int8, weight type and Conv chosen by measurement (same run, same texts):
 
 {weights_md}
+
+Every family the train step trained (`train.candidates`), each compressed by the same step (a classic model:
+fp32 and int8-dynamic), all variants timed together in one process (same texts, interleaved):
+
+{families_md}
 {END}
 """
+
+
+def measure_all(params: Params, layout: Layout, texts: list[str], rounds: int, tmp: Path) -> tuple[str, ...]:
+    """The neural candidate's compression table, goals and weight-type table, and the families table."""
+    folders = candidate_folders(layout)
+    neural = next((n for n, f in folders.items() if folder_family(f) == NEURAL_FAMILY), None)
+    if neural is None:
+        raise SystemExit(f"no trained neural model under {layout.candidates_dir}: run `make run`")
+    reports = {}
+    for name, folder in folders.items():  # the neural one into tmp itself (its tables), the others beside it
+        out = tmp if name == neural else tmp / f"candidate-{name}"
+        reports[name] = (compress_candidate(params, folder, layout, out), Layout.of(params, out).variants_dir)
+    scratch = Layout.of(params, tmp)
+    report_md = scratch.compression_table.read_text(encoding="utf-8")
+    goals_md = goals_table(reports[neural][0])
+    weights_md = weight_type_table(scratch.variants_dir, texts, rounds, tmp)
+    shutil.copy(scratch.compression_plot, ROOT / "bench" / "compression_pareto.png")
+    return report_md, weights_md, goals_md, family_table(reports, texts, rounds)
 
 
 def main() -> None:
@@ -125,8 +193,8 @@ def main() -> None:
     params = load_params(ROOT / "params.yaml")
     layout = Layout.of(params, ROOT)
     test_path = layout.split_file("test")
-    if not (layout.model_dir / "model.pt").is_file() or not test_path.is_file():
-        raise SystemExit(f"no trained model in {layout.model_dir} or no {test_path}: run `make run` first")
+    if not test_path.is_file():
+        raise SystemExit(f"no {test_path}: run `make run` first")
     texts = pd.read_parquet(test_path)["text"].astype(str).tolist()
     params = params.with_overrides(
         {
@@ -137,21 +205,8 @@ def main() -> None:
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        scratch = Layout.of(params, Path(tmp))
-        report = scratch.compression_report
-        compress(
-            params.compress,
-            layout.model_dir,
-            layout.split_dir,
-            scratch.variants_dir,
-            scratch.compression,
-            params.seed,
-        )
-        report_md = scratch.compression_table.read_text(encoding="utf-8")
-        goals_md = goals_table(json.loads(report.read_text(encoding="utf-8")))
-        weights_md = weight_type_table(scratch.variants_dir, texts, args.rounds, scratch.root)
-        shutil.copy(scratch.compression_plot, ROOT / "bench" / "compression_pareto.png")
-    text = section(report_md, weights_md, goals_md, args.rounds, time.perf_counter() - start, len(texts))
+        tables = measure_all(params, layout, texts, args.rounds, Path(tmp))
+    text = section(*tables, args.rounds, time.perf_counter() - start, len(texts))
     print(text)
     if not args.no_write:
         write_section(text, ROOT / "BENCHMARKS.md", START, END)

@@ -70,14 +70,14 @@ def dataset_rows(quality: ModuleType, accuracies: dict[str, float], n: int = 400
 
 
 def test_a_clearly_worse_candidate_is_not_tied_and_a_close_one_is(quality: ModuleType) -> None:
-    result = dataset_rows(quality, {"tfidf_lr": 0.90, "nb_lr": 0.895, "textcnn-cosine": 0.70})
+    result = dataset_rows(quality, {"tfidf_lr": 0.90, "nb_lr": 0.895, "fasttext-cosine": 0.70})
     assert result["best"] in ("tfidf_lr", "nb_lr")  # half a point apart: either, by the draw
     rows = result["rows"]
     assert rows["tfidf_lr"]["tied"] and rows["nb_lr"]["tied"]
-    assert not rows["textcnn-cosine"]["tied"]
-    worse = rows["textcnn-cosine"]["vs_best"]
+    assert not rows["fasttext-cosine"]["tied"]
+    worse = rows["fasttext-cosine"]["vs_best"]
     assert worse["f1_high"] < 0 and worse["p_folds"] < 0.05 and worse["p_mcnemar"] < 0.05
-    mean = rows["textcnn-cosine"]["accuracy"]
+    mean = rows["fasttext-cosine"]["accuracy"]
     assert mean["low"] <= mean["mean"] <= mean["high"]
     assert mean["high"] < rows[result["best"]]["accuracy"]["low"]
     assert len(rows["tfidf_lr"]["pooled"]) == 5 * 400  # every text once
@@ -128,7 +128,7 @@ def test_params_yaml_trains_candidates_of_the_study(quality: ModuleType) -> None
 def test_a_candidate_means_the_same_model_whatever_params_yaml_says(quality: ModuleType) -> None:
     shipped = shipped_params()
     changed = shipped.with_overrides({"train.model": "fasttext", "train.lr": 0.1, "train.threads": 2})
-    _, overrides = quality.CANDIDATES["textcnn-cosine"]
+    _, overrides = quality.CANDIDATES["fasttext-cosine"]
     a, b = quality.candidate_params(shipped, overrides), quality.candidate_params(changed, overrides)
     assert a.train == b.train
     assert quality.cache_key(a) == quality.cache_key(b)
