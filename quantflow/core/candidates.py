@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from quantflow.core.ddp import train_distributed, uses_distributed
 from quantflow.core.features import load_features, load_labels
 from quantflow.core.layout import shown_path
 from quantflow.core.models import load_model
-from quantflow.core.params import CLASSIC_MODELS, NEURAL, TrainParams
+from quantflow.core.params import CLASSIC_MODELS, NEURAL, ClassicParams, TrainParams
 from quantflow.core.training import TrainResult, fit, predict_logits, save_outputs, seed_everything, setup
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,15 @@ def train_neural(
 
 
 def save_fit(fit: ClassicFit, folder: Path) -> Path:
-    """The fitted scikit-learn model as ``folder/model.joblib``."""
+    """The fitted scikit-learn model as ``folder/model.joblib``: its parts, the settings as a plain dict (a
+    pickled pydantic model carries a set of field names whose order changes with the interpreter's hash seed,
+    so the same fit would not give the same bytes twice: DVC and `quantflow reproduce` compare them)."""
     import joblib
 
     path = folder / FIT_FILE
-    joblib.dump(fit, path)
+    parts = {f.name: getattr(fit, f.name) for f in fields(fit)}
+    parts["settings"] = fit.settings.model_dump(mode="json")
+    joblib.dump(parts, path)
     return path
 
 
@@ -92,13 +96,12 @@ def load_fit(folder: Path) -> ClassicFit:
 
     path = folder / FIT_FILE
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder}: no {FIT_FILE}; it is not a classic model folder of the train step"
-        )
-    fit = joblib.load(path)
-    if not isinstance(fit, ClassicFit):
-        raise TypeError(f"{path}: holds a {type(fit).__name__}, not a ClassicFit; rerun the train step")
-    return fit
+        raise FileNotFoundError(f"{folder}: no {FIT_FILE}; it is not a classic model folder of the train step")
+    parts = joblib.load(path)
+    expected = {f.name for f in fields(ClassicFit)}
+    if not isinstance(parts, dict) or set(parts) != expected:
+        raise TypeError(f"{path}: not the parts of a classic model ({sorted(expected)}); rerun the train step")
+    return ClassicFit(**{**parts, "settings": ClassicParams(**parts["settings"])})
 
 
 def train_classic(
