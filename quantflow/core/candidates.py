@@ -96,11 +96,15 @@ def load_fit(folder: Path) -> ClassicFit:
 
     path = folder / FIT_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {FIT_FILE}; it is not a classic model folder of the train step")
+        raise FileNotFoundError(
+            f"{folder}: no {FIT_FILE}; it is not a classic model folder of the train step"
+        )
     parts = joblib.load(path)
     expected = {f.name for f in fields(ClassicFit)}
     if not isinstance(parts, dict) or set(parts) != expected:
-        raise TypeError(f"{path}: not the parts of a classic model ({sorted(expected)}); rerun the train step")
+        raise TypeError(
+            f"{path}: not the parts of a classic model ({sorted(expected)}); rerun the train step"
+        )
     return ClassicFit(**{**parts, "settings": ClassicParams(**parts["settings"])})
 
 
