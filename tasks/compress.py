@@ -1,8 +1,9 @@
 """The compress step: every variant of the trained model as ONNX, measured side by side, and the choice.
 
-The variants (``fp32``, ``int8-dynamic``, ``int8-static``, ``pruned-int8``, ``slim-int8``) are built by
-quantflow/core/variants.py, exported and parity-checked by quantflow/core/export.py. This step plans which to
-build, scores each on the test split, times them in one process against PyTorch eager
+The variants (``fp32``, ``int8-dynamic``, ``int8-static``, ``pruned-int8``, ``slim-int8``,
+``distilled-int8``) are built by quantflow/core/variants.py, exported and parity-checked by
+quantflow/core/export.py; a classic model gets its own (quantflow/core/classic_variants.py). This step plans
+which to build, scores each on the test split, times them in one process against PyTorch eager
 (quantflow/core/measure.py), and applies the policy in ``params.yaml`` (``compress.policy``,
 ``compress.max_drop_pp``) to pick the variant that register logs.
 
@@ -37,7 +38,7 @@ from quantflow.core.params import VARIANTS, CompressParams
 from quantflow.core.pruning import count_params
 from quantflow.core.stats import accuracy_drop_pp
 from quantflow.core.training import predict_logits
-from quantflow.core.variants import BUILDERS, FP32, SLIM, Built, Job, make_job, write_variant_folder
+from quantflow.core.variants import BUILDERS, FP32, VERSUS, Built, Job, make_job, write_variant_folder
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,9 @@ def _timed(message: str, *args: object) -> Iterator[None]:
 
 
 def plan(settings: CompressParams, cfg: ModelConfig) -> list[str]:
-    """The variants to build, fp32 first (the reference); slim-int8 applies to a TextCNN only."""
-    names = [FP32] + [n for n in VARIANTS if n in settings.variants and n != FP32]
-    if cfg.arch != "textcnn" and SLIM in names:
-        logger.info(
-            "compress: skipping %s (filter pruning needs a textcnn, this model is %s)", SLIM, cfg.arch
-        )
-        names.remove(SLIM)
-    return names
+    """The variants to build, fp32 first (the reference), then ``compress.variants`` in VARIANTS order (every
+    family has each: slim-int8 prunes whatever the family has, distilled-int8 trains any student on it)."""
+    return [FP32] + [n for n in VARIANTS if n in settings.variants and n != FP32]
 
 
 def build_variants(job: Job) -> dict[str, Built]:
@@ -206,7 +202,7 @@ def choose(variants: dict[str, dict], policy: str, max_drop_pp: float) -> dict:
 
 
 def ratios(variants: dict[str, dict], reference: dict, chosen: str) -> dict[str, float]:
-    """The issue's goals as ratios: chosen vs PyTorch eager, int8 size vs fp32, slim vs ONNX fp32."""
+    """The issue's goals as ratios: chosen vs PyTorch eager, its size vs fp32, then :data:`VERSUS`'s pairs."""
     c, fp32 = variants[chosen], variants[FP32]
     out = {
         "size_ratio": round(c["size_bytes"] / fp32["size_bytes"], 4),
@@ -214,11 +210,12 @@ def ratios(variants: dict[str, dict], reference: dict, chosen: str) -> dict[str,
         "chosen_model_speedup_vs_torch": round(reference["model_p50_ms"] / c["model_p50_ms"], 3),
         "chosen_throughput_ratio_vs_torch": round(c["throughput_b64"] / reference["throughput_b64"], 3),
     }
-    if SLIM in variants:
-        out["slim_latency_speedup_vs_fp32"] = round(
-            fp32["latency_p50_ms"] / variants[SLIM]["latency_p50_ms"], 3
-        )
-        out["slim_model_speedup_vs_fp32"] = round(fp32["model_p50_ms"] / variants[SLIM]["model_p50_ms"], 3)
+    for name, (base_name, vs) in VERSUS.items():  # slim vs ONNX fp32, distilled vs the teacher's int8
+        if name in variants and base_name in variants:
+            v, base, key = variants[name], variants[base_name], name.split("-")[0]
+            out[f"{key}_size_ratio_vs_{vs}"] = round(v["size_bytes"] / base["size_bytes"], 4)
+            out[f"{key}_latency_speedup_vs_{vs}"] = round(base["latency_p50_ms"] / v["latency_p50_ms"], 3)
+            out[f"{key}_model_speedup_vs_{vs}"] = round(base["model_p50_ms"] / v["model_p50_ms"], 3)
     return out
 
 

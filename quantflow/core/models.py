@@ -80,7 +80,14 @@ def token_embedding(cfg: ModelConfig) -> nn.Embedding:
 
 
 class TextCNN(nn.Module):
-    """embedding → Conv1d per width → ReLU → max over time → dropout → linear."""
+    """embedding → Conv1d per width → ReLU → max over time → dropout → linear.
+
+    The pool needs no mask: the embedding's padding row is zero, so a window that sees only padding gives
+    ``ReLU(bias)`` for its filter, and every text gets at least one such window (one pad id is appended before
+    the convolutions). Each filter's feature is therefore ``max(ReLU(bias), the max over the windows touching a
+    real token)`` however much padding a batch adds: padding never changes the logits, and the graph has no
+    mask multiply over the (B, F, T) conv outputs (the largest tensors of the int8 graph at batch 64).
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -97,17 +104,9 @@ class TextCNN(nn.Module):
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids → (B, F * widths): max-pooled conv features, before dropout and the head."""
-        lengths = (ids != 0).sum(dim=1, keepdim=True)  # (B, 1)
-        x = self.embedding(ids).transpose(1, 2)  # (B, E, T)
-        pooled = []
-        for conv in self.convs:
-            k = conv.kernel_size[0]
-            h = F.relu(conv(x))  # (B, F, T + k - 1)
-            positions = torch.arange(h.size(2), device=ids.device).unsqueeze(0)  # (1, T + k - 1)
-            valid = (positions < lengths + (k - 1)).unsqueeze(1).to(h.dtype)  # (B, 1, T + k - 1)
-            # ReLU outputs are >= 0, so zeroing windows that start in the padding leaves the max unchanged
-            pooled.append((h * valid).amax(dim=2))  # (B, F)
-        return torch.cat(pooled, dim=1)
+        x = self.embedding(F.pad(ids, (0, 1))).transpose(1, 2)  # (B, E, T + 1): the last column padding
+        # ReLU then max over time; a padding-only window adds ReLU(bias), which every text has anyway
+        return torch.cat([F.relu(conv(x)).amax(dim=2) for conv in self.convs], dim=1)  # (B, F * widths)
 
 
 class _EncoderLayer(nn.Module):
@@ -193,15 +192,39 @@ def ngram_buckets(ids: torch.Tensor, n: int, buckets: int) -> tuple[torch.Tensor
     return torch.remainder(key, buckets), real.to(torch.float32)
 
 
+def ngram_rows(ids: torch.Tensor, ngram_max: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of every 2..``ngram_max``-gram of each text in one table of ``buckets + 1`` rows.
+
+    ids (B, T) → rows (B, sum over n of T - n + 1): the n-gram's bucket (the hash of :func:`ngram_buckets`) or,
+    for a run that touches padding, row ``buckets`` (the table's zero padding row); and (B, 1) the number of real
+    1..``ngram_max``-grams of each text (the bag's denominator). The hash is built up n by n (each n adds one id
+    times its prime to the sum of the n - 1 before) with fixed-offset slices only, and padding is sent to its
+    row in the (B, T) ids: the graph stays small (a single text's cost is mostly per node) and the bag needs no
+    mask over its (B, T, E) vectors.
+    """
+    real = (ids != 0).to(ids.dtype)  # (B, T): 1 on tokens; for each n: "every id of the run is real"
+    nonzero, key = real, ids * _NGRAM_PRIMES[0]
+    rows, count = [], real.sum(dim=1, keepdim=True)  # the unigrams
+    for n in range(2, ngram_max + 1):
+        # (B, T - n + 1): the runs starting at 0 .. T - n, each extended by the id n - 1 places on
+        key = key[:, :-1] + ids[:, n - 1 :] * _NGRAM_PRIMES[n - 1]
+        real = real[:, :-1] * nonzero[:, n - 1 :]
+        rows.append(torch.where(real > 0, torch.remainder(key, buckets), buckets))
+        count = count + real.sum(dim=1, keepdim=True)
+    return (torch.cat(rows, dim=1) if rows else ids[:, :0]), count
+
+
 class HashedNgramBag(nn.Module):
     """fastText-style: mean of char (unigram) embeddings and hashed 2..n-gram embeddings → dropout → linear.
 
-    This is ``EmbeddingBag(mode="mean")`` written as an ``Embedding`` gather and a masked mean: the same
-    numbers, but it exports to a plain ONNX Gather that ONNX Runtime quantizes to int8 (Gather is in both
-    ``compress.quantize_ops`` and ``compress.static_ops``). Padding never changes the logits.
-    Config: ``extra["ngram_max"]`` (2..5) and ``extra["buckets"]`` (the hash's range: rows of the shared n-gram
-    table); ``extra["ngram_rows"]``: the rows left once buckets were pruned (a remap inside the model sends each
-    bucket to its row, dropped buckets to row 0, a zero row), ``extra["token_rows"]``: see :func:`token_embedding`.
+    This is ``EmbeddingBag(mode="mean")`` written as ``Embedding`` gathers and sums: the same numbers, but it
+    exports to plain ONNX Gathers that ONNX Runtime quantizes to int8 (Gather is in both
+    ``compress.quantize_ops`` and ``compress.static_ops``). Padding reads zero rows (the char table's row 0, the
+    n-gram table's last row), so the sums need no mask and padding never changes the logits.
+    Config: ``extra["ngram_max"]`` (1..5) and ``extra["buckets"]`` (the hash's range; the n-gram table has one
+    more row, for padding); ``extra["ngram_rows"]``: the rows left once buckets were pruned (a remap inside the
+    model sends each bucket to its row, dropped buckets and padding to row 0, a zero row),
+    ``extra["token_rows"]``: see :func:`token_embedding`.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -211,26 +234,26 @@ class HashedNgramBag(nn.Module):
         if not 1 <= self.ngram_max <= len(_NGRAM_PRIMES):
             raise ValueError(f"ngram_max must be in [1, {len(_NGRAM_PRIMES)}] (got: {self.ngram_max})")
         self.embedding = token_embedding(cfg)
-        # one table for every n >= 2; n is folded into the hash through the number of primes used
+        # one table for every n >= 2 (n is folded into the hash through the number of primes used), plus the
+        # padding row ``buckets``
         rows = cfg.extra.get("ngram_rows")
         if rows is None:
-            self.ngrams = nn.Embedding(self.buckets, cfg.embed_dim)
+            self.ngrams = nn.Embedding(self.buckets + 1, cfg.embed_dim, padding_idx=self.buckets)
             nn.init.normal_(self.ngrams.weight, std=0.02)
+            with torch.no_grad():
+                self.ngrams.weight[self.buckets] = 0
         else:
-            self.ngrams = RemappedEmbedding(self.buckets, int(rows), cfg.embed_dim)
+            self.ngrams = RemappedEmbedding(self.buckets + 1, int(rows), cfg.embed_dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.embed_dim, cfg.num_classes)
 
     def pooled(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids → (B, E): the mean over every real unigram and n-gram of the text."""
-        mask = (ids != 0).to(torch.float32)  # (B, T)
-        total = (self.embedding(ids) * mask.unsqueeze(-1)).sum(dim=1)  # (B, E)
-        count = mask.sum(dim=1, keepdim=True)  # (B, 1)
-        for n in range(2, self.ngram_max + 1):
-            bucket, real = ngram_buckets(ids, n, self.buckets)  # (B, T - n + 1) each
-            total = total + (self.ngrams(bucket) * real.unsqueeze(-1)).sum(dim=1)
-            count = count + real.sum(dim=1, keepdim=True)
-        return total / count.clamp(min=1.0)
+        total = self.embedding(ids).sum(dim=1)  # (B, E): the padding row is zero
+        rows, count = ngram_rows(ids, self.ngram_max, self.buckets)  # (B, N) rows, (B, 1) real 1..n-grams
+        if self.ngram_max >= 2:
+            total = total + self.ngrams(rows).sum(dim=1)
+        return total / count.clamp(min=1).to(total.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.pooled(ids)))
@@ -360,5 +383,11 @@ def load_model(folder: Path) -> tuple[nn.Module, ModelConfig, Manifest]:
     manifest = Manifest.load(folder)
     cfg = ModelConfig.from_dict(manifest.config)
     model = build_model(cfg)
-    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    except RuntimeError as error:  # shapes or keys differ: weights saved by other model code
+        raise ValueError(
+            f"{folder / 'model.pt'} does not fit the {cfg.arch!r} model code (saved before a change such as "
+            f"the n-gram table's padding row?): retrain it with `dvc repro train`. {error}"
+        ) from None
     return model.eval(), cfg, manifest

@@ -123,12 +123,15 @@ class ClassicParams(_Section):
     nb_alpha: float = Field(gt=0)  # nb_lr: additive smoothing of the naive-Bayes log-count ratio
 
 
+Arch = Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"]
+
+
 class TrainParams(_Section):
     # the families trained by the train step; the best on validation (macro-F1) ships (quantflow/core/candidates.py)
     candidates: list[Literal[CANDIDATES]] = Field(min_length=1)
     classic: ClassicParams  # tfidf_lr and nb_lr
     # char_word_textcnn needs preprocess.segmenter = char+word
-    model: Literal["textcnn", "transformer", "fasttext", "ngram_textcnn", "char_word_textcnn"]
+    model: Arch
     embed_dim: int = Field(ge=2)
     num_filters: int = Field(ge=1)
     kernel_sizes: list[int] = Field(min_length=1)
@@ -182,8 +185,17 @@ class EvaluateParams(_Section):
     baseline_max_features: int = Field(ge=100)
 
 
-VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
+VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8", "distilled-int8")
 QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv", "Relu"]
+
+
+class DistillStudentParams(_Section):
+    """distilled-int8's student: any family on the teacher's tokenizer; sizes not named are the teacher's."""
+
+    arch: Arch
+    embed_dim: int = Field(ge=2)
+    num_filters: int = Field(ge=1)  # conv families
+    kernel_sizes: list[int] = Field(min_length=1)  # conv families
 
 
 class CompressParams(_Section):
@@ -195,15 +207,29 @@ class CompressParams(_Section):
     # int8-dynamic
     quantize_ops: list[QuantOp]  # ConvInteger measured slower than fp32
     weight_type: Literal["uint8", "int8"]
-    # int8-static (also the int8 step of pruned-int8 and slim-int8)
+    # int8-static (also the int8 step of pruned-int8, slim-int8 and distilled-int8)
     static_ops: list[QuantOp]
     calibration: Literal["minmax", "entropy", "percentile"]
     calibration_samples: int = Field(ge=1)
-    # pruned-int8 and slim-int8
+    # pruned-int8 (masks) and slim-int8 (smaller layers, quantflow/core/slim.py), each then fine-tuned
     sparsity: float = Field(ge=0, lt=1)
-    filter_keep: float = Field(gt=0, le=1)
+    filter_keep: float = Field(gt=0, le=1)  # conv families
+    head_keep: float = Field(gt=0, le=1)  # transformer
+    ff_keep: float = Field(gt=0, le=1)  # transformer
+    token_keep: float | None = Field(gt=0, le=1)  # None: the token table stays whole
+    ngram_keep: float | None = Field(
+        gt=0, le=1
+    )  # fasttext, ngram_textcnn; None: the n-gram table stays whole
     finetune_epochs: int = Field(ge=0)
     finetune_lr: float = Field(gt=0)
+    # distilled-int8 (quantflow/core/distill.py): a student on the teacher's softened logits and the labels
+    distill_student: DistillStudentParams
+    distill_temperature: float = Field(gt=0)
+    distill_alpha: float = Field(ge=0, le=1)  # weight of the soft (teacher) term; 1 - alpha: the labels'
+    distill_epochs: int = Field(ge=1)
+    distill_lr: float = Field(gt=0)
+    distill_batch_size: int = Field(ge=1)
+    distill_weight_decay: float = Field(ge=0)
     # measurement (one process, interleaved) and the choice
     latency_texts: int = Field(ge=10)
     throughput_texts: int = Field(ge=64)

@@ -8,9 +8,10 @@ What shrinks, per family (each rebuilt as an ordinary model of :mod:`quantflow.c
   leave the table; each dropped id maps to the ``<unk>`` row, the row the model already learned for a char the
   tokenizer does not know, so a dropped char reads as an unknown one (``extra["token_rows"]``);
 - n-gram buckets (fasttext, ngram_textcnn): the buckets never hit on the training split, then the least
-  important, leave the table; each dropped bucket maps to a zero row: it still counts in the bag's mean and
-  adds nothing, the closest stand-in for a row of small weights, and the one that leaves every text made of
-  kept buckets with exactly its old logits (``extra["ngram_rows"]``);
+  important, leave the table; each dropped bucket maps to a zero row (padding's, which padding n-grams read
+  already): it still counts in the bag's mean and adds nothing, the closest stand-in for a row of small
+  weights, and the one that leaves every text made of kept buckets with exactly its old logits
+  (``extra["ngram_rows"]``);
 - attention heads and feed-forward width (transformer): the heads whose value → output map has the largest
   norm, and the hidden units with the largest ``|w_in| * |w_out|`` (``heads``, ``ff_dim``, ``extra["head_dim"]``).
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantflow.core.models import BUCKETS, NGRAM_MAX, ModelConfig, build_model, ngram_buckets
+from quantflow.core.models import BUCKETS, NGRAM_MAX, ModelConfig, build_model, ngram_rows
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +114,13 @@ def token_hits(ids: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def bucket_hits(ids: np.ndarray, ngram_max: int, buckets: int) -> np.ndarray:
-    """(buckets,) how often each n-gram bucket (n = 2..ngram_max) is hit, hashed as the model hashes."""
-    hits = np.zeros(buckets, dtype=np.float64)
+    """(buckets + 1,) how often each row of the n-gram table (n = 2..ngram_max) is hit, hashed as the model
+    hashes; the last row, padding's, counts as never hit."""
+    hits = np.zeros(buckets + 1, dtype=np.float64)
     for start in range(0, len(ids), COUNT_BATCH):
-        batch = torch.from_numpy(ids[start : start + COUNT_BATCH])
-        for n in range(2, ngram_max + 1):
-            bucket, real = ngram_buckets(batch, n, buckets)  # (B, T - n + 1) each
-            hits += np.bincount(bucket.ravel().numpy(), weights=real.ravel().numpy(), minlength=buckets)
+        rows, _ = ngram_rows(torch.from_numpy(ids[start : start + COUNT_BATCH]), ngram_max, buckets)
+        hits += np.bincount(rows.ravel().numpy(), minlength=buckets + 1)
+    hits[buckets] = 0
     return hits
 
 
@@ -182,7 +183,8 @@ def prune_tokens(
 
 
 def prune_buckets(state: State, cfg: ModelConfig, table: str, share: float, hits: np.ndarray) -> ModelConfig:
-    """Keep the most important hit buckets behind a zero row 0, which every dropped bucket reads."""
+    """Keep the most important hit buckets behind a zero row 0, which every dropped bucket (and padding,
+    never hit) reads; ``hits``: one count per row of the table."""
     if "ngram_rows" in cfg.extra:
         raise ValueError("the n-gram table was pruned already: prune the original model instead")
     weight = state[f"{table}.weight"]  # (buckets, E)
@@ -255,6 +257,13 @@ def shrink_state(state: State, cfg: ModelConfig, spec: SlimSpec, train_ids: np.n
     return new
 
 
+def ngram_table_rows(cfg: ModelConfig) -> int | None:
+    """Rows of an unpruned n-gram table: a bucket each and the padding row (None for other families)."""
+    if layout_of(cfg).ngram_table is None:
+        return None
+    return int(cfg.extra.get("buckets", BUCKETS)) + 1
+
+
 def shrink_sizes(cfg: ModelConfig) -> dict[str, int | None]:
     """The sizes structured pruning changes (token and n-gram rows: of the tables, not of the ids)."""
     return {
@@ -262,7 +271,7 @@ def shrink_sizes(cfg: ModelConfig) -> dict[str, int | None]:
         "heads": cfg.heads,
         "ff_dim": cfg.ff_dim,
         "token_rows": cfg.extra.get("token_rows", cfg.vocab_size),
-        "ngram_rows": cfg.extra.get("ngram_rows", cfg.extra.get("buckets")),
+        "ngram_rows": cfg.extra.get("ngram_rows", ngram_table_rows(cfg)),
     }
 
 

@@ -1,9 +1,11 @@
 """The compressed variants of a trained model, each built into its own self-describing ONNX folder.
 
 ``fp32`` (the export, parity with PyTorch checked), ``int8-dynamic`` and ``int8-static`` (ONNX Runtime
-quantization, quantflow/core/quantize.py), ``pruned-int8`` (per-layer magnitude pruning, fine-tune, int8) and
-``slim-int8`` (conv filters dropped by L1 norm, a narrower TextCNN rebuilt, fine-tune, int8). The compress step
-decides which to build, scores and times them and chooses one; this module only builds.
+quantization, quantflow/core/quantize.py), ``pruned-int8`` (per-layer magnitude pruning, fine-tune, int8),
+``slim-int8`` (structured pruning of any family, quantflow/core/slim.py: fewer filters, token and n-gram rows
+behind an in-graph remap, heads and feed-forward units; the smaller model rebuilt, fine-tuned, int8) and
+``distilled-int8`` (a smaller student trained on the model's softened logits, quantflow/core/distill.py, int8).
+The compress step decides which to build, scores and times them and chooses one; this module only builds.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ import torch
 from torch import nn
 
 from quantflow.core.bundle import Manifest, copy_tokenizer
+from quantflow.core.distill import DistillSettings, distill_student, student_config
 from quantflow.core.errors import DataError
 from quantflow.core.export import check_parity, export_onnx, torch_threads
 from quantflow.core.models import ModelConfig, build_model, load_model
 from quantflow.core.onnx_model import MODEL_FILE
 from quantflow.core.params import VARIANTS, CompressParams
-from quantflow.core.pruning import magnitude_prune, make_permanent, slim_textcnn, weight_sparsity
+from quantflow.core.pruning import count_params, magnitude_prune, make_permanent, weight_sparsity
 from quantflow.core.quantize import BucketedReader, quantize_int8, quantize_static_qdq
+from quantflow.core.slim import SlimSpec, slim_and_fine_tune
 from quantflow.core.text import Tokenizer
 from quantflow.core.training import train_epoch
 
 logger = logging.getLogger(__name__)
 
-FP32, DYNAMIC, STATIC, PRUNED, SLIM = VARIANTS
+FP32, DYNAMIC, STATIC, PRUNED, SLIM, DISTILLED = VARIANTS
+# what the issue's goals hold a variant against, and the name of that baseline in compression.json's ratios:
+# slim-int8 against ONNX fp32 (size, speed), the distilled student against its teacher's own int8
+VERSUS = {SLIM: (FP32, "fp32"), DISTILLED: (STATIC, "teacher_int8")}
 
 
 @dataclass
@@ -49,6 +56,21 @@ class Job:
     seed: int
     tmp: Path
     reader: BucketedReader | None = None
+    encoded: tuple[np.ndarray, np.ndarray] | None = None
+
+    def train_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training split as (N, T) ids and (N,) class indices, encoded once for every builder."""
+        if self.encoded is None:
+            index = {label: i for i, label in enumerate(self.source.labels)}
+            texts, labels = self.train
+            unknown = sorted(set(labels) - set(index))
+            if unknown:
+                raise DataError(
+                    f"training split has labels {unknown} the model does not know ({self.source.labels})"
+                )
+            y = np.array([index[label] for label in labels], dtype=np.int64)
+            self.encoded = (self.tokenizer.encode(texts), y)
+        return self.encoded
 
     def calibration(self) -> BucketedReader:
         """One reader for every static quantization; histogram methods need a single padded length."""
@@ -100,12 +122,7 @@ def fine_tune(job: Job, model: nn.Module, what: str) -> nn.Module:
     epochs = job.settings.finetune_epochs
     if epochs == 0:
         return model.eval()
-    index = {label: i for i, label in enumerate(job.source.labels)}
-    texts, labels = job.train
-    unknown = sorted(set(labels) - set(index))
-    if unknown:
-        raise DataError(f"training split has labels {unknown} the model does not know ({job.source.labels})")
-    ids, y = job.tokenizer.encode(texts), np.array([index[label] for label in labels], dtype=np.int64)
+    ids, y = job.train_arrays()
     # as in train: the same seed and deterministic kernels whether the flow or `dvc repro` runs this step
     torch.manual_seed(job.seed)
     torch.use_deterministic_algorithms(True)
@@ -168,13 +185,68 @@ def build_pruned(job: Job) -> Built:
     return Built(job.variants_dir / PRUNED, model, job.cfg.to_dict(), {"sparsity": round(reached, 6)})
 
 
+def slim_spec(settings: CompressParams) -> SlimSpec:
+    """params.yaml's shares for slim-int8; a share that does not fit the model's family is ignored."""
+    s = settings
+    return SlimSpec(s.filter_keep, s.head_keep, s.ff_keep, s.token_keep, s.ngram_keep)
+
+
 def build_slim(job: Job) -> Built:
-    """Drop the conv filters with the smallest L1 norm, rebuild a narrower TextCNN, fine-tune, static int8."""
-    model, cfg = slim_textcnn(job.model, job.cfg, job.settings.filter_keep)
-    fine_tune(job, model, SLIM)
-    _static_int8(job, _export_checked(job, model, cfg, SLIM), SLIM)
-    facts = {"filters_per_width": cfg.num_filters, "filters_per_width_before": job.cfg.num_filters}
-    return Built(job.variants_dir / SLIM, model, cfg.to_dict(), facts)
+    """Structured pruning (smaller layers rebuilt, dropped ids remapped in the graph), fine-tune, static int8."""
+    ids, _ = job.train_arrays()
+
+    def tune(model: nn.Module) -> nn.Module:
+        return fine_tune(job, model, SLIM)
+
+    slimmed = slim_and_fine_tune(job.model, job.cfg, slim_spec(job.settings), ids, tune)
+    _static_int8(job, _export_checked(job, slimmed.model, slimmed.cfg, SLIM), SLIM)
+    facts = {k: v for k, v in slimmed.facts.items() if k != "params"}  # the report counts params itself
+    return Built(job.variants_dir / SLIM, slimmed.model, slimmed.cfg.to_dict(), facts)
+
+
+def distill_settings(settings: CompressParams, seed: int) -> DistillSettings:
+    s = settings
+    return DistillSettings(
+        s.distill_temperature,
+        s.distill_alpha,
+        s.distill_epochs,
+        s.distill_batch_size,
+        s.distill_lr,
+        s.distill_weight_decay,
+        seed,
+    )
+
+
+def student_of(job: Job) -> ModelConfig:
+    """The student's config: the teacher's vocabulary, classes and max_len, ``compress.distill_student``'s sizes."""
+    st = job.settings.distill_student
+    cfg = student_config(
+        job.cfg, st.arch, embed_dim=st.embed_dim, num_filters=st.num_filters, kernel_sizes=st.kernel_sizes
+    )
+    if cfg.arch == "transformer" and cfg.embed_dim % cfg.heads:
+        raise ValueError(
+            f"compress.distill_student.embed_dim ({cfg.embed_dim}) must be a multiple of the teacher's "
+            f"{cfg.heads} attention heads for a transformer student"
+        )
+    return cfg
+
+
+def build_distilled(job: Job) -> Built:
+    """A smaller student trained on the model's softened logits and the labels, then static int8."""
+    cfg = student_of(job)
+    ids, y = job.train_arrays()
+    torch.use_deterministic_algorithms(True)  # as in train and the fine-tune: reruns give the same bytes
+    with torch_threads(1):
+        result = distill_student(job.model, cfg, ids, y, distill_settings(job.settings, job.seed))
+    _static_int8(job, _export_checked(job, result.model, cfg, DISTILLED), DISTILLED)
+    last = result.history[-1]
+    facts = {
+        "student_arch": cfg.arch,
+        "params_before": count_params(job.model),
+        "teacher_agreement": last["agreement"],
+        "distill_loss": last["loss"],
+    }
+    return Built(job.variants_dir / DISTILLED, result.model, cfg.to_dict(), facts)
 
 
 BUILDERS: dict[str, Callable[[Job], Built]] = {
@@ -183,6 +255,7 @@ BUILDERS: dict[str, Callable[[Job], Built]] = {
     STATIC: build_static,
     PRUNED: build_pruned,
     SLIM: build_slim,
+    DISTILLED: build_distilled,
 }
 
 

@@ -1,11 +1,13 @@
 """The compress step on tiny local models: export parity on dynamic shapes, the structure of every variant
-(quantized ops, sparsity, a narrower slim model with the same contract), invariance on int8, the report."""
+(quantized ops, sparsity, a slim model with smaller layers and the same ids in, a smaller distilled student),
+invariance on int8, the report and the choice."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from quantflow.core.errors import DataError
@@ -23,7 +26,9 @@ from quantflow.core.export import ParityError, check_parity
 from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, save_model
 from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.pruning import count_params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
+from serving.model import ServedModel
 from tasks.compress import CompressResult, choose, compress, compress_task
 from tests.params_helpers import params_with, shipped_params
 
@@ -115,14 +120,25 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
     return model, tokenizer, test_texts
 
 
-def run_compress(root: Path) -> CompressResult:
+# params.yaml's student is sized for the default model; the tiny teachers here need a tinier one
+TINY_STUDENT = {
+    "compress.distill_student.embed_dim": 8,
+    "compress.distill_student.num_filters": 4,
+    "compress.distill_student.kernel_sizes": [2],
+    "compress.distill_lr": 0.02,  # 300 training texts: a few dozen steps in all
+    "compress.distill_batch_size": 32,
+}
+
+
+def run_compress(root: Path, changes: dict | None = None, out: str = "") -> CompressResult:
+    params = params_with(TINY_STUDENT | (changes or {}))
     return compress(
-        shipped_params().compress,
+        params.compress,
         root / "model",
         root,
-        root / "variants",
-        CompressionReports.under(root / "reports"),
-        shipped_params().seed,
+        root / f"variants{out}",
+        CompressionReports.under(root / f"reports{out}"),
+        params.seed,
     )
 
 
@@ -196,7 +212,7 @@ def test_parity_failure_names_both_numbers(setup: Setup) -> None:
 
 # --- int8 ---------------------------------------------------------------------------------------------------
 
-INT8 = ("int8-dynamic", "int8-static", "pruned-int8", "slim-int8")
+INT8 = ("int8-dynamic", "int8-static", "pruned-int8", "slim-int8", "distilled-int8")
 
 
 def built_int8(setup: Setup) -> list[str]:
@@ -208,8 +224,7 @@ def int8_weights(path: Path) -> dict[str, int]:
 
 
 def test_variants_per_architecture(setup: Setup) -> None:
-    expected = {"fp32", *INT8} if setup.arch == "textcnn" else {"fp32", *INT8} - {"slim-int8"}
-    assert set(setup.result.variants) == expected
+    assert set(setup.result.variants) == {"fp32", *INT8}  # slim and distilled apply to every family
 
 
 def test_dynamic_int8_has_integer_ops_and_is_smaller(setup: Setup) -> None:
@@ -227,10 +242,8 @@ def test_dynamic_int8_has_integer_ops_and_is_smaller(setup: Setup) -> None:
     assert path.stat().st_size < 0.6 * (setup.fp32 / "model.onnx").stat().st_size
 
 
-@pytest.mark.parametrize("name", ["int8-static", "pruned-int8", "slim-int8"])
+@pytest.mark.parametrize("name", ["int8-static", "pruned-int8", "slim-int8", "distilled-int8"])
 def test_static_int8_is_qdq_with_int8_weights_and_smaller(setup: Setup, name: str) -> None:
-    if name not in setup.result.variants:
-        pytest.skip(f"{name} does not apply to {setup.arch}")
     path = setup.variant(name) / "model.onnx"
     ops = op_types(path)
     assert ops["QuantizeLinear"] >= 1 and ops["DequantizeLinear"] >= 1
@@ -312,21 +325,81 @@ def test_pruned_variant_reaches_the_sparsity_and_a_smaller_gzip(setup: Setup) ->
     assert pruned["gzip_bytes"] < setup.result.variants["int8-static"]["gzip_bytes"]
 
 
-def test_slim_variant_is_narrower_with_the_same_contract(setup: Setup) -> None:
-    if setup.arch != "textcnn":
-        pytest.skip("filter pruning applies to the textcnn")
+def variant_config(setup: Setup, name: str) -> ModelConfig:
+    return ModelConfig.from_dict(json.loads((setup.variant(name) / "model.json").read_text())["config"])
+
+
+def weight_dims(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each weight initializer's dims by its PyTorch name (the quantizer's ``_quantized`` suffix dropped)."""
+    graph = onnx.load(path).graph
+    return {t.name.removesuffix("_quantized"): tuple(t.dims) for t in graph.initializer}
+
+
+def test_slim_variant_has_fewer_parameters_and_smaller_layers(setup: Setup) -> None:
+    """slim-int8 rebuilds smaller layers (not masks): its config, its PyTorch model and its int8 graph agree."""
+    s = shipped_params().compress
     slim, fp32 = setup.result.variants["slim-int8"], setup.result.variants["fp32"]
-    assert slim["params"] < fp32["params"]
-    config = json.loads((setup.variant("slim-int8") / "model.json").read_text())["config"]
-    assert config["num_filters"] == slim["filters_per_width"] < setup.model.convs[0].out_channels
-    graphs = [onnx.load(folder / "model.onnx").graph for folder in (setup.fp32, setup.variant("slim-int8"))]
-    for graph in graphs:
-        assert [i.name for i in graph.input] == ["ids"] and [o.name for o in graph.output] == ["logits"]
-        assert all(d.dim_param for d in graph.input[0].type.tensor_type.shape.dim)
-    session = ort.InferenceSession(str(setup.variant("slim-int8") / "model.onnx"))
-    for batch in (setup.test_texts[:1], setup.test_texts[:7]):
-        ids = setup.tokenizer.encode(batch)
-        assert session.run(None, {"ids": ids})[0].shape == (len(batch), len(LABELS))
+    teacher, cfg = variant_config(setup, "fp32"), variant_config(setup, "slim-int8")
+    assert count_params(build_model(cfg)) == slim["params"] < fp32["params"] == count_params(setup.model)
+    rows = cfg.extra["token_rows"]  # the ids never seen in train.parquet lost their rows
+    assert rows == slim["token_rows"] < teacher.vocab_size == slim["token_rows_before"]
+    dims = weight_dims(setup.variant("slim-int8") / "model.onnx")
+    assert dims["embedding.weight"] == (rows, teacher.embed_dim)
+    assert dims["embedding.remap"] == (teacher.vocab_size, 1)  # every tokenizer id still has an entry
+    if setup.arch == "textcnn":
+        assert cfg.num_filters == round(s.filter_keep * teacher.num_filters) < teacher.num_filters
+        assert [dims[f"convs.{i}.weight"][0] for i in range(len(cfg.kernel_sizes))] == [cfg.num_filters] * 2
+        assert dims["fc.weight"] == (len(LABELS), cfg.num_filters * len(cfg.kernel_sizes))
+    else:
+        assert (cfg.heads, cfg.ff_dim) == (
+            round(s.head_keep * teacher.heads),
+            round(s.ff_keep * teacher.ff_dim),
+        )
+        assert cfg.heads < teacher.heads and cfg.ff_dim < teacher.ff_dim
+        head_dim = teacher.embed_dim // teacher.heads
+        assert dims["layers.0.qkv.weight"] == (3 * cfg.heads * head_dim, teacher.embed_dim)
+        assert dims["layers.0.ff.0.weight"] == (cfg.ff_dim, teacher.embed_dim)
+
+
+def test_slim_variant_takes_the_same_ids_end_to_end(setup: Setup) -> None:
+    """The folder's tokenizer is the model's, so the service sends the same ids; a char whose row was dropped
+    reads the <unk> row: it scores like a char the tokenizer does not know, and occlusion gives it no weight."""
+    folder = setup.variant("slim-int8")
+    classifier = OnnxClassifier(folder)
+    assert classifier.tokenizer.vocab == setup.tokenizer.vocab
+    assert (folder / "vocab.json").read_bytes() == (setup.root / "model" / "vocab.json").read_bytes()
+    texts = setup.test_texts[:20]
+    np.testing.assert_array_equal(classifier.tokenizer.encode(texts), setup.tokenizer.encode(texts))
+    remap = next(
+        numpy_helper.to_array(t)
+        for t in onnx.load(folder / "model.onnx").graph.initializer
+        if t.name == "embedding.remap"
+    )
+    unk_row = remap[setup.tokenizer.vocab["<unk>"], 0]
+    dropped = [c for c, i in setup.tokenizer.vocab.items() if i > 1 and remap[i, 0] == unk_row]
+    assert dropped  # the tiny vocabulary holds chars train.parquet never uses
+    text = dropped[0] + texts[0]
+    unknown = "\u2603" + texts[0]  # ☃: not in the vocabulary, encoded as <unk>
+    assert setup.tokenizer.encode([unknown])[0, 0] == setup.tokenizer.vocab["<unk>"]
+    np.testing.assert_allclose(
+        classifier.text_logits([text]), classifier.text_logits([unknown]), atol=1e-6, rtol=0
+    )
+    served = ServedModel.load(folder, "m", "1", None, threads=1)
+    assert served.explain(text)["tokens"][0]["contribution"] == pytest.approx(0, abs=1e-6)
+    assert served.explain(text)["label"] == classifier.predict([text])[0]
+
+
+def test_distilled_variant_is_a_smaller_student_of_the_teacher(setup: Setup) -> None:
+    student = shipped_params().compress.distill_student
+    distilled = setup.result.variants["distilled-int8"]
+    cfg = variant_config(setup, "distilled-int8")
+    assert (cfg.arch, cfg.embed_dim) == (student.arch, TINY_STUDENT["compress.distill_student.embed_dim"])
+    assert (cfg.vocab_size, cfg.num_classes) == (len(setup.tokenizer.vocab), len(LABELS))  # same contract
+    assert count_params(build_model(cfg)) == distilled["params"] < distilled["params_before"]
+    assert distilled["params_before"] == count_params(setup.model)
+    assert distilled["teacher_agreement"] > 1 / len(LABELS) + 0.2  # it learned the teacher, not noise
+    dims = weight_dims(setup.variant("distilled-int8") / "model.onnx")
+    assert dims["embedding.weight"] == (len(setup.tokenizer.vocab), cfg.embed_dim)
 
 
 # --- report, choice and result ------------------------------------------------------------------------------
@@ -363,6 +436,58 @@ def test_choice_follows_the_policy_within_the_allowed_drop(setup: Setup) -> None
     assert report["decision"]["eligible"] == list(eligible)
     figure = {"smallest": "size_bytes", "fastest": "latency_p50_ms"}[settings.policy]
     assert report["chosen"] == min(eligible, key=lambda n: eligible[n][figure])
+
+
+def test_slim_and_distilled_rows_and_goal_ratios_are_reported(setup: Setup) -> None:
+    report = setup.report
+    table = (setup.root / "reports" / "compression.md").read_text()
+    variants = report["variants"]
+    for name in ("slim-int8", "distilled-int8"):
+        row = variants[name]
+        assert row["size_bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["accuracy"] <= 1
+        line = next(line for line in table.splitlines() if f"{name}" in line and line.startswith("|"))
+        assert f"{row['accuracy']:.4f}" in line and f"{row['latency_p50_ms']:.3f}" in line
+    ratios = report["ratios"]
+    slim, fp32, static = variants["slim-int8"], variants["fp32"], variants["int8-static"]
+    distilled = variants["distilled-int8"]
+    assert ratios["slim_size_ratio_vs_fp32"] == round(slim["size_bytes"] / fp32["size_bytes"], 4)
+    assert ratios["distilled_size_ratio_vs_teacher_int8"] == round(
+        distilled["size_bytes"] / static["size_bytes"], 4
+    )
+    speedup = static["latency_p50_ms"] / distilled["latency_p50_ms"]
+    assert ratios["distilled_latency_speedup_vs_teacher_int8"] == round(speedup, 3)
+
+
+def test_the_policy_may_choose_slim_or_distilled(setup: Setup) -> None:
+    """Within the accuracy budget the new variants compete like the others: with every drop inside it,
+    "smallest" picks the smallest file, and here that is one of the structurally smaller models."""
+    variants = {n: {**v, "accuracy_drop_pp": 0.0} for n, v in setup.report["variants"].items()}
+    decision = choose(variants, "smallest", 0.3)
+    assert decision["chosen"] == min(variants, key=lambda n: variants[n]["size_bytes"])
+    assert decision["chosen"] in {"slim-int8", "distilled-int8"}
+    variants["distilled-int8"]["accuracy_drop_pp"] = 5.0  # over the budget: not eligible any more
+    assert "distilled-int8" not in choose(variants, "smallest", 0.3)["eligible"]
+
+
+def test_the_student_learns_the_teacher_logits_not_the_labels(setup: Setup) -> None:
+    """With distill_alpha 1 only the teacher's logits teach the student: shuffled training labels give a
+    byte-identical distilled-int8 (the calibration sample and the shuffles are seeded)."""
+    if setup.arch != "textcnn":
+        pytest.skip("one architecture is enough: two runs cost seconds")
+    train = pd.read_parquet(setup.root / "train.parquet")
+    shuffled = setup.root / "shuffled"
+    shuffled.mkdir()
+    for name in ("model", "tokenizer"):
+        shutil.copytree(setup.root / name, shuffled / name)
+    shutil.copy(setup.root / "test.parquet", shuffled / "test.parquet")
+    labels = train["label"].sample(frac=1.0, random_state=3).to_numpy()
+    assert (labels != train["label"].to_numpy()).mean() > 0.3
+    train.assign(label=labels).to_parquet(shuffled / "train.parquet")
+    changes = {"compress.variants": ["fp32", "distilled-int8"], "compress.distill_alpha": 1.0}
+    runs = [run_compress(root, changes, out="-alpha1") for root in (setup.root, shuffled)]
+    paths = [root / "variants-alpha1" / "distilled-int8" / "model.onnx" for root in (setup.root, shuffled)]
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert runs[0].variants["distilled-int8"]["teacher_agreement"] > 0.8
 
 
 def test_choice_policy_respects_the_limit() -> None:

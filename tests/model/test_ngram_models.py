@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
-from quantflow.core.models import ModelConfig, build_model, ngram_buckets
+from quantflow.core.bundle import Manifest
+from quantflow.core.export import export_onnx
+from quantflow.core.models import ModelConfig, build_model, load_model, ngram_buckets
 from quantflow.core.params import TrainParams
 from quantflow.core.pretrain import word2vec_vectors
 from quantflow.core.training import init_embeddings, make_scheduler
@@ -113,3 +119,53 @@ def test_init_embeddings_fills_the_char_table_not_the_ngram_table() -> None:
     expected = word2vec_vectors(corpus(), 24, 16, seed=0)
     np.testing.assert_allclose(model.embedding.weight.detach().numpy(), expected)
     assert torch.equal(model.ngrams.weight, ngrams_before)
+
+
+@pytest.mark.parametrize("arch", ["textcnn", *NGRAM_ARCHS])
+def test_the_graph_pools_without_a_mask_over_vectors(arch: str, tmp_path: Path) -> None:
+    """Padding reads zero rows and padding-only windows add what every text has anyway, so the exported graph
+    multiplies only integer ids (the n-gram hash), never the float vectors or conv outputs by a mask."""
+    cfg = tiny(arch)
+    model = build_model(cfg).eval()
+    path = export_onnx(model, cfg, tmp_path / "model.onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    products = [n for n in graph.node if n.op_type in ("Mul", "Where")]
+    floats = [n.name for n in products if types.get(n.output[0]) == onnx.TensorProto.FLOAT]
+    assert floats == []
+    assert (len(products) > 0) == (arch != "textcnn")  # the hash multiplies ids; a TextCNN has no hash
+    ids = torch.tensor([[4, 5, 6, 7, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3]])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"ids": ids.numpy()})[0], model(ids).detach(), atol=1e-5)
+
+
+def test_the_padding_rows_stay_zero_through_training() -> None:
+    """The bag sums gathered rows without a mask: padding's rows (char row 0, n-gram row ``buckets``) must stay
+    zero while the model learns."""
+    cfg = tiny("ngram_textcnn")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    ids = torch.tensor([[4, 5, 0, 0], [6, 7, 8, 0]])
+    for _ in range(5):
+        optimizer.zero_grad()
+        model(ids).sum().backward()
+        optimizer.step()
+    assert (model.bag.ngrams.weight[1009] == 0).all() and model.bag.ngrams.weight.shape[0] == 1010
+    assert (model.bag.embedding.weight[0] == 0).all() and (model.cnn.embedding.weight[0] == 0).all()
+
+
+def test_a_model_pt_from_before_the_padding_row_is_refused_clearly(tmp_path: Path) -> None:
+    cfg = tiny("fasttext")
+    model = build_model(cfg)
+    old = {
+        k: (v[:-1] if k == "ngrams.weight" else v) for k, v in model.state_dict().items()
+    }  # no padding row
+    folder = tmp_path / "model"
+    folder.mkdir()
+    torch.save(old, folder / "model.pt")
+    Manifest(labels=["a", "b"], config=cfg.to_dict(), variant="torch-fp32").save(folder)
+    with pytest.raises(
+        ValueError, match=r"model\.pt does not fit the 'fasttext' model code.*dvc repro train"
+    ):
+        load_model(folder)

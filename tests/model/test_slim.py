@@ -58,7 +58,7 @@ def logits(model: nn.Module, ids: np.ndarray) -> torch.Tensor:
 
 
 # the shapes SHRINK gives each tiny model: 4 of 8 filters, 2 of 4 heads (of width 4), 16 of 32 units,
-# 30 of 60 token rows, 303 of 1009 buckets and the zero row
+# 30 of 60 token rows, 303 of the 1010 n-gram rows (1009 buckets and padding's) and the zero row
 SHRUNK = {
     "textcnn": {"convs.0.weight": (4, 16, 2), "fc.weight": (2, 8), "embedding.weight": (30, 16)},
     "ngram_textcnn": {
@@ -67,7 +67,7 @@ SHRUNK = {
         "cnn.embedding.weight": (30, 16),
         "bag.embedding.weight": (30, 16),
         "bag.ngrams.weight": (304, 16),
-        "bag.ngrams.remap": (1009, 1),
+        "bag.ngrams.remap": (1010, 1),
     },
     "char_word_textcnn": {"char_convs.0.weight": (4, 16, 2), "word_convs.1.weight": (4, 16, 3)},
     "fasttext": {"ngrams.weight": (304, 16), "embedding.remap": (VOCAB, 1)},
@@ -121,10 +121,11 @@ def test_dropped_tokens_read_the_unk_row_and_dropped_buckets_a_zero_row() -> Non
         kept = (new == old).all(dim=1)
         assert 2 < int(kept.sum()) == round(0.4 * VOCAB)
         assert (new[~kept] == old[1]).all()  # every dropped id reads the <unk> vector
-    every_bucket = torch.arange(cfg.extra["buckets"])
-    rows = slim.bag.ngrams(every_bucket)
-    kept = (rows == model.bag.ngrams.weight).all(dim=1)
-    assert int(kept.sum()) == round(0.1 * 1009) and (rows[~kept] == 0).all()
+    every_row = torch.arange(cfg.extra["buckets"] + 1)  # each bucket and the padding row
+    rows = slim.bag.ngrams(every_row)
+    kept = (rows == model.bag.ngrams.weight).all(dim=1) & (rows != 0).any(dim=1)
+    assert int(kept.sum()) == round(0.1 * 1010) and (rows[~kept] == 0).all()
+    assert (rows[-1] == 0).all()  # padding n-grams still read a zero row
 
 
 def test_the_most_hit_rows_stay() -> None:
@@ -230,8 +231,8 @@ def test_pruned_models_export_with_parity(arch: str, tmp_path: Path) -> None:
     graph = onnx.load(path).graph
     remaps = {tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT16}
     assert remaps == {(VOCAB, 1)} | (
-        {(1009, 1)} if "buckets" in cfg.extra else set()
-    )  # id → row, in the graph
+        {(1010, 1)} if "buckets" in cfg.extra else set()
+    )  # id → row, in the graph (n-grams: each bucket and padding)
     (inp,) = graph.input
     assert inp.name == INPUT_NAME and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
 
@@ -285,7 +286,7 @@ def test_a_pruned_model_quantizes_to_static_int8(corpus, tmp_path: Path) -> None
     eight_bits = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
     assert types["bag.ngrams.weight_quantized"] in eight_bits  # the table is 8-bit ...
     remaps = {tuple(t.dims) for t in graph.initializer if t.data_type == onnx.TensorProto.INT16}
-    assert remaps == {(len(tokenizer.vocab), 1), (1009, 1)}  # ... its remaps stay integer ids
+    assert remaps == {(len(tokenizer.vocab), 1), (1010, 1)}  # ... its remaps stay integer ids
     assert int8.stat().st_size < 0.7 * fp32.stat().st_size  # tiny: the graph itself weighs ~20 kB
     agree = (onnx_logits(int8, ids).argmax(1) == onnx_logits(fp32, ids).argmax(1)).mean()
     assert agree >= 0.95

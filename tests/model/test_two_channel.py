@@ -97,7 +97,7 @@ TINY = tiny_train_params(
     augment_delete=0.1,  # the <sep> must survive augmentation
     augment_swap=0.05,
 )
-VARIANTS = {"fp32", "int8-dynamic", "int8-static", "pruned-int8"}  # slim-int8 needs a plain textcnn
+VARIANTS = {"fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8", "distilled-int8"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             "compress.throughput_texts": 64,
             "compress.calibration_samples": 64,
             "compress.parity_samples": 32,
+            "compress.distill_student.embed_dim": 8,  # a student smaller than the tiny teacher
+            "compress.distill_student.num_filters": 4,
         }
     )
     test_path = root / "split" / "test.parquet"
