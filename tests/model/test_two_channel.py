@@ -128,6 +128,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
             "compress.parity_samples": 32,
             "compress.distill_student.embed_dim": 8,  # a student smaller than the tiny teacher
             "compress.distill_student.num_filters": 4,
+            "compress.distill_lr": 0.05,  # ~100 training texts: params.yaml's rate would barely move it
+            "compress.distill_batch_size": 16,
         }
     )
     test_path = root / "split" / "test.parquet"
