@@ -38,7 +38,7 @@ from quantflow.core.params import VARIANTS, CompressParams
 from quantflow.core.pruning import count_params
 from quantflow.core.stats import accuracy_drop_pp
 from quantflow.core.training import predict_logits
-from quantflow.core.variants import BUILDERS, FP32, VERSUS, Built, Job, make_job, write_variant_folder
+from quantflow.core.variants import BUILDERS, FP32, Built, Job, goal_ratios, make_job, write_variant_folder
 
 logger = logging.getLogger(__name__)
 
@@ -201,24 +201,6 @@ def choose(variants: dict[str, dict], policy: str, max_drop_pp: float) -> dict:
     }
 
 
-def ratios(variants: dict[str, dict], reference: dict, chosen: str) -> dict[str, float]:
-    """The issue's goals as ratios: chosen vs PyTorch eager, its size vs fp32, then :data:`VERSUS`'s pairs."""
-    c, fp32 = variants[chosen], variants[FP32]
-    out = {
-        "size_ratio": round(c["size_bytes"] / fp32["size_bytes"], 4),
-        "chosen_latency_speedup_vs_torch": round(reference["latency_p50_ms"] / c["latency_p50_ms"], 3),
-        "chosen_model_speedup_vs_torch": round(reference["model_p50_ms"] / c["model_p50_ms"], 3),
-        "chosen_throughput_ratio_vs_torch": round(c["throughput_b64"] / reference["throughput_b64"], 3),
-    }
-    for name, (base_name, vs) in VERSUS.items():  # slim vs ONNX fp32, distilled vs the teacher's int8
-        if name in variants and base_name in variants:
-            v, base, key = variants[name], variants[base_name], name.split("-")[0]
-            out[f"{key}_size_ratio_vs_{vs}"] = round(v["size_bytes"] / base["size_bytes"], 4)
-            out[f"{key}_latency_speedup_vs_{vs}"] = round(base["latency_p50_ms"] / v["latency_p50_ms"], 3)
-            out[f"{key}_model_speedup_vs_{vs}"] = round(base["model_p50_ms"] / v["model_p50_ms"], 3)
-    return out
-
-
 def finish_variants(built: dict[str, Built], variants: dict[str, dict], job: Job) -> None:
     """model.json of each variant: its name, config and metrics (written once the scores are known)."""
     for name, b in built.items():
@@ -252,7 +234,7 @@ def build_report(variants: dict[str, dict], reference: dict, decision: dict, job
         "chosen": chosen,
         "decision": decision,
         "parity": {"max_abs_diff": parity, "atol": s.parity_atol, "samples": len(job.parity_texts)},
-        "ratios": ratios(variants, reference, chosen),
+        "ratios": goal_ratios(variants, reference, chosen),
         "measurement": {"latency_texts": min(s.latency_texts, tested), "threads": 1, "batch": 64},
         "reference": {TORCH_REFERENCE: reference},
         "variants": variants,

@@ -5,7 +5,8 @@ quantization, quantflow/core/quantize.py), ``pruned-int8`` (per-layer magnitude 
 ``slim-int8`` (structured pruning of any family, quantflow/core/slim.py: fewer filters, token and n-gram rows
 behind an in-graph remap, heads and feed-forward units; the smaller model rebuilt, fine-tuned, int8) and
 ``distilled-int8`` (a smaller student trained on the model's softened logits, quantflow/core/distill.py, int8).
-The compress step decides which to build, scores and times them and chooses one; this module only builds.
+The compress step decides which to build, scores and times them and chooses one; this module builds them
+and turns their rows into the goals' ratios (:func:`goal_ratios`).
 """
 
 from __future__ import annotations
@@ -247,6 +248,25 @@ def build_distilled(job: Job) -> Built:
         "distill_loss": last["loss"],
     }
     return Built(job.variants_dir / DISTILLED, result.model, cfg.to_dict(), facts)
+
+
+def goal_ratios(variants: dict[str, dict], reference: dict, chosen: str) -> dict[str, float]:
+    """compression.json's ratios (the issues' goals): the chosen variant vs PyTorch eager (``reference``),
+    its size vs fp32, then :data:`VERSUS`'s pairs (slim-int8 vs fp32, distilled-int8 vs the teacher's int8)."""
+    c, fp32 = variants[chosen], variants[FP32]
+    out = {
+        "size_ratio": round(c["size_bytes"] / fp32["size_bytes"], 4),
+        "chosen_latency_speedup_vs_torch": round(reference["latency_p50_ms"] / c["latency_p50_ms"], 3),
+        "chosen_model_speedup_vs_torch": round(reference["model_p50_ms"] / c["model_p50_ms"], 3),
+        "chosen_throughput_ratio_vs_torch": round(c["throughput_b64"] / reference["throughput_b64"], 3),
+    }
+    for name, (base_name, vs) in VERSUS.items():  # slim vs ONNX fp32, distilled vs the teacher's int8
+        if name in variants and base_name in variants:
+            v, base, key = variants[name], variants[base_name], name.split("-")[0]
+            out[f"{key}_size_ratio_vs_{vs}"] = round(v["size_bytes"] / base["size_bytes"], 4)
+            out[f"{key}_latency_speedup_vs_{vs}"] = round(base["latency_p50_ms"] / v["latency_p50_ms"], 3)
+            out[f"{key}_model_speedup_vs_{vs}"] = round(base["model_p50_ms"] / v["model_p50_ms"], 3)
+    return out
 
 
 BUILDERS: dict[str, Callable[[Job], Built]] = {
