@@ -52,9 +52,12 @@ def synthetic_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def tiny_config(arch: str, vocab_size: int) -> ModelConfig:
-    """Embedding 16 and a textcnn of 8 filters of widths 2 and 3, or a transformer of 1 layer, 2 heads."""
-    if arch == "textcnn":
+    """Embedding 16 and a textcnn of 8 filters of widths 2 and 3 (ngram_textcnn: beside a bag of 1009 hashed
+    n-gram buckets, n <= 3), or a transformer of 1 layer, 2 heads."""
+    if arch in ("textcnn", "ngram_textcnn"):
         layers = {"num_filters": 8, "kernel_sizes": (2, 3)}
+        if arch == "ngram_textcnn":
+            layers["extra"] = {"ngram_max": 3, "buckets": 1009}
     else:
         layers = {"layers": 1, "heads": 2, "ff_dim": 32}
     return ModelConfig(
@@ -361,6 +364,30 @@ def test_slim_variant_has_fewer_parameters_and_smaller_layers(setup: Setup) -> N
         shapes = set(dims.values())
         assert {(e, 3 * cfg.heads * head_dim), (cfg.heads * head_dim, e), (cfg.ff_dim, e)} <= shapes
         assert not {(e, 3 * teacher.heads * head_dim), (e, teacher.ff_dim)} & shapes
+
+
+def test_the_default_family_gets_a_slim_variant_with_a_smaller_ngram_table(tmp_path: Path) -> None:
+    """params.yaml's model (ngram_textcnn) through the step: fewer filters, a hashed n-gram table cut to the
+    kept buckets and a zero row, every bucket (and padding) still mapped in the graph, the same tokenizer."""
+    s = shipped_params().compress
+    _, tokenizer, texts = make_inputs(tmp_path, "ngram_textcnn")
+    result = run_compress(tmp_path, {"compress.variants": ["fp32", "slim-int8"]})
+    folder = tmp_path / "variants" / "slim-int8"
+    teacher = ModelConfig.from_dict(json.loads((tmp_path / "model" / "model.json").read_text())["config"])
+    cfg = ModelConfig.from_dict(json.loads((folder / "model.json").read_text())["config"])
+    slim, fp32 = result.variants["slim-int8"], result.variants["fp32"]
+    assert count_params(build_model(cfg)) == slim["params"] < fp32["params"]
+    assert cfg.num_filters == round(s.filter_keep * teacher.num_filters) < teacher.num_filters
+    table = teacher.extra["buckets"] + 1  # each bucket and padding's row
+    rows = cfg.extra["ngram_rows"]  # the kept buckets and the zero row
+    assert 2 <= rows <= round(s.ngram_keep * table) + 1
+    dims = weight_dims(folder / "model.onnx")
+    assert dims["bag.ngrams.weight"] == (rows, teacher.embed_dim) and dims["bag.ngrams.remap"] == (table, 1)
+    assert dims["cnn.convs.0.weight"][0] == cfg.num_filters
+    classifier = OnnxClassifier(folder)
+    assert classifier.tokenizer.vocab == tokenizer.vocab
+    np.testing.assert_array_equal(classifier.tokenizer.encode(texts), tokenizer.encode(texts))
+    assert classifier.text_logits(texts[:5]).shape == (5, len(LABELS))
 
 
 def test_slim_variant_takes_the_same_ids_end_to_end(setup: Setup) -> None:
