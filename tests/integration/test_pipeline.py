@@ -214,7 +214,8 @@ def test_step_lines_reach_the_flow_run_logs_once(
         r"split: \d+ rows in",
         r"preprocess: tokenized \d+ train texts in",
         *(rf"train: epoch {e} loss [\d.]+ val acc [\d.]+ val macro-F1 [\d.]+" for e in range(1, epochs + 1)),
-        r"compress \[1/\d\] building fp32: done in",
+        r"train: ships ",
+        r"compress( \[1/\d\] building fp32: done in|: classic parity ok)",  # whichever family won
         r"compress: chose ",
         r"gate: pass min_f1: ",
         r"register: quantflow-news_vs_comment v1 ",
@@ -307,7 +308,9 @@ def test_repro_after_changing_epochs_reruns_train_onwards(good_run: RunSummary, 
     params_path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     output = dvc(["repro"], project)
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    assert ran == {"train", "evaluate", "compress"}, output
+    # compress reruns only when the shipped model changed: a linear winner's model folder is the same bytes
+    shipped = json.loads((project / "reports" / "metrics.json").read_text())["model"]["family"]
+    assert ran == {"train", "evaluate"} | ({"compress"} if shipped == "neural" else set()), output
     assert json.loads(dvc(["status", "--json"], project)) == {}
     neural = project / "artifacts" / "candidates" / "neural" / "history.json"  # the shipped one may be linear
     assert len(json.loads(neural.read_text())) >= 2

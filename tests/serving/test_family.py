@@ -84,7 +84,7 @@ def project_params(family: str, name: str = "unused") -> Params:
             "register.model_name": name,
             "register.experiment": "quantflow-test-family",
             "register.min_f1": 0.5,
-            "register.max_drop": 0.05,
+            "compress.max_drop_pp": 5.0,
         }
     )
 
