@@ -5,18 +5,20 @@ folders), the DVC cache and remote, git, and the MLflow registry. So it runs in 
 journal (``.quantflow/journal.json``, quantflow/core/journal.py) once its writes are done:
 
     started → taken      the batches judged: accepted ones stored in data/accepted/ (still waiting in incoming/)
-            → trained    every step of dvc.yaml ran on tonight's data
+            → trained    the --set overrides written into the params file (the file as it was kept in the
+                         journal), then every step of dvc.yaml ran on tonight's data
             → versioned  dvc add of the accepted batches, dvc commit, dvc push
-            → committed  git commit of dvc.lock and the .dvc files
+            → committed  git commit of dvc.lock, the params file and the .dvc files
             → registered the night's model version, complete, with its aliases
             → done       the accepted incoming files moved to processed/, the journal archived under nights/
 
 Nothing about a batch is final before ``registered``: its incoming file stays where it was. The next run reads
 the journal before anything else (whether or not it retrains) and settles the night:
 
-- stopped before ``trained``: **rolled back**. Accepted files no ``.dvc`` file tracks are deleted, the DVC
-  outputs are checked out to ``dvc.lock`` (the next intake judges the waiting batches against the last committed
-  dataset, not against half a night), the incoming files stay for tonight; ``dvc status`` decides the retrain.
+- stopped before ``trained``: **rolled back**. The params file goes back to what it was before the overrides,
+  accepted files no ``.dvc`` file tracks are deleted, the DVC outputs are checked out to ``dvc.lock`` (the next
+  intake judges the waiting batches against the last committed dataset, not against half a night), the incoming
+  files stay for tonight; ``dvc status`` decides the retrain.
 - ``trained`` or later: **rolled forward** with the night's own params file and overrides: dvc add/commit/push
   and the git commit again (idempotent), the model registered exactly once (registration.py reuses the night's
   version), its batches moved to processed/.
@@ -50,7 +52,7 @@ from quantflow.intake.nightly import (
     move_to_processed,
     restore_workspace,
 )
-from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task
+from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task, write_params
 from quantflow.registry.promotion import Retry
 from quantflow.registry.registration import NIGHT_TAG, RegisterResult
 from quantflow.registry.tracking import check_store
@@ -98,13 +100,45 @@ def record_intake(layout: Layout, night: Night, intake: Intake, retrain: str | N
     failpoint("night:after-taken")
 
 
+def write_overrides(layout: Layout, night: Night, params: Params) -> None:
+    """Write the night's ``--set`` overrides into its params file before the steps, as ``dvc exp run -S`` does
+    to the workspace: ``dvc.lock``, ``dvc status``, the night's git commit and the version's lineage then all
+    describe the model built, and ``dvc repro`` of that commit builds it again.
+
+    The file as it was goes into the journal first: a night rolled back puts it back; one rolled forward keeps
+    the overrides and commits them with ``dvc.lock``. Overrides equal to the file's values write nothing."""
+    path = layout.root / night.params_file
+    if not night.overrides or load_params(path).digest() == params.digest():
+        return
+    night.params_before = path.read_text(encoding="utf-8")
+    shown = ", ".join(f"{k}={v!r}" for k, v in night.overrides.items())
+    record(layout.root, night, night.phase, f"--set written into {night.params_file}: {shown}")
+    write_params(path, night.overrides)
+    if load_params(path).digest() != params.digest():
+        raise QuantflowError(
+            f"{path}: after writing the --set overrides ({shown}) the file does not give the night's params; "
+            "set those keys in the file by hand and run without --set"
+        )
+    logger.info("wrote the overrides into %s (committed with dvc.lock): %s", path, shown)
+
+
+def restore_params(layout: Layout, night: Night) -> list[str]:
+    """The params file back to what it was before the night wrote its overrides into it (a roll-back)."""
+    if night.params_before is None:
+        return []
+    (layout.root / night.params_file).write_text(night.params_before, encoding="utf-8")
+    return [f"{night.params_file} restored (the night's --set overrides taken out)"]
+
+
 def roll_back(layout: Layout, night: Night, why: str) -> tuple[list[str], list[str]]:
-    """Undo a night that did not reach ``trained``: orphaned accepted files out, DVC outputs back to dvc.lock,
-    the journal closed. The incoming files stay. Returns (what it did, what failed: reported, not raised)."""
+    """Undo a night that did not reach ``trained``: the params file as it was (before ``dvc checkout`` reads it),
+    orphaned accepted files out, DVC outputs back to dvc.lock, the journal closed. The incoming files stay.
+    Returns (what it did, what failed: reported, not raised)."""
+    restored = restore_params(layout, night)
     dropped = drop_orphans(layout)
     problem = restore_workspace(layout)
     problems = [f"the restore failed: {problem}"] if problem else []
-    done = (
+    done = restored + (
         [f"dropped the stored {', '.join(dropped)} (the incoming file waits for tonight)"] if dropped else []
     )
     close(layout.root, night, "; ".join([f"rolled back ({why})", *done, *problems]))
@@ -128,13 +162,16 @@ def finish_night(
             record(root, night, "versioned")
             failpoint("night:after-versioned")
         if not night.reached("committed"):
+            # an override night commits too: its params file and dvc.lock are the model's record
             wanted = params.nightly.git_commit == "always" or (
-                params.nightly.git_commit == "accepted" and night.accepted
+                params.nightly.git_commit == "accepted"
+                and (night.accepted or night.params_before is not None)
             )
             if wanted:
                 names = [b["name"] for b in night.accepted]
                 night.git_commit = (
-                    timed("git commit", commit_night_task, root, params, names) or night.git_commit
+                    timed("git commit", commit_night_task, root, params, names, night.params_file)
+                    or night.git_commit
                 )
             record(root, night, "committed", night.git_commit or "no git commit")
             failpoint("night:after-committed")

@@ -31,6 +31,7 @@ from flows.night import (
     record_intake,
     recover,
     roll_back,
+    write_overrides,
 )
 from flows.runinfo import run_links
 from quantflow.core.errors import QuantflowError, ValidationFailed
@@ -108,10 +109,12 @@ def run_steps(summary: RunSummary, params: Any, layout: Layout) -> None:
 
 
 def train_night(summary: RunSummary, params: Params, layout: Layout, night: Night) -> None:
-    """The steps on tonight's data. On failure the night rolls back at once: tonight's stored batches go (and are
-    rejected when the night's dataset failed its checks), every DVC output returns to dvc.lock, and a restore that
-    fails is reported beside the error, never instead of it."""
+    """The ``--set`` overrides written into the params file (what DVC records is what was built), then the steps
+    on tonight's data. On failure the night rolls back at once: the params file as it was, tonight's stored
+    batches gone (and rejected when the night's dataset failed its checks), every DVC output back to dvc.lock,
+    and a restore that fails reported beside the error, never instead of it."""
     try:
+        write_overrides(layout, night, params)
         run_steps(summary, params, layout)
     except Exception as exc:
         reason = None
@@ -170,7 +173,9 @@ def nightly_retrain(
         retry = Retry(params.register.retries + 1, params.register.retry_backoff_s)
         summary.timed("tracking store", check_store_first, project, retry)
         summary.recovered = recover(project, summary.timed_recovery, flow_tags())
-        layout.accepted_dir.mkdir(parents=True, exist_ok=True)  # the ingest stage's dependency
+        # the ingest stage's dependency; .gitkeep: a clone (and reproduce's worktree) holds it too
+        layout.accepted_dir.mkdir(parents=True, exist_ok=True)
+        (layout.accepted_dir / ".gitkeep").touch()
         run_night(summary, params, layout, params_file, overrides or {})
     create_markdown_artifact(
         markdown=render_summary(summary),

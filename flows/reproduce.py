@@ -203,6 +203,8 @@ def reproduce(params: Params, root: Path, version: str, keep: bool = False) -> R
         shutil.copyfile(lock, folder / "dvc.lock")
         committed = committed_params(folder, tags.get("params_digest"), result)
         pin_remote(root, folder)
+        # the ingest stage's dependency: empty (no batch yet) it is in no commit
+        Layout.of(committed or params, folder).accepted_dir.mkdir(parents=True, exist_ok=True)
         logger.info("reproduce: %s v%s at %s in %s: dvc pull", name, version, commit[:12], folder)
         dvc_in(folder, ["pull"])
         logger.info("reproduce: dvc repro --force (every stage, the commit's code)")

@@ -46,6 +46,9 @@ class Night:
     params_file: str
     overrides: dict[str, Any] = field(default_factory=dict)
     params_digest: str = ""  # of the params the night ran with: a roll-forward warns when the file changed
+    # the params file as it was before the night wrote its --set overrides into it (None: not written); a
+    # roll-back puts it back, a roll-forward keeps the overrides (the night's commit holds them)
+    params_before: str | None = None
     phase: str = "started"
     outcome: str = ""  # done: "registered", "not retrained", "rolled back: ...", "finished by <night>"
     accepted: list[dict[str, str]] = field(default_factory=list)  # {"name", "source", "stored"}

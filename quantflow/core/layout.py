@@ -210,7 +210,8 @@ class Layout:
             variants_dir=root / paths.variants_dir,
             reports_dir=root / paths.reports_dir,
             expectations_dir=root / "expectations",
-            accepted_dir=root / paths.accepted_dir,
+            # <paths.accepted_dir>/<dataset>: the batches a dataset's nights accepted, read by its ingest only
+            accepted_dir=root / paths.accepted_dir / params.ingest.dataset,
             incoming_dir=root / nightly.incoming_dir,
             processed_dir=root / nightly.processed_dir,
             rejected_dir=root / nightly.rejected_dir,
@@ -348,7 +349,9 @@ class Layout:
         return self.nightly_reports / "dataset_contract.json"
 
     def accepted_file(self, batch: str) -> Path:
-        """An accepted batch, normalized (text, label, key, batch), DVC-tracked: ``<accepted_dir>/<batch>.parquet``."""
+        """An accepted batch, normalized (text, label, key, batch), DVC-tracked: ``<accepted_dir>/<batch>.parquet``,
+        where ``accepted_dir`` is ``<paths.accepted_dir>/<ingest.dataset>``: a batch belongs to the dataset whose
+        night accepted it, and the ingest step of another dataset never reads it."""
         return self.accepted_dir / f"{batch}.parquet"
 
     def quarantine_file(self, batch: str) -> Path:

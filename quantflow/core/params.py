@@ -44,7 +44,7 @@ class PathsParams(_Section):
     candidates_dir: Path  # every trained candidate, one folder each
     variants_dir: Path
     reports_dir: Path
-    accepted_dir: Path  # nightly batches that passed their contracts (DVC-tracked)
+    accepted_dir: Path  # nightly batches that passed their contracts (DVC-tracked), one folder per dataset
 
 
 class IngestParams(_Section):

@@ -95,6 +95,18 @@ def incoming_oddities(folder: Path) -> list[str]:
     return notes
 
 
+def batches_of_no_dataset(layout: Layout) -> list[str]:
+    """Accepted batches stored flat (``<paths.accepted_dir>/<batch>.parquet``, before batches were kept per
+    dataset): no ingest step reads them, so each is reported with the command that files it under its dataset."""
+    folder = layout.accepted_dir.parent
+    return [
+        f"{path}: an accepted batch outside the per-dataset folders, read by no ingest step; file it under its "
+        f"dataset with `dvc move {layout.relative(path)} {layout.relative(folder)}/<dataset>/{path.name}`, "
+        "then commit"
+        for path in accepted_files(folder)
+    ]
+
+
 def read_batch(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
     """One batch as ``text`` and ``label`` columns; every way a file can be unusable is a BatchError.
 
@@ -188,7 +200,7 @@ def take_incoming(params: Params, layout: Layout) -> Intake:
     Each accepted batch joins the known texts before the next one is judged, so two batches of one night
     cannot bring the same text twice or with two labels.
     """
-    intake = Intake(warnings=incoming_oddities(layout.incoming_dir))
+    intake = Intake(warnings=incoming_oddities(layout.incoming_dir) + batches_of_no_dataset(layout))
     for note in intake.warnings:
         logger.warning("incoming: %s", note)
     known = dataset_keys(layout.split_dir)

@@ -17,7 +17,7 @@ from quantflow.core.bundle import MANIFEST
 from quantflow.core.layout import Layout, accepted_files
 from quantflow.core.params import Params
 from quantflow.intake.incoming import Intake
-from quantflow.intake.versioning import VersioningError, dvc, restore_outputs, run_tool
+from quantflow.intake.versioning import VersioningError, dvc, lock_md5s, restore_outputs, run_tool
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def restore_workspace(layout: Layout) -> str | None:
         restore_outputs(layout.root, [])
     except VersioningError as exc:
         return str(exc)
+    if str(layout.relative(layout.raw)) not in lock_md5s(layout.root / "dvc.lock"):
+        layout.raw.unlink(missing_ok=True)  # another dataset's raw file (an ingest.dataset override)
     return None
 
 
@@ -112,8 +114,11 @@ def git_ready(root: Path) -> str | None:
     return None
 
 
-def commit_night(root: Path, params: Params, batches: list[str]) -> str | None:
-    """Commit ``dvc.lock`` and the accepted batches' ``.dvc`` files (only those paths); the new commit id.
+def commit_night(
+    root: Path, params: Params, batches: list[str], params_file: str = "params.yaml"
+) -> str | None:
+    """Commit ``dvc.lock``, the params file it was built with (holding a night's ``--set`` overrides) and the
+    accepted batches' ``.dvc`` files (only those paths); the new commit id.
 
     Skipped (None, logged) outside a git repository, without a committer, or when nothing changed (a run that
     finishes a killed night whose commit was made already).
@@ -124,10 +129,10 @@ def commit_night(root: Path, params: Params, batches: list[str]) -> str | None:
         return None
     layout = Layout.of(params, root)
     accepted = layout.relative(layout.accepted_dir)
-    paths = ["dvc.lock", str(accepted)]
+    paths = ["dvc.lock", str(layout.relative((root / params_file).resolve())), str(accepted)]
     run_tool(["git", "add", "-A", "--", *paths], root)
     if not run_tool(["git", "diff", "--cached", "--name-only", "--", *paths], root).strip():
-        logger.info("git commit skipped: dvc.lock and %s are unchanged", accepted)
+        logger.info("git commit skipped: %s are unchanged", ", ".join(paths))
         return None
     names = ", ".join(batches) or "no new batches"
     run_tool(["git", "commit", "-q", "-m", f"nightly data: {names}", "--", *paths], root)

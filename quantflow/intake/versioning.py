@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import task
@@ -167,13 +168,44 @@ def lineage(root: Path) -> Lineage:
     md5 of every output it records, and the library versions of this interpreter."""
     try:
         commit = run_tool(["git", "rev-parse", "HEAD"], root).strip()
-        # dvc.lock is left out: the flow rewrites it after the commit, and its digest is recorded on its own
-        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"]
+        # dvc.lock and params.yaml count: a night commits both before it registers, so a difference means
+        # the commit does not describe the model (a night that made no commit, or a hand edit)
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
         dirty = bool(run_tool(status, root).strip())
     except VersioningError:
         commit, dirty = "none", True
     lock = root / "dvc.lock"
     return Lineage(commit, dirty, file_sha256(lock), lock_md5s(lock), library_versions(TRACKED_LIBRARIES))
+
+
+def write_params(path: Path, overrides: dict[str, Any]) -> None:
+    """Set dotted keys (``{"train.epochs": 1}``) in a params file in place, as ``dvc exp run -S`` does, but
+    changing only those lines: round-trip YAML keeps comments, key order, quotes and ``null``; a new list is
+    written in flow style (``[a, b]``). Replaced atomically: a kill leaves the old file or the new one."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedSeq
+
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.width = 4096  # never wrap a long line the file did not wrap
+    rt.indent(mapping=2, sequence=4, offset=2)
+    rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    data = rt.load(path.read_text(encoding="utf-8"))
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        if isinstance(value, list):
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        node[leaf] = value
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as handle:
+        rt.dump(data, handle)
+    os.replace(tmp, path)
 
 
 @task(name="dvc-commit")

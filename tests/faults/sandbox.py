@@ -89,8 +89,8 @@ def make_template(root: Path) -> Path:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, dst)
-    (root / "data" / "accepted").mkdir(parents=True)
-    (root / "data" / "accepted" / ".gitkeep").touch()
+    (root / "data" / "accepted" / "news_vs_comment").mkdir(parents=True)
+    (root / "data" / "accepted" / "news_vs_comment" / ".gitkeep").touch()
     write_params(root / "params.yaml", TINY)
     ignored = ["mlflow.db", "mlartifacts", "reports", "dvc-remote", STATE_DIR, "data/incoming"]
     ignored += ["data/processed", "data/rejected", "data/quarantine"]
@@ -230,12 +230,12 @@ def assert_registry(project: Project) -> None:
 def assert_accepted_rows(project: Project) -> None:
     """Every accepted batch is tracked by a committed .dvc file, and its rows are in the raw dataset."""
     root = project.root
-    accepted = sorted((root / "data" / "accepted").glob("*.parquet"))
+    accepted = sorted((root / "data" / "accepted" / "news_vs_comment").glob("*.parquet"))
     committed = set(sh(["git", "ls-files", "data/accepted"], root).split())
     raw = pd.read_parquet(root / "data" / "raw" / "news_vs_comment.parquet")
     in_raw = set(zip(raw["text"], raw["label"], strict=True))
     for path in accepted:
-        assert f"data/accepted/{path.name}.dvc" in committed, (path, committed)
+        assert f"data/accepted/news_vs_comment/{path.name}.dvc" in committed, (path, committed)
         rows = pd.read_parquet(path, columns=["text", "label"])
         missing = [r for r in zip(rows["text"], rows["label"], strict=True) if r not in in_raw]
         assert not missing, (path.name, missing[:3])

@@ -104,7 +104,7 @@ def test_a_corrupted_store_is_named_before_anything_is_trained(project: Project)
     assert f"error: {store}: the MLflow store (sqlite) cannot be used" in broken.stderr, broken.stderr
     assert "nothing was trained or committed" in broken.stderr and "Traceback" not in broken.output
     assert (git_head(project.root), (project.root / "dvc.lock").read_bytes()) == (head, lock)
-    assert not list((project.root / "data" / "accepted").glob("*.parquet"))
+    assert not list((project.root / "data" / "accepted").rglob("*.parquet"))
     assert read_journal(project.root) is None  # refused before the night began
 
     shutil.copy(backup, store)  # what the message says to do

@@ -86,7 +86,7 @@ def state(project: Path, registry: mlflow.MlflowClient, name: str) -> dict[str, 
         "registry": registry_state(registry, name),
         "dvc.lock": (project / "dvc.lock").read_text(),
         "raw": (project / "data" / "raw" / "news_vs_comment.parquet").read_bytes(),
-        "accepted": sorted(p.name for p in (project / "data" / "accepted").iterdir()),
+        "accepted": sorted(str(p.relative_to(project)) for p in (project / "data" / "accepted").rglob("*")),
         "head": sh(["git", "rev-parse", "HEAD"], project).strip(),
     }
 
@@ -300,7 +300,8 @@ def test_good_batch_is_appended_retrained_and_versioned(
     artifacts = {a.path for a in registry.list_artifacts(night3.registered.run_id, "reports/nightly/fresh")}
     assert "reports/nightly/fresh/contract.json" in artifacts
     committed = sh(["git", "show", "--name-only", "--format=", night3.git_commit], project).split()
-    assert set(committed) >= {"dvc.lock", "data/accepted/fresh.parquet.dvc", "data/accepted/.gitignore"}
+    accepted = "data/accepted/news_vs_comment"  # a batch belongs to its dataset
+    assert set(committed) >= {"dvc.lock", f"{accepted}/fresh.parquet.dvc", f"{accepted}/.gitignore"}
     assert json.loads(dvc(["status", "--json"], project)) == {}
     assert sh(["git", "show", f"{night3.git_commit}:dvc.lock"], project) == (project / "dvc.lock").read_text()
     assert (

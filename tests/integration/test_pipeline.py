@@ -37,7 +37,8 @@ PROJECT_FILES = (
     "quantflow",
     "tasks",
     "data/external/.gitkeep",
-    "data/accepted/.gitkeep",
+    "data/accepted/news_vs_comment/.gitkeep",
+    "data/accepted/review_sentiment/.gitkeep",
     "reports/scale/scale.csv",
 )
 TINY = {
