@@ -27,7 +27,7 @@ A failure inside a night does the same at once: before ``trained`` the night rol
 journal stays and the error says that the next run finishes the night first.
 
 Failpoints (quantflow/core/failpoints.py) sit at every boundary: ``night:after-<phase>``,
-``steps:after-<stage>``, ``night:after-moved``, and inside register (``register:after-run``, ``-version``,
+``night:after-overrides``, ``steps:after-<stage>``, ``night:after-moved``, and inside register (``register:after-run``, ``-version``,
 ``-complete``, ``-challenger``, ``-staging``, ``staging:after-history``).
 """
 
@@ -100,6 +100,12 @@ def record_intake(layout: Layout, night: Night, intake: Intake, retrain: str | N
     failpoint("night:after-taken")
 
 
+def overrides_change(layout: Layout, night: Night, params: Params) -> bool:
+    """Whether the night's ``--set`` overrides give other params than its params file (an override equal to
+    the file's value is no experiment: nothing to write, and ``dvc status`` decides the retrain)."""
+    return bool(night.overrides) and load_params(layout.root / night.params_file).digest() != params.digest()
+
+
 def write_overrides(layout: Layout, night: Night, params: Params) -> None:
     """Write the night's ``--set`` overrides into its params file before the steps, as ``dvc exp run -S`` does
     to the workspace: ``dvc.lock``, ``dvc status``, the night's git commit and the version's lineage then all
@@ -108,12 +114,13 @@ def write_overrides(layout: Layout, night: Night, params: Params) -> None:
     The file as it was goes into the journal first: a night rolled back puts it back; one rolled forward keeps
     the overrides and commits them with ``dvc.lock``. Overrides equal to the file's values write nothing."""
     path = layout.root / night.params_file
-    if not night.overrides or load_params(path).digest() == params.digest():
+    if not overrides_change(layout, night, params):
         return
     night.params_before = path.read_text(encoding="utf-8")
     shown = ", ".join(f"{k}={v!r}" for k, v in night.overrides.items())
     record(layout.root, night, night.phase, f"--set written into {night.params_file}: {shown}")
     write_params(path, night.overrides)
+    failpoint("night:after-overrides")
     if load_params(path).digest() != params.digest():
         raise QuantflowError(
             f"{path}: after writing the --set overrides ({shown}) the file does not give the night's params; "

@@ -28,6 +28,7 @@ from flows.night import (
     close_night,
     finish_night,
     open_night,
+    overrides_change,
     record_intake,
     recover,
     roll_back,
@@ -144,7 +145,8 @@ def run_night(
     """Tonight, phase by phase (flows/night.py): intake, the steps, versions, commit, register, close."""
     night = open_night(layout, params_file, overrides, params)
     summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
-    summary.retrain = retrain_reason(params, layout, summary.intake, bool(overrides))
+    overridden = overrides_change(layout, night, params)
+    summary.retrain = retrain_reason(params, layout, summary.intake, overridden)
     record_intake(layout, night, summary.intake, summary.retrain)
     if not summary.retrain:
         close_night(layout, night, "not retrained")

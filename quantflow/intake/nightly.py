@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 def retrain_reason(params: Params, layout: Layout, intake: Intake, overridden: bool) -> str | None:
     """Why tonight retrains, or None: no accepted data, a model on disk and ``dvc status`` clean.
 
-    ``--set`` overrides retrain an up-to-date pipeline, except on a night whose batches were all blocked: a run
-    to look into a blocked night must not ship a model (nor move ``staging``)."""
+    ``--set`` overrides that change a param (``overridden``) retrain an up-to-date pipeline, except on a night
+    whose batches were all blocked: a run to look into a blocked night must not ship a model (nor move
+    ``staging``)."""
     if params.nightly.retrain == "always":
         return "nightly.retrain is 'always'"
     if intake.accepted:

@@ -166,3 +166,32 @@ def test_an_override_night_without_batches_commits_its_params(
     assert committed["ingest"]["dataset"] == "review_sentiment"
     tags = registry.get_model_version(REVIEW, night2.registered.version).tags
     assert (tags["git_commit"], tags["git_dirty"]) == (night2.git_commit, "false")
+
+
+def test_an_override_equal_to_params_yaml_is_no_change(night2: RunSummary, project: Path) -> None:
+    head = sh(["git", "rev-parse", "HEAD"], project)
+    summary = nightly_retrain(root=str(project), overrides={"ingest.dataset": "review_sentiment"})
+    assert summary.registered is None and summary.retrain is None
+    assert sh(["git", "rev-parse", "HEAD"], project) == head
+
+
+def test_a_night_killed_after_writing_its_overrides_rolls_back_params(
+    night2: RunSummary, project: Path
+) -> None:
+    """The journal of a night that wrote its overrides and died (as after a kill: nothing else ran) makes the
+    next run restore params.yaml before it checks the DVC outputs out."""
+    from flows.night import open_night, write_overrides
+    from quantflow.core.layout import Layout
+
+    path = project / "params.yaml"
+    before = path.read_bytes()
+    overrides = {"train.epochs": EPOCHS + 4}
+    params = load_params(path, overrides)
+    layout = Layout.of(params, project)
+    write_overrides(layout, open_night(layout, "params.yaml", overrides, params), params)
+    assert yaml.safe_load(path.read_text())["train"]["epochs"] == EPOCHS + 4
+    summary = nightly_retrain(root=str(project))
+    assert summary.recovered is not None and summary.recovered.action == "rolled back"
+    assert path.read_bytes() == before
+    assert summary.registered is None  # restored, the pipeline is up to date: nothing to retrain
+    assert json.loads(dvc(["status", "--json"], project)) == {}
