@@ -136,9 +136,8 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(server: Server, connections: int, seconds: float, script: Path) -> dict:
-    """One wrk run: req/s, p50/p99 ms, requests, errors (non-2xx + socket errors), server CPU µs/request."""
-    cmd = [
+def wrk_command(server: Server, connections: int, seconds: float, script: Path) -> list[str]:
+    return [
         "wrk",
         "-t1",
         f"-c{connections}",
@@ -148,16 +147,26 @@ def run_wrk(server: Server, connections: int, seconds: float, script: Path) -> d
         "--latency",
         "-s",
         str(script),
+        server.url + server.path,
     ]
+
+
+def run_wrk(server: Server, connections: int, seconds: float, script: Path) -> dict:
+    """One wrk run: req/s, p50/p99 ms, requests, errors (non-2xx + socket errors), server CPU µs/request."""
     cpu = goals.cpu_seconds(server.proc.pid)
     out = subprocess.run(
-        cmd + [server.url + server.path],
+        wrk_command(server, connections, seconds, script),
         capture_output=True,
         text=True,
         env={**os.environ, "BENCH_BODY": server.body},
         check=True,
     ).stdout
     cpu = goals.cpu_seconds(server.proc.pid) - cpu
+    return parse_wrk(out, cpu)
+
+
+def parse_wrk(out: str, cpu: float) -> dict:
+    """wrk's summary (``--latency``) as numbers; ``cpu``: the server's CPU seconds over the run."""
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -365,7 +374,66 @@ def goal_rows(
         f"p99 {many['p99']:.2f} ms | {'yes' if many['errors'] == 0 and many['requests'] >= 10_000 else 'no'} |"
     )
     rows += [ratio_row(by, 16, args.rounds), p99_row(qf, 16, args.rounds)]
+    rows.append(staging_move_row(folder, args, script, work))
     return rows + batch_rows(folder, args, work)
+
+
+def staging_move_row(folder: Path, args: argparse.Namespace, script: Path, work: Path) -> str:
+    """``--moves`` moves of ``@staging`` between two registered versions (the served folder registered twice, as
+    the register step logs it, in a scratch sqlite store) while wrk keeps concurrency 16 on ``/predict``: seconds
+    from each move until ``/ready`` names the new version, and wrk's failed requests over the whole time."""
+    uri, name = f"sqlite:///{work / 'moves.db'}", "bench-serve-moves"
+    client, versions = goals.registered_twice(folder, work / "moves-artifacts", uri, name)
+    client.set_registered_model_alias(name, "staging", versions[0])
+    poll = args.poll_interval
+    cmd = [
+        sys.executable,
+        "-m",
+        "quantflow.cli",
+        "serve",
+        "--port",
+        "{port}",
+        "--set",
+        f"serve.model_name={name}",
+    ]
+    cmd += ["--set", f"serve.poll_interval_s={poll:g}", "--set", f"serve.cache_dir={work / 'moves-cache'}"]
+    server = start(
+        "moves",
+        cmd,
+        "/predict",
+        {"texts": [goals.TEXT]},
+        "/ready",
+        work / "moves.log",
+        {"MLFLOW_TRACKING_URI": uri},
+    )
+    try:
+        wait_ready(server)
+        load = subprocess.Popen(
+            wrk_command(server, 16, 3600, script),
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "BENCH_BODY": server.body},
+        )
+        time.sleep(1)
+        seconds = [
+            goals.move_and_wait(client, name, versions[(i + 1) % 2], server.url, limit=poll + 30)
+            for i in range(args.moves)
+        ]
+        time.sleep(1)
+        load.send_signal(signal.SIGINT)  # wrk prints its summary and exits
+        done = parse_wrk(load.communicate(timeout=30)[0], 0.0)
+    finally:
+        stop(server)
+    limit = poll + 2
+    shown = " / ".join("not served" if s is None else f"{s:.2f}" for s in seconds)
+    within = sum(s is not None and s <= limit for s in seconds)
+    met = within == args.moves and done["errors"] == 0
+    return (
+        f"| a `staging` move reaches the service under load (poll_interval_s {poll:g}, wrk c16 on `/predict` "
+        f"throughout) | ≤ {limit:g} s, {args.moves} of {args.moves}, 0 failed requests | {shown} s; {within} of "
+        f"{args.moves} within; {done['requests']:,} requests, {done['errors']} failed, p99 {done['p99']:.2f} ms | "
+        f"{'yes' if met else 'no'} |"
+    )
 
 
 def ratio_row(by: dict[str, Server], c: int, rounds: int) -> str:
@@ -421,6 +489,15 @@ def breakdown_rows(folder: Path, servers: list[Server]) -> list[str]:
 # --- main ----------------------------------------------------------------------------------------------------
 
 
+def served(folder: Path) -> str:
+    """What the variant folder holds, from its model.json: architecture, family and variant."""
+    card = json.loads((folder / "model.json").read_text())
+    config = card.get("config", {})
+    return (
+        f"`{config.get('arch')}` ({config.get('family', 'neural')} family), variant `{card.get('variant')}`"
+    )
+
+
 def render(
     args: argparse.Namespace,
     servers: list[Server],
@@ -428,6 +505,7 @@ def render(
     goal: list[str],
     stages: list[str],
     load: str,
+    folder: Path,
 ) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     source = f"`{args.model_dir}`" if args.model_dir else f"`{args.model}`"
@@ -435,6 +513,8 @@ def render(
         START,
         f"Run of {when}: `{' '.join(['python', 'bench/serve.py', *sys.argv[1:]])}` (`make bench-serve`), model {source}.",
         f"`uptime` before: `{load}`",
+        "",
+        f"Served: {served(folder)}; every server loads the same ONNX folder.",
         "",
         *[
             f"- {s.label}: ready {s.ready_s:.1f} s after spawn, RSS {rss_mb(s.proc.pid):.0f} MB"
@@ -473,6 +553,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--texts", type=Path, default=ROOT / "data" / "split", help="Parquet file(s) with a text column"
     )
+    parser.add_argument("--moves", type=int, default=5, help="@staging moves under load")
+    parser.add_argument("--poll-interval", type=float, default=5.0, help="serve.poll_interval_s of the moves")
     parser.add_argument("--batch-texts", type=int, default=20_000)
     parser.add_argument("--dask-texts", type=int, default=200_000)
     parser.add_argument(
@@ -504,7 +586,7 @@ def main() -> None:
         compare(servers, concurrencies, args.seconds, args.rounds, script)
         goal = goal_rows(servers, folder, args, script, work)
         stages = breakdown_rows(folder, servers)
-        text = render(args, servers, concurrencies, goal, stages, load)
+        text = render(args, servers, concurrencies, goal, stages, load, folder)
     finally:
         for server in servers:
             stop(server)

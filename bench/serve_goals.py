@@ -223,6 +223,50 @@ def dask_vs_single(folder: Path, texts: list[str], work: Path, parts: int = 8) -
     }
 
 
+# --- @staging moves ----------------------------------------------------------------------------------------------
+
+
+def registered_twice(folder: Path, artifacts: Path, uri: str, name: str) -> tuple[Any, list[str]]:
+    """``folder`` logged as the register step logs a variant (quantflow.registry.model_code) and registered as two
+    versions of ``name`` in the store ``uri``: (an MlflowClient, the two versions)."""
+    import mlflow
+
+    from quantflow.registry.model_code import log_pyfunc
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("bench-serve-moves", artifact_location=artifacts.as_uri())
+        versions = []
+        for _ in range(2):
+            with mlflow.start_run(experiment_id=experiment):
+                info = log_pyfunc(folder, [TEXT])
+            versions.append(str(mlflow.register_model(info.model_uri, name).version))
+    finally:
+        mlflow.set_tracking_uri(None)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), versions
+
+
+def move_and_wait(client: Any, name: str, version: str, url: str, limit: float) -> float | None:
+    """Move ``@staging`` of ``name`` to ``version``, then poll ``/ready`` until it names that version: the seconds
+    it took (None: not within ``limit``); a second's pause after, so moves do not overlap."""
+    import json
+    import urllib.request
+
+    started = time.monotonic()
+    client.set_registered_model_alias(name, "staging", version)
+    while time.monotonic() - started < limit:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=2) as answer:
+                if str(json.load(answer).get("version")) == version:
+                    took = time.monotonic() - started
+                    time.sleep(1)
+                    return took
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return None
+
+
 # --- where a request's time goes --------------------------------------------------------------------------------
 
 
