@@ -34,7 +34,6 @@ from onnx import TensorProto, helper, numpy_helper
 from quantflow.core.bundle import Manifest, copy_tokenizer, library_versions
 from quantflow.core.classic import ClassicFit
 from quantflow.core.onnx_model import INPUT_NAME, MODEL_FILE
-from quantflow.core.quantize import quantize_int8
 from quantflow.core.text import TokenizerConfig
 
 CLASSIC_FAMILY = "classic"  # model.json config["family"]; a neural model's config has no "family"
@@ -42,10 +41,7 @@ OPSET = 18  # as the neural exports (tasks/compress.py)
 OUTPUT_NAME = "logits"
 NORM_EPS = 1e-12
 FP32_VARIANT = "fp32"
-INT8_VARIANT = "int8-dynamic"
-# ORT's dynamic quantizer first rewrites a Gemm as MatMul (+ Add) and then quantizes only the listed op types:
-# with "Gemm" alone nothing is quantized
-QUANT_OPS = ("Gemm", "MatMul")
+INT8_VARIANT = "int8-static"
 
 
 def ngram_pool(grams: list[tuple[int, ...]], ngram_max: int) -> tuple[list[int], list[int], list[int]]:
@@ -210,15 +206,72 @@ def save_classic_folder(
     return folder
 
 
-def quantize_classic(fp32_folder: Path, out_folder: Path, weight_type: str = "uint8") -> Path:
-    """The ``int8-dynamic`` variant of a classic folder: the Gemm's weights in 8 bits, its (B, F) input
-    quantized per batch (ORT fuses both into ``DynamicQuantizeMatMul``); the TfIdfVectorizer stays as it is.
+def _int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
+    """Asymmetric per-tensor uint8 weights: ``weight ≈ scale · (quantized - zero_point)`` (0 exactly representable)."""
+    low, high = min(float(weight.min()), 0.0), max(float(weight.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero_point = int(np.clip(round(-low / scale), 0, 255))
+    quantized = np.clip(np.rint(weight / scale) + zero_point, 0, 255).astype(np.uint8)
+    return quantized, np.float32(scale), np.uint8(zero_point)
 
-    Not static QDQ: ORT's QDQ Gemm quantizes the (B, K) scores to 8 bits as well (``QGemm`` with a uint8
-    output), a second rounding that dynamic quantization does not make, with no speed to show for it here.
+
+def quantize_classic(fp32_folder: Path, out_folder: Path) -> Path:
+    """The ``int8-static`` variant of a classic folder: its Gemm as an 8-bit integer product with *fixed* scales.
+
+    The features are L2-normalised first (``x / |x|``, every element in [0, 1] by construction: tf-idf is never
+    negative), so their int8 scale is a constant, 1/255, known without calibration; the weights are uint8 with
+    one scale and zero point. ``MatMulInteger`` sums the 8-bit products exactly in int32, then one ``Mul``
+    rescales: ``(x / |x|) W ≈ s_x s_w Σ x_q (w_q - z_w)``. The graph until the TF-IDF and after the scores is
+    the fp32 one's.
+
+    Why not dynamic quantization (ORT's ``quantize_dynamic``): it picks the features' scale from the largest
+    value *in the batch*, so a text's scores, and now and then its label, depended on the texts batched with
+    it (14 of 200,000 labels differed between one process and a Dask cluster, BENCHMARKS.md). A fixed scale
+    makes every row's answer its own: the same bits in any batch. Why not ORT's static QDQ: its QGemm rounds
+    the (B, K) scores to 8 bits a second time. uint8 weights (u8u8) also keep clear of the u8s8 kernels'
+    16-bit saturation on AVX2.
     """
+    model = onnx.load(fp32_folder / MODEL_FILE)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    (gemm,) = [n for n in graph.node if n.op_type == "Gemm"]
+    (div,) = [n for n in graph.node if n.op_type == "Div" and n.input[0] == gemm.output[0]]
+    features, weight_name = gemm.input[0], gemm.input[1]
+    weight_q, weight_scale, weight_zp = _int8_weight(numpy_helper.to_array(inits[weight_name]))
+    feature_scale = np.float32(1 / 255)
+    new_inits = [
+        _const("feature_scale", np.array(feature_scale, np.float32)),
+        _const("feature_zero_point", np.array(0, np.uint8)),
+        _const("weight_q", weight_q),
+        _const("weight_zero_point", np.array(weight_zp, np.uint8)),
+        _const("product_scale", np.array(feature_scale * weight_scale, np.float32)),
+    ]
+    norm = div.input[1]
+    new_nodes = [
+        helper.make_node("Div", [features, norm], ["unit_features"]),  # (B, F), each in [0, 1]
+        helper.make_node(
+            "QuantizeLinear", ["unit_features", "feature_scale", "feature_zero_point"], ["features_q"]
+        ),
+        helper.make_node(
+            "MatMulInteger",
+            ["features_q", "weight_q", "feature_zero_point", "weight_zero_point"],
+            ["products"],
+        ),  # (B, K) int32, exact
+        helper.make_node("Cast", ["products"], ["products_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["products_f", "product_scale"], [div.output[0]]),
+    ]
+    at = list(graph.node).index(gemm)
+    nodes = [n for n in graph.node if n not in (gemm, div)]
+    nodes[at:at] = new_nodes
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if t.name != weight_name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    onnx.checker.check_model(model, full_check=True)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, out_folder / MODEL_FILE, save_as_external_data=False)
     manifest = Manifest.load(fp32_folder)
-    quantize_int8(fp32_folder / MODEL_FILE, out_folder / MODEL_FILE, QUANT_OPS, weight_type)
     Manifest(manifest.labels, manifest.config, INT8_VARIANT, versions=manifest.versions).save(out_folder)
     copy_tokenizer(fp32_folder, out_folder)
     return out_folder

@@ -2,9 +2,10 @@
 
 A classic model folder (quantflow/core/candidates.py) already holds its ONNX graph: ``fp32`` is a copy of it,
 checked against the fitted scikit-learn model on the parity texts (probabilities within
-``compress.parity_atol``); ``int8-dynamic`` quantizes its Gemm (quantflow/core/classic_onnx.py). The other
-variants do not apply: ``int8-static`` rounds the (B, K) scores to 8 bits a second time for no speed, and
-there is no convolution or embedding to prune or slim. The reference row is the scikit-learn model itself
+``compress.parity_atol``); ``int8-static`` computes its Gemm in 8-bit integers with fixed scales
+(quantflow/core/classic_onnx.py), so a text's answer does not depend on the texts batched with it. The other
+variants do not apply: ``int8-dynamic`` picks its scale per batch (that dependence), and there is no
+convolution or embedding to prune or slim. The reference row is the scikit-learn model itself
 (accuracy, pickled size and speed), where a neural model has PyTorch eager.
 
 The step's policy (``compress.policy`` within ``compress.max_drop_pp``) is applied by the caller's ``choose``
@@ -26,7 +27,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from quantflow.core.bundle import Manifest, copy_tokenizer
 from quantflow.core.candidates import FIT_FILE, load_fit
 from quantflow.core.classic import ClassicFit
-from quantflow.core.classic_onnx import CLASSIC_FAMILY, quantize_classic
+from quantflow.core.classic_onnx import CLASSIC_FAMILY, INT8_VARIANT, quantize_classic
 from quantflow.core.export import ParityError
 from quantflow.core.features import read_split
 from quantflow.core.layout import CompressionReports, shown_path, split_file
@@ -37,18 +38,18 @@ from quantflow.core.text import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-FP32, DYNAMIC = "fp32", "int8-dynamic"
-CLASSIC_VARIANTS = (FP32, DYNAMIC)
+FP32, STATIC = "fp32", INT8_VARIANT
+CLASSIC_VARIANTS = (FP32, STATIC)
 REFERENCE = "sklearn-fp32"
 PARITY_BATCH = 16
 
 
 def classic_plan(settings: CompressParams) -> list[str]:
-    """fp32 (always) and int8-dynamic when ``compress.variants`` lists it; the rest do not apply (logged)."""
+    """fp32 (always) and int8-static when ``compress.variants`` lists it; the rest do not apply (logged)."""
     skipped = [v for v in settings.variants if v not in CLASSIC_VARIANTS]
     if skipped:
         logger.info("compress: a classic model has no %s variant: skipped", ", ".join(skipped))
-    return [FP32] + ([DYNAMIC] if DYNAMIC in settings.variants else [])
+    return [FP32] + ([STATIC] if STATIC in settings.variants else [])
 
 
 def parity_max_abs_diff(fit: ClassicFit, folder: Path, texts: Sequence[str]) -> float:
@@ -161,13 +162,13 @@ def ratios(variants: dict[str, dict], reference: dict, chosen: str) -> dict[str,
 def build_variants(
     settings: CompressParams, fit: ClassicFit, model_dir: Path, variants_dir: Path, parity_texts: list[str]
 ) -> tuple[dict[str, Path], float]:
-    """fp32 (copied, parity checked) and int8-dynamic when asked; returns the folders and the parity."""
+    """fp32 (copied, parity checked) and int8-static when asked; returns the folders and the parity."""
     if variants_dir.exists():
         shutil.rmtree(variants_dir)  # a neural model's variants from an earlier run must not linger
     folders = {FP32: variants_dir / FP32}
     parity = build_fp32(fit, model_dir, folders[FP32], parity_texts, settings.parity_atol)
-    if DYNAMIC in classic_plan(settings):
-        folders[DYNAMIC] = quantize_classic(folders[FP32], variants_dir / DYNAMIC, settings.weight_type)
+    if STATIC in classic_plan(settings):
+        folders[STATIC] = quantize_classic(folders[FP32], variants_dir / STATIC)
     return folders, parity
 
 

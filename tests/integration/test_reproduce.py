@@ -35,7 +35,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, mlflow_server_process: obj
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["register"].update(model_name=NAME, experiment="reproduce")
     if "variants" in params["compress"]:
-        params["compress"]["variants"] = ["fp32", "int8-dynamic"]
+        params["compress"]["variants"] = ["fp32", "int8-static"]
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False))
     pipeline.sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "params"], root)
     return root

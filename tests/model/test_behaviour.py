@@ -7,7 +7,7 @@ the built-in corpus: ``ingest.max_rows_per_class = SUBSET`` (sampled with ``para
 split, preprocess, train and compress exactly as the pipeline does, once per family (``train.candidates`` set
 to that one: the neural default, TF-IDF + LR, NB-LR). Only the timing sample of the compress step is shrunk
 (it measures speed, not labels) and only the int8 variants quantized from the exported weights are built
-(``VARIANTS``; a classic model builds fp32 and int8-dynamic). The tests then check, on fp32 and on the int8
+(``VARIANTS``; a classic model builds fp32 and int8-static). The tests then check, on fp32 and on the int8
 variant the compress policy chose:
 
 - minimum functionality: clear-cut texts of each class get their class;

@@ -1,6 +1,6 @@
 """The train step's candidates (quantflow/core/candidates.py, tasks/train.py) and a classic winner's compress
 (quantflow/core/classic_variants.py): every family into its own folder, the best on validation shipped, ties
-to the smaller then faster model, and fp32 + int8-dynamic of a scikit-learn model checked against it."""
+to the smaller then faster model, and fp32 + int8-static of a scikit-learn model checked against it."""
 
 from __future__ import annotations
 
@@ -133,25 +133,25 @@ def classic_model(data: Path, name: str) -> Path:
     return folder
 
 
-def test_compress_builds_fp32_and_int8_dynamic_of_a_classic_model(data: Path) -> None:
+def test_compress_builds_fp32_and_int8_static_of_a_classic_model(data: Path) -> None:
     folder = classic_model(data, "compress")
     variants = data / "compress" / "variants"
-    (variants / "int8-static").mkdir(parents=True)  # a neural model's variant from an earlier run
+    (variants / "pruned-int8").mkdir(parents=True)  # a neural model's variant from an earlier run
     reports = CompressionReports.under(data / "compress" / "reports")
     result = compress(COMPRESS, folder, data / "split", variants, reports, seed=3)
-    assert sorted(p.name for p in variants.iterdir()) == ["fp32", "int8-dynamic"]
-    assert result.chosen == "int8-dynamic"  # the smallest within compress.max_drop_pp
+    assert sorted(p.name for p in variants.iterdir()) == ["fp32", "int8-static"]
+    assert result.chosen == "int8-static"  # the smallest within compress.max_drop_pp
     assert result.parity_max_abs_diff <= COMPRESS.parity_atol
     assert (variants / "fp32" / MODEL_FILE).read_bytes() == (folder / MODEL_FILE).read_bytes()
-    ops = {n.op_type for n in onnx.load(variants / "int8-dynamic" / MODEL_FILE).graph.node}
+    ops = {n.op_type for n in onnx.load(variants / "int8-static" / MODEL_FILE).graph.node}
     assert {"TfIdfVectorizer", "MatMulInteger"} <= ops
     report = json.loads(reports.report.read_text())
     assert report["family"] == "classic" and list(report["reference"]) == ["sklearn-fp32"]
-    assert report["variants"]["int8-dynamic"]["size_bytes"] < report["variants"]["fp32"]["size_bytes"]
-    assert Manifest.load(variants / "int8-dynamic").variant == "onnx-int8-dynamic"
+    assert report["variants"]["int8-static"]["size_bytes"] < report["variants"]["fp32"]["size_bytes"]
+    assert Manifest.load(variants / "int8-static").variant == "onnx-int8-static"
     assert (
-        Manifest.load(variants / "int8-dynamic").metrics["accuracy"]
-        == result.variants["int8-dynamic"]["accuracy"]
+        Manifest.load(variants / "int8-static").metrics["accuracy"]
+        == result.variants["int8-static"]["accuracy"]
     )
     assert "sklearn-fp32" in reports.table.read_text() and reports.plot.is_file()
 

@@ -187,11 +187,26 @@ def test_int8_variant_has_quantized_ops_is_smaller_and_as_accurate(
     fp32 = save_classic_folder(fit, tmp_path / "fp32", two_classes.labels, two_classes.tokenizer_dir)
     int8 = quantize_classic(fp32, tmp_path / "int8")
     ops = {node.op_type for node in onnx.load(int8 / MODEL_FILE).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "TfIdfVectorizer" in ops
+    assert {"QuantizeLinear", "MatMulInteger"} <= ops and "TfIdfVectorizer" in ops
+    assert not ops & {"Gemm", "DynamicQuantizeLinear"}
     assert (int8 / MODEL_FILE).stat().st_size < (fp32 / MODEL_FILE).stat().st_size
-    assert Manifest.load(int8).variant == "int8-dynamic"
+    assert Manifest.load(int8).variant == "int8-static"
     texts = two_classes.texts
     assert OnnxClassifier(int8).predict(texts) == OnnxClassifier(fp32).predict(texts)
+
+
+def test_int8_scores_of_a_text_do_not_depend_on_its_batch(two_classes: Prepared, tmp_path: Path) -> None:
+    """Fixed scales: a text's logits are the same bits alone, in a batch, or beside a text with a far larger
+    tf-idf value (a per-batch scale would change them: batch scoring vs a Dask cluster, service micro-batches)."""
+    fit = fit_on(two_classes)
+    fp32 = save_classic_folder(fit, tmp_path / "fp32", two_classes.labels, two_classes.tokenizer_dir)
+    classifier = OnnxClassifier(quantize_classic(fp32, tmp_path / "int8"), threads=1)
+    texts = two_classes.texts[:64]
+    ids = classifier.tokenizer.encode(texts)
+    alone = np.concatenate([classifier.logits(ids[i : i + 1]) for i in range(len(texts))])
+    assert np.array_equal(classifier.logits(ids), alone)
+    peaked = classifier.tokenizer.encode([texts[0][:1] * MAX_LEN] + texts[1:])  # one n-gram counted many times
+    assert np.array_equal(classifier.logits(peaked)[1:], alone[1:])
 
 
 def test_a_class_missing_from_the_training_labels_is_named(two_classes: Prepared) -> None:

@@ -78,7 +78,7 @@ def project_params(family: str, name: str = "unused") -> Params:
             "train.candidates": [family],
             **{f"train.{k}": v for k, v in TINY_NEURAL.items()},
             "evaluate.baseline_max_features": 5000,
-            "compress.variants": ["fp32", "int8-dynamic"],
+            "compress.variants": ["fp32", "int8-static"],
             "compress.latency_texts": 20,
             "compress.throughput_texts": 64,
             "register.model_name": name,
@@ -135,9 +135,9 @@ def test_the_linear_project_trains_exports_and_quantizes_the_tfidf_model(
         <= report["parity"]["atol"]
         == project.params("x").compress.parity_atol
     )
-    assert project.chosen == "int8-dynamic"
+    assert project.chosen == "int8-static"
     ops = {n.op_type for n in onnx.load(project.variant_dir / MODEL_FILE).graph.node}
-    assert {"TfIdfVectorizer", "DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert {"TfIdfVectorizer", "QuantizeLinear", "MatMulInteger"} <= ops
     neural = json.loads(projects["neural"].layout.metrics.read_text())["model"]
     assert neural["family"] == "neural" and neural["arch"] == "textcnn"
 
@@ -226,7 +226,7 @@ def test_the_service_serves_and_explains_the_linear_model(served: dict, projects
     assert [p["label"] for p in answer["predictions"]] == offline.predict(texts)
     proba = [[p["probabilities"][lb] for lb in offline.labels] for p in answer["predictions"]]
     np.testing.assert_allclose(proba, offline.predict_proba(texts), atol=1e-5)
-    assert answer["model"]["variant"] == "onnx-int8-dynamic"
+    assert answer["model"]["variant"] == "onnx-int8-static"
     explained = httpx.post(f"{url}/explain", json={"text": texts[0]}, timeout=10).json()
     assert explained["label"] == offline.predict(texts[:1])[0]
     assert any(t["contribution"] != 0 for t in explained["tokens"])
