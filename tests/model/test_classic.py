@@ -205,7 +205,7 @@ def test_int8_scores_of_a_text_do_not_depend_on_its_batch(two_classes: Prepared,
     ids = classifier.tokenizer.encode(texts)
     alone = np.concatenate([classifier.logits(ids[i : i + 1]) for i in range(len(texts))])
     assert np.array_equal(classifier.logits(ids), alone)
-    peaked = classifier.tokenizer.encode([texts[0][:1] * MAX_LEN] + texts[1:])  # one n-gram counted many times
+    peaked = classifier.tokenizer.encode([texts[0][:1] * MAX_LEN] + texts[1:])  # one n-gram, many counts
     assert np.array_equal(classifier.logits(peaked)[1:], alone[1:])
 
 
