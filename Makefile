@@ -34,7 +34,7 @@ test: install ## run the test suite (real MLflow server, Prefect test harness, g
 test-infra: install ## the tests marked infra: PostgreSQL-backed MLflow, a Prefect server (CI runs them too)
 	$(BIN)/pytest -m infra
 
-test-faults: install ## the fault suite: real `quantflow run` killed at every phase, outages, two runs at once (~20 min)
+test-faults: install ## the fault suite: real `quantflow run` killed at every phase, outages, two runs at once (~8 min)
 	$(BIN)/pytest -m faults tests/faults
 
 test-fast: install ## the tests not marked slow
