@@ -509,7 +509,8 @@ is the wall time on one of two Dask workers sharing 2 cores with each other and 
 
 The classic candidates work on the tokenizer's ids (the same `data/features` as every neural model): char
 1-3-grams of ids, TF-IDF, logistic regression (`tfidf_lr`) or NB-weighted logistic regression (`nb_lr`),
-exported to ONNX's standard TfIdfVectorizer + Gemm and quantized int8-dynamic (quantflow/core/classic_onnx.py).
+exported to ONNX's standard TfIdfVectorizer + Gemm, and int8-static: a fixed-scale integer Gemm whose answers do
+not depend on the batch (quantflow/core/classic_onnx.py).
 The raw-text baseline (the evaluate step's char TF-IDF on cleaned raw text, `sublinear_tf`, 200k features) is
 the reference the nightly summary compares with; it cannot ship (no token ids, no ONNX graph).
 
