@@ -1,8 +1,9 @@
 """`make bench-compress`: the compression variants measured carefully on the full default dataset.
 
 Runs the compress step (the same function as the pipeline) on the neural candidate the train step left in
-``artifacts/candidates/neural`` (or ``artifacts/model`` when that is neural) with every test text for latency
-and several interleaved rounds, into a scratch folder (the pipeline's outputs and ``dvc.lock`` stay
+``artifacts/candidates/neural`` (or ``artifacts/model`` when that is neural; when ``train.candidates`` has no
+neural model, the neural default is trained on ``data/features`` by the train step's function first) with
+every test text for latency and several interleaved rounds, into a scratch folder (the pipeline's outputs and ``dvc.lock`` stay
 untouched), then compares dynamic int8 weight types side by side. Every classic candidate beside it
 (``artifacts/candidates/tfidf_lr``, ``nb_lr``) is compressed too (fp32 + int8-static), and all the families'
 ONNX variants are timed together, interleaved in one process, for the families table. Prints the tables and
@@ -31,10 +32,10 @@ import pandas as pd
 import yaml
 
 from quantflow.core.benchmarks import write_section
-from quantflow.core.candidates import NEURAL_FAMILY, folder_family
+from quantflow.core.candidates import NEURAL_FAMILY, folder_family, train_neural
 from quantflow.core.layout import Layout
 from quantflow.core.measure import measure, onnx_runner
-from quantflow.core.params import Params, load_params
+from quantflow.core.params import NEURAL, Params, load_params
 from quantflow.core.quantize import quantize_int8
 from quantflow.core.variants import FP32
 from tasks.compress import compress
@@ -183,12 +184,31 @@ fp32 and int8-static: fixed scales, batch-invariant), all variants timed togethe
 """
 
 
+def with_neural(params: Params, layout: Layout, folders: dict[str, Path], tmp: Path) -> dict[str, Path]:
+    """``folders``, plus the neural default (``train.model`` with params.yaml's ``train.*``) trained by the train
+    step's function into the scratch folder when ``train.candidates`` has no neural model (the compression goals
+    are about it)."""
+    if any(folder_family(f) == NEURAL_FAMILY for f in folders.values()):
+        return folders
+    if not (layout.features_dir / "train.npz").is_file():
+        raise SystemExit(f"no features under {layout.features_dir}: run `make run` first")
+    print(f"train.candidates {params.train.candidates} has no neural model: training the neural default")
+    folder = tmp / "neural-model"
+    train_neural(
+        params.train,
+        layout.features_dir,
+        layout.tokenizer_dir,
+        folder,
+        tmp / "neural-history.json",
+        params.seed,
+    )
+    return {**folders, NEURAL: folder}
+
+
 def measure_all(params: Params, layout: Layout, texts: list[str], rounds: int, tmp: Path) -> tuple[str, ...]:
     """The neural candidate's compression table, goals and weight-type table, and the families table."""
-    folders = candidate_folders(layout)
-    neural = next((n for n, f in folders.items() if folder_family(f) == NEURAL_FAMILY), None)
-    if neural is None:
-        raise SystemExit(f"no trained neural model under {layout.candidates_dir}: run `make run`")
+    folders = with_neural(params, layout, candidate_folders(layout), tmp)
+    neural = next(n for n, f in folders.items() if folder_family(f) == NEURAL_FAMILY)
     reports = {}
     for name, folder in folders.items():  # the neural one into tmp itself (its tables), the others beside it
         out = tmp if name == neural else tmp / f"candidate-{name}"
