@@ -160,7 +160,8 @@ def section(
 ## Compression (issues: compression suite; #18, round two: slim-int8 for every family, distilled-int8)
 
 Command: `make bench-compress` (that is `python bench/compress.py --rounds {rounds}`: the compress step on the
-model `make run` trained on the default `params.yaml`, every one of the {texts:,} test texts timed one by one
+neural default of `params.yaml` (the train step's candidate, or trained by the benchmark on `make run`'s
+features when `train.candidates` has none), every one of the {texts:,} test texts timed one by one
 and in batches of 64, {rounds} rounds interleaved across the models in one process), run on
 {date.today().isoformat()} on {platform.machine()} with 2 cores shared with other engineers (1-min load
 average {load:.1f} at the end), {seconds:.0f} s. Latency is one text at a time on one thread and includes the
