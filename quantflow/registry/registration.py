@@ -42,10 +42,11 @@ from quantflow.registry.promotion import (
     Retry,
     active_owner,
     no_inner_http_retries,
+    read_history,
     repair,
     retrying,
 )
-from quantflow.registry.runlog import log_run
+from quantflow.registry.runlog import experiment_description, history_table, log_run, model_description
 from quantflow.registry.tracking import (
     ensure_experiment,
     make_client,
@@ -58,6 +59,7 @@ from quantflow.registry.versions import Call, apply_aliases, create_version
 logger = logging.getLogger(__name__)
 
 NIGHT_TAG = "quantflow.night"  # the nightly run that trained the model: one version per night
+HISTORY_ARTIFACT = "staging_history.md"  # the staging.history tag as a table, in every register run
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,12 @@ def night_version(client: mlflow.MlflowClient, name: str, night: str, owner: str
     return found
 
 
+def describe_model(client: mlflow.MlflowClient, name: str, description: str) -> None:
+    """Set the registered model's description unless someone already wrote one (theirs is kept)."""
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=description)
+
+
 def load_gate(client: mlflow.MlflowClient, run_id: str) -> dict[str, Any]:
     """The gate decision a run logged (``gate.json``): a reused version keeps the decision it was made with."""
     with tempfile.TemporaryDirectory() as scratch:
@@ -110,15 +118,16 @@ def load_gate(client: mlflow.MlflowClient, run_id: str) -> dict[str, Any]:
 def finish_version(
     call: Call,
     client: mlflow.MlflowClient,
-    candidate: tuple[str, str, dict[str, Any], dict[str, str]],
+    candidate: tuple[str, str, str, dict[str, Any], dict[str, str]],
     inputs: Inputs,
     pending: bool,
     rp: RegisterParams,
 ) -> tuple[bool, str]:
-    """Card and ``complete`` (when still pending), then the aliases, then the outcome tag; (promoted, outcome).
+    """Card and ``complete`` (when still pending), then the aliases, then the outcome tag and the staging history
+    as a table in the run (``staging_history.md``); (promoted, outcome).
 
-    ``candidate`` is (model name, version, gate, the version's tags)."""
-    name, version, gate, tags = candidate
+    ``candidate`` is (model name, version, run id, gate, the version's tags)."""
+    name, version, run_id, gate, tags = candidate
     if pending:
         card = model_card(name, version, inputs, gate, tags)
         call("model card", lambda: client.update_model_version(name, version, description=card))
@@ -126,6 +135,8 @@ def finish_version(
         failpoint("register:after-complete")
     promoted, outcome = apply_aliases(call, client, name, version, gate, rp)
     call("outcome", lambda: client.set_model_version_tag(name, version, "promotion.outcome", outcome))
+    table = call("staging history", lambda: history_table(read_history(client, name)))
+    call("history table", lambda: client.log_text(run_id, table, HISTORY_ARTIFACT))
     return promoted, outcome
 
 
@@ -160,7 +171,12 @@ def register_candidate(
         )
         call("repair half-registered versions", lambda: repair(client, name, rp.lock_timeout_s))
         if earlier is None:
-            experiment_id = call("experiment", lambda: ensure_experiment(client, rp.experiment, artifact_dir))
+            experiment_id = call(
+                "experiment",
+                lambda: ensure_experiment(
+                    client, rp.experiment, artifact_dir, experiment_description(params)
+                ),
+            )
             gate = call(
                 "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
             )
@@ -173,12 +189,15 @@ def register_candidate(
                 "create version", lambda: create_version(client, name, info, run_id, all_tags, owner)
             )
             failpoint("register:after-version")
+            call("model description", lambda: describe_model(client, name, model_description(params)))
             pending = True
         else:
             version, run_id, all_tags = str(earlier.version), earlier.run_id, dict(earlier.tags)
             gate = call("the night's gate", lambda: load_gate(client, run_id))
             pending = earlier.tags.get(STATE_TAG) == PENDING
-        promoted, outcome = finish_version(call, client, (name, version, gate, all_tags), inputs, pending, rp)
+        promoted, outcome = finish_version(
+            call, client, (name, version, run_id, gate, all_tags), inputs, pending, rp
+        )
     logger.info(
         "register: %s v%s (run %s): %s, in %.1f s on %s",
         name,

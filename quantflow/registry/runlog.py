@@ -1,4 +1,5 @@
-"""The register run: flattened params, learning curves, final metrics, reports, the gate, dvc.lock, the model.
+"""The register run: flattened params, learning curves, final metrics, reports, the gate, dvc.lock, the model;
+its name, the experiment's and the registered model's descriptions, and the staging history as a table.
 
 ``dvc.lock`` is logged as ``lineage/dvc.lock``: the recorded git commit need not hold it (the flow writes it
 after the commit), and ``quantflow reproduce`` needs it to pull the exact data of the run.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,46 @@ def history_metrics(history: list[dict[str, Any]]) -> list[Metric]:
     ]
 
 
+def run_name(params: Params, inputs: Inputs, now: datetime | None = None) -> str:
+    """``<dataset>-<candidate>-<variant>-<UTC yyyymmdd-HHMM>-<params digest[:6]>``: what was trained, which model
+    shipped, when; two override runs in one minute differ by their params digest."""
+    model = inputs.metrics.get("model")
+    candidate = model.get("candidate", "model") if isinstance(model, dict) else "model"
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M")
+    return f"{params.ingest.dataset}-{candidate}-{inputs.variant}-{stamp}-{params.digest()[:6]}"
+
+
+def experiment_description(params: Params) -> str:
+    """The experiment's description (MLflow shows the ``mlflow.note.content`` tag as Markdown)."""
+    return (
+        f"quantflow's nightly retrains of `{params.model_name}`: one run per registered candidate, named "
+        "`<dataset>-<candidate>-<variant>-<UTC time>-<params digest>`. Params: the run's params.yaml (overrides "
+        "included); metrics: the shipped model's test scores, every ONNX variant's accuracy, size and latency, "
+        "the gate's values, and the learning curves by epoch; artifacts: `reports/` (summary, compression, "
+        "plots, Data Docs), `gate.json`, `lineage/dvc.lock` (what `quantflow reproduce` rebuilds) and the model."
+    )
+
+
+def model_description(params: Params) -> str:
+    """The registered model's description (shown on its page above the versions)."""
+    return (
+        f"Text classifier for `{params.ingest.dataset}`, retrained every night by quantflow. `@staging` is the "
+        "version the service answers from (moved only by the gate in params.yaml's `register`, or by `quantflow "
+        "promote` / `rollback`); `@challenger` is the newest candidate. Each version's description is its model "
+        "card; the tag `staging.history` records every move; each register run holds it, as of that run, as a "
+        "table in `staging_history.md`."
+    )
+
+
+def history_table(history: list[dict[str, Any]]) -> str:
+    """The ``staging.history`` tag as a Markdown table, newest move first."""
+    lines = ["| # | version | previous | reason | at (UTC) | by |", "|---|---|---|---|---|---|"]
+    for index, entry in reversed(list(enumerate(history, start=1))):
+        cells = [entry.get(key) or "" for key in ("version", "previous", "reason", "at", "by")]
+        lines.append("| " + " | ".join([str(index), *map(str, cells)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def log_run(
     client: mlflow.MlflowClient,
     experiment_id: str,
@@ -76,8 +118,8 @@ def log_run(
 ) -> tuple[str, ModelInfo]:
     """One run: flattened params, learning curves, final metrics, reports, gate, dvc.lock and the pyfunc model;
     returns the run id and the logged model."""
-    run_name = f"register-{inputs.variant}-{params.digest()[:8]}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+    name = run_name(params, inputs)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=run_tags) as run:
         run_id = run.info.run_id
         mlflow.log_params(flatten(params.model_dump(mode="json", by_alias=True)))
         client.log_batch(run_id, metrics=history_metrics(inputs.history))

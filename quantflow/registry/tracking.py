@@ -19,6 +19,8 @@ from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import TRACKING_ENV, artifact_root, tracking_uri
 from quantflow.registry.promotion import Retry, no_inner_http_retries, retrying
 
+NOTE_TAG = "mlflow.note.content"  # the description MLflow shows for an experiment, a run or a model
+
 logger = logging.getLogger(__name__)
 
 
@@ -75,21 +77,29 @@ def restoring_sys_path() -> Iterator[None]:
         sys.path[:] = saved
 
 
-def ensure_experiment(client: mlflow.MlflowClient, name: str, artifact_dir: Path | None) -> str:
+def ensure_experiment(
+    client: mlflow.MlflowClient, name: str, artifact_dir: Path | None, description: str | None = None
+) -> str:
     """The id of experiment ``name``, created (artifacts in ``artifact_dir``, or where the server says) when
-    missing; a deleted one is an error that says how to restore it."""
+    missing, with ``description`` when it has none; a deleted one is an error that says how to restore it."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = artifact_dir.as_uri() if artifact_dir is not None else None
         logger.info("register: creating experiment %r (artifacts: %s)", name, location or "server default")
-        return client.create_experiment(name, artifact_location=location)
-    if experiment.lifecycle_stage == "deleted":
+        experiment_id = client.create_experiment(name, artifact_location=location)
+        has_description = False
+    elif experiment.lifecycle_stage == "deleted":
         raise TrackingError(
             f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted; restore it with "
             f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, "
             "or set register.experiment"
         )
-    return experiment.experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+        has_description = bool(experiment.tags.get(NOTE_TAG))
+    if description and not has_description:
+        client.set_experiment_tag(experiment_id, NOTE_TAG, description)
+    return experiment_id
 
 
 def store_file(uri: str) -> Path | None:

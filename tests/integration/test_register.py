@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -255,6 +256,22 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert [m.step for m in client.get_metric_history(first.run_id, "val_macro_f1")] == [1, 2, 3]
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"reports", "gate.json"}
     assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
+
+
+def test_run_name_descriptions_and_the_staging_history_table(
+    first: RegisterResult, client: mlflow.MlflowClient, params: Params, tmp_path: Path
+) -> None:
+    """The run's name says dataset, candidate, variant, when and which params; the experiment and the registered
+    model carry descriptions; the run holds the staging history as a table, newest move first."""
+    run = client.get_run(first.run_id)
+    pattern = rf"{params.ingest.dataset}-[\w.]+-int8-\d{{8}}-\d{{4}}-{params.digest()[:6]}"
+    assert re.fullmatch(pattern, run.info.run_name), run.info.run_name
+    note = client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"]
+    assert params.model_name in note and "lineage/dvc.lock" in note
+    assert "@staging" in client.get_registered_model(first.model_name).description
+    table = Path(client.download_artifacts(first.run_id, "staging_history.md", str(tmp_path))).read_text()
+    rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert rows and rows[0].startswith("| 1 | 1 |  | gate |"), table
 
 
 TEXTS = ["国家经济发展，政府工作改革。", "质量很好，服务不错！", "  ＮＥＷＳ 会议 "]
