@@ -140,6 +140,33 @@ def finish_version(
     return promoted, outcome
 
 
+def new_version(
+    call: Call,
+    client: mlflow.MlflowClient,
+    params: Params,
+    inputs: Inputs,
+    base_tags: dict[str, str],
+    owner: str,
+    where: tuple[Path, str],
+) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+    """Gate, run, then a pending version (and the model's description when it has none); ``where`` is the project
+    root and the experiment id. Returns (version, run id, gate, the run's and version's tags)."""
+    name, rp = params.model_name, params.register
+    root, experiment_id = where
+    gate = call(
+        "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
+    )
+    all_tags = {**base_tags, **gate_tags(gate)}
+    run_id, info = call(
+        "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
+    )
+    failpoint("register:after-run")
+    version = call("create version", lambda: create_version(client, name, info, run_id, all_tags, owner))
+    failpoint("register:after-version")
+    call("model description", lambda: describe_model(client, name, model_description(params)))
+    return version, run_id, gate, all_tags
+
+
 def register_candidate(
     params: Params, root: Path, inputs: Inputs, tags: dict[str, str] | None = None
 ) -> RegisterResult:
@@ -177,19 +204,9 @@ def register_candidate(
                     client, rp.experiment, artifact_dir, experiment_description(params)
                 ),
             )
-            gate = call(
-                "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
+            version, run_id, gate, all_tags = new_version(
+                call, client, params, inputs, base_tags, owner, (root, experiment_id)
             )
-            all_tags = {**base_tags, **gate_tags(gate)}
-            run_id, info = call(
-                "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
-            )
-            failpoint("register:after-run")
-            version = call(
-                "create version", lambda: create_version(client, name, info, run_id, all_tags, owner)
-            )
-            failpoint("register:after-version")
-            call("model description", lambda: describe_model(client, name, model_description(params)))
             pending = True
         else:
             version, run_id, all_tags = str(earlier.version), earlier.run_id, dict(earlier.tags)
