@@ -24,6 +24,9 @@ from quantflow.registry.model_code import log_pyfunc
 LINEAGE_DIR = "lineage"  # run artifact folder: dvc.lock
 EXAMPLE_TEXTS = 2  # test texts stored as the model's input example
 _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
+# parts of compression.json that are configuration (params already: compress.max_drop_pp, parity_atol, ...) or
+# listed per variant (variants): not metrics
+COMPRESSION_SETTINGS = ("variants", "decision", "measurement")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -45,10 +48,13 @@ def numeric_leaves(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def final_metrics(inputs: Inputs, gate: dict[str, Any]) -> dict[str, float]:
-    """fp32_* and baseline_* (metrics.json), onnx_<variant>_* (accuracy, size...), compress_*, gate_*."""
+    """fp32_* and baseline_* (metrics.json), onnx_<variant>_* (accuracy, size...), compress_* (ratios, parity
+    difference; not its settings), gate_*."""
     metrics = numeric_leaves(inputs.metrics)
     metrics |= numeric_leaves(inputs.compression["variants"], "onnx")
-    metrics |= numeric_leaves({k: v for k, v in inputs.compression.items() if k != "variants"}, "compress")
+    compression = {k: v for k, v in inputs.compression.items() if k not in COMPRESSION_SETTINGS}
+    compression["parity"] = {"max_abs_diff": inputs.compression.get("parity", {}).get("max_abs_diff")}
+    metrics |= numeric_leaves(compression, "compress")
     metrics["gate_candidate_test_accuracy"] = gate["candidate_test_accuracy"]
     for check in gate["checks"]:
         if check["value"] is not None:

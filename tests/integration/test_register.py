@@ -141,6 +141,8 @@ def write_reports(reports: Path, int8_accuracy: float) -> None:
     compression = {
         "chosen": "int8",
         "parity": {"max_abs_diff": 1e-6, "atol": 1e-4, "samples": 60},
+        "decision": {"chosen": "int8", "max_drop_pp": 1.0},
+        "measurement": {"latency_texts": 300, "threads": 1, "batch": 64},
         "size_ratio": 0.25,
         "variants": variants,
     }
@@ -253,6 +255,14 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert run.data.tags["gate.passed"] == "true"
     assert run.data.metrics["fp32_accuracy"] == FP32_ACCURACY
     assert run.data.metrics["onnx_int8_size_bytes"] == 1000
+    assert run.data.metrics["compress_parity_max_abs_diff"] == 1e-6
+    settings = (
+        "compress_parity_atol",
+        "compress_parity_samples",
+        "compress_decision",
+        "compress_measurement",
+    )
+    assert not [k for k in run.data.metrics if k.startswith(settings)]  # configuration is params only
     assert [m.step for m in client.get_metric_history(first.run_id, "val_macro_f1")] == [1, 2, 3]
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"reports", "gate.json"}
     assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
