@@ -27,6 +27,8 @@ _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
 # parts of compression.json that are configuration (params already: compress.max_drop_pp, parity_atol, ...) or
 # listed per variant (variants): not metrics
 COMPRESSION_SETTINGS = ("variants", "decision", "measurement")
+# reports/ entries other commands make (make quality, quantflow scale): not logged as this run's
+OTHER_COMMANDS_REPORTS = ("quality.md", "scale")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,6 +115,17 @@ def history_table(history: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_reports(reports_dir: Path) -> None:
+    """``reports/`` into the active run under ``reports/``, without what other commands wrote there."""
+    for entry in sorted(reports_dir.iterdir()):
+        if entry.name in OTHER_COMMANDS_REPORTS:
+            continue
+        if entry.is_dir():
+            mlflow.log_artifacts(str(entry), artifact_path=f"reports/{entry.name}")
+        else:
+            mlflow.log_artifact(str(entry), artifact_path="reports")
+
+
 def log_run(
     client: mlflow.MlflowClient,
     experiment_id: str,
@@ -130,7 +143,7 @@ def log_run(
         mlflow.log_params(flatten(params.model_dump(mode="json", by_alias=True)))
         client.log_batch(run_id, metrics=history_metrics(inputs.history))
         mlflow.log_metrics(final_metrics(inputs, gate))
-        mlflow.log_artifacts(str(inputs.reports_dir), artifact_path="reports")
+        log_reports(inputs.reports_dir)
         mlflow.log_dict(gate, "gate.json")
         if (root / "dvc.lock").is_file():
             mlflow.log_artifact(str(root / "dvc.lock"), artifact_path=LINEAGE_DIR)

@@ -121,6 +121,7 @@ def scores(value: float) -> dict:
 def write_reports(reports: Path, int8_accuracy: float) -> None:
     (reports / "plots").mkdir(parents=True)
     (reports / "validation").mkdir()
+    (reports / "quality.md").write_text("# Model quality\n")  # committed by `make quality`, not by a run
     metrics = {"fp32": scores(FP32_ACCURACY), "baseline": scores(0.97)}
     (reports / "metrics.json").write_text(json.dumps(metrics))
     history = [
@@ -265,7 +266,8 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert not [k for k in run.data.metrics if k.startswith(settings)]  # configuration is params only
     assert [m.step for m in client.get_metric_history(first.run_id, "val_macro_f1")] == [1, 2, 3]
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"reports", "gate.json"}
-    assert "reports/plots" in {a.path for a in client.list_artifacts(first.run_id, "reports")}
+    logged = {a.path for a in client.list_artifacts(first.run_id, "reports")}
+    assert "reports/plots" in logged and "reports/quality.md" not in logged  # make quality wrote that one
 
 
 def test_run_name_descriptions_and_the_staging_history_table(
