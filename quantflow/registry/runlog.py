@@ -1,5 +1,6 @@
-"""The register run: flattened params, learning curves, final metrics, reports, the gate, dvc.lock, the model;
-its name, the experiment's and the registered model's descriptions, and the staging history as a table.
+"""The register run: flattened params, the data version as dataset inputs, learning curves, final metrics,
+reports, the gate, dvc.lock, the model; its name, the experiment's and the registered model's descriptions, and
+the staging history as a table.
 
 ``dvc.lock`` is logged as ``lineage/dvc.lock``: the recorded git commit need not hold it (the flow writes it
 after the commit), and ``quantflow reproduce`` needs it to pull the exact data of the run.
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.models.model import ModelInfo
 
+from quantflow.core.layout import Layout
 from quantflow.core.params import Params
 from quantflow.registry.candidate import Inputs
 from quantflow.registry.model_code import log_pyfunc
@@ -29,6 +34,9 @@ _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
 COMPRESSION_SETTINGS = ("variants", "decision", "measurement")
 # reports/ entries other commands make (make quality, quantflow scale): not logged as this run's
 OTHER_COMMANDS_REPORTS = ("quality.md", "scale")
+DATA_TAG = (
+    "data_md5."  # run tags: dvc.lock's md5 of each stage output, by path (quantflow/intake/versioning.py)
+)
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,6 +123,27 @@ def history_table(history: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def data_inputs(params: Params, run_tags: dict[str, str], root: Path) -> list[tuple[MetaDataset, str]]:
+    """The data version as MLflow dataset inputs: the raw dataset ("raw") and its split ("split"), each named by
+    its project path, its digest the dvc.lock md5 the run's ``data_md5.<path>`` tag holds; none without a lock."""
+    layout = Layout.of(params, root)
+    inputs = []
+    for path, context in ((layout.raw, "raw"), (layout.split_dir, "split")):
+        shown = str(layout.relative(path))
+        md5 = run_tags.get(f"{DATA_TAG}{shown}")
+        if md5:
+            with (
+                warnings.catch_warnings()
+            ):  # "can be interpreted in multiple ways": both are the local source
+                warnings.simplefilter("ignore", UserWarning)
+                source = resolve_dataset_source(shown)
+            digest = md5.removesuffix(".dir")[:8]
+            inputs.append(
+                (MetaDataset(source, name=f"{params.ingest.dataset}:{shown}", digest=digest), context)
+            )
+    return inputs
+
+
 def log_reports(reports_dir: Path) -> None:
     """``reports/`` into the active run under ``reports/``, without what other commands wrote there."""
     for entry in sorted(reports_dir.iterdir()):
@@ -141,6 +170,8 @@ def log_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=run_tags) as run:
         run_id = run.info.run_id
         mlflow.log_params(flatten(params.model_dump(mode="json", by_alias=True)))
+        for dataset, context in data_inputs(params, run_tags, root):
+            mlflow.log_input(dataset, context=context)
         client.log_batch(run_id, metrics=history_metrics(inputs.history))
         mlflow.log_metrics(final_metrics(inputs, gate))
         log_reports(inputs.reports_dir)

@@ -287,6 +287,25 @@ def test_data_docs_index_after_the_run(
     assert "reports/gx/data_docs/index.html" in logged
 
 
+def test_the_run_names_its_data_version_as_dataset_inputs(
+    good_run: RunSummary, project: Path, client: mlflow.MlflowClient
+) -> None:
+    """The raw dataset and the split are the run's MLflow dataset inputs, digests from dvc.lock."""
+    from quantflow.intake.versioning import lock_md5s
+
+    lock = lock_md5s(project / "dvc.lock")
+    inputs = client.get_run(good_run.registered.run_id).inputs.dataset_inputs
+    found = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): (i.dataset.name, i.dataset.digest)
+        for i in inputs
+    }
+    raw, split = "data/raw/news_vs_comment.parquet", "data/split"
+    assert found == {
+        "raw": (f"news_vs_comment:{raw}", lock[raw][:8]),
+        "split": (f"news_vs_comment:{split}", lock[split].removesuffix(".dir")[:8]),
+    }
+
+
 def test_dvc_metrics_fit_120_columns_and_plots_load(good_run: RunSummary, project: Path) -> None:
     table = dvc(["metrics", "show"], project).rstrip("\n").splitlines()
     assert [line.split()[0] for line in table[1:]] == [
