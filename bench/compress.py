@@ -3,8 +3,8 @@
 Runs the compress step (the same function as the pipeline) on the neural candidate the train step left in
 ``artifacts/candidates/neural`` (or ``artifacts/model`` when that is neural; when ``train.candidates`` has no
 neural model, the neural default is trained on ``data/features`` by the train step's function first) with
-every test text for latency and several interleaved rounds, into a scratch folder (the pipeline's outputs and ``dvc.lock`` stay
-untouched), then compares dynamic int8 weight types side by side. Every classic candidate beside it
+every test text for latency and several interleaved rounds, into a scratch folder (the pipeline's outputs and
+``dvc.lock`` stay untouched), then compares dynamic int8 weight types side by side. Every classic candidate beside it
 (``artifacts/candidates/tfidf_lr``, ``nb_lr``) is compressed too (fp32 + int8-static), and all the families'
 ONNX variants are timed together, interleaved in one process, for the families table. Prints the tables and
 writes them into the Compression section of BENCHMARKS.md.
@@ -178,7 +178,8 @@ Dynamic int8, weight type and Conv chosen by measurement (same run, same texts):
 {weights_md}
 
 Every family the train step trained (`train.candidates`), each compressed by the same step (a classic model:
-fp32 and int8-static: fixed scales, batch-invariant), all variants timed together in one process (same texts, interleaved):
+fp32 and int8-static: fixed scales, batch-invariant), all variants timed together in one process (same texts,
+interleaved):
 
 {families_md}
 {END}

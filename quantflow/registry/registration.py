@@ -147,12 +147,12 @@ def new_version(
     inputs: Inputs,
     base_tags: dict[str, str],
     owner: str,
-    where: tuple[Path, str],
+    root: Path,
+    experiment_id: str,
 ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
-    """Gate, run, then a pending version (and the model's description when it has none); ``where`` is the project
-    root and the experiment id. Returns (version, run id, gate, the run's and version's tags)."""
+    """Gate, run, then a pending version (and the model's description when it has none); returns (version, run
+    id, gate, the run's and version's tags)."""
     name, rp = params.model_name, params.register
-    root, experiment_id = where
     gate = call(
         "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
     )
@@ -205,7 +205,7 @@ def register_candidate(
                 ),
             )
             version, run_id, gate, all_tags = new_version(
-                call, client, params, inputs, base_tags, owner, (root, experiment_id)
+                call, client, params, inputs, base_tags, owner, root, experiment_id
             )
             pending = True
         else:

@@ -34,9 +34,9 @@ _UNSAFE_METRIC_CHARS = re.compile(r"[^\w.\- /]")
 COMPRESSION_SETTINGS = ("variants", "decision", "measurement")
 # reports/ entries other commands make (make quality, quantflow scale): not logged as this run's
 OTHER_COMMANDS_REPORTS = ("quality.md", "scale")
-DATA_TAG = (
-    "data_md5."  # run tags: dvc.lock's md5 of each stage output, by path (quantflow/intake/versioning.py)
-)
+# the run's tags name dvc.lock's md5 of each stage output by path: `Lineage.tags` in quantflow/intake/versioning.py
+# writes them (the registry may not import the intake; a constant in the core would change every stage's deps)
+DATA_MD5_TAG = "data_md5."
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,11 +130,10 @@ def data_inputs(params: Params, run_tags: dict[str, str], root: Path) -> list[tu
     inputs = []
     for path, context in ((layout.raw, "raw"), (layout.split_dir, "split")):
         shown = str(layout.relative(path))
-        md5 = run_tags.get(f"{DATA_TAG}{shown}")
+        md5 = run_tags.get(f"{DATA_MD5_TAG}{shown}")
         if md5:
-            with (
-                warnings.catch_warnings()
-            ):  # "can be interpreted in multiple ways": both are the local source
+            # MLflow warns that a local path "can be interpreted in multiple ways": both are the local source
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(shown)
             digest = md5.removesuffix(".dir")[:8]
