@@ -238,8 +238,8 @@ def registered_twice(folder: Path, artifacts: Path, uri: str, name: str) -> tupl
         experiment = mlflow.create_experiment("bench-serve-moves", artifact_location=artifacts.as_uri())
         versions = []
         for _ in range(2):
-            with mlflow.start_run(experiment_id=experiment):
-                info = log_pyfunc(folder, [TEXT])
+            with mlflow.start_run(experiment_id=experiment) as run:
+                info = log_pyfunc(run.info.run_id, folder, [TEXT])
             versions.append(str(mlflow.register_model(info.model_uri, name).version))
     finally:
         mlflow.set_tracking_uri(None)

@@ -26,6 +26,9 @@ the journal before anything else (whether or not it retrains) and settles the ni
 A failure inside a night does the same at once: before ``trained`` the night rolls back in process; after it the
 journal stays and the error says that the next run finishes the night first.
 
+The night's MLflow run (flows/mlrun.py) is named in the journal from ``started``: a roll-forward registers into
+it and ends it FINISHED; a roll-back ends it KILLED.
+
 Failpoints (quantflow/core/failpoints.py) sit at every boundary: ``night:after-<phase>``,
 ``night:after-overrides``, ``steps:after-<stage>``, ``night:after-moved``, and inside register (``register:after-run``, ``-version``,
 ``-complete``, ``-challenger``, ``-staging``, ``staging:after-history``).
@@ -53,6 +56,7 @@ from quantflow.intake.nightly import (
     restore_workspace,
 )
 from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task, write_params
+from quantflow.registry.pipeline_run import end_run
 from quantflow.registry.promotion import Retry
 from quantflow.registry.registration import NIGHT_TAG, RegisterResult
 from quantflow.registry.tracking import check_store
@@ -81,8 +85,11 @@ class Recovery:
         return f"night {self.night_id} stopped after '{self.phase}': {self.action}{done}{extra}"
 
 
-def open_night(layout: Layout, params_file: str, overrides: dict[str, Any], params: Params) -> Night:
+def open_night(
+    layout: Layout, params_file: str, overrides: dict[str, Any], params: Params, run_id: str | None = None
+) -> Night:
     night = new_night(params_file, overrides, params.digest())
+    night.run_id = run_id  # the pipeline's MLflow run: a roll-forward registers into it, a roll-back ends it
     record(layout.root, night, "started")
     failpoint("night:after-started")
     return night
@@ -201,7 +208,7 @@ def register_night(
         NIGHT_TAG: night.night_id,
         "nightly.accepted_batches": ",".join(b["name"] for b in night.accepted) or "none",
     }
-    reg = timed("register", register_task_for(params), params, layout.root, tags)
+    reg = timed("register", register_task_for(params), params, layout.root, tags, night.run_id)
     night.run_id, night.version = reg.run_id, reg.version
     record(layout.root, night, "registered", f"{reg.model_name} v{reg.version}: {reg.outcome}")
     failpoint("night:after-registered")
@@ -251,10 +258,16 @@ def recover(root: Path, timed: Timed, tags: dict[str, str]) -> Recovery | None:
         logger.warning(
             "night %s: its params file changed since; recovering with the file as it is now", night.night_id
         )
+    by = f"flow run {tags.get('prefect_flow_run_name', '?')}"
     if not night.reached("trained"):
         done, problems = roll_back(layout, night, f"stopped after '{stopped}'")
+        if night.run_id:
+            end_run(root, night.run_id, "KILLED", f"rolled back: stopped after '{stopped}'", by)
         return Recovery(night.night_id, stopped, "rolled back", notes=done + problems)
     logger.warning("night %s stopped after '%s': finishing it", night.night_id, stopped)
     registered = finish_night(params, layout, night, timed, tags)
     close_night(layout, night, "registered, finished by a later run")
+    if night.run_id:
+        version = f"v{registered.version}: {registered.outcome}" if registered else f"v{night.version}"
+        end_run(root, night.run_id, "FINISHED", f"rolled forward after '{stopped}', registered {version}", by)
     return Recovery(night.night_id, stopped, "rolled forward", registered)

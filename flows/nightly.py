@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
 from flows.logs import send_step_logs
+from flows.mlrun import pipeline_run
 from flows.night import (
     Recovery,
     check_store_first,
@@ -140,10 +141,16 @@ def flow_tags() -> dict[str, str]:
 
 
 def run_night(
-    summary: RunSummary, params: Params, layout: Layout, params_file: str, overrides: dict[str, Any]
+    summary: RunSummary,
+    params: Params,
+    layout: Layout,
+    params_file: str,
+    overrides: dict[str, Any],
+    run_id: str,
 ) -> None:
-    """Tonight, phase by phase (flows/night.py): intake, the steps, versions, commit, register, close."""
-    night = open_night(layout, params_file, overrides, params)
+    """Tonight, phase by phase (flows/night.py): intake, the steps, versions, commit, register, close; the
+    journal names the pipeline's MLflow run ``run_id``, which the register step logs into."""
+    night = open_night(layout, params_file, overrides, params, run_id)
     summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
     overridden = overrides_change(layout, night, params)
     summary.retrain = retrain_reason(params, layout, summary.intake, overridden)
@@ -174,20 +181,31 @@ def nightly_retrain(
     with workspace_lock(project, f"nightly_retrain (flow run {flow_run.name or '?'})"):
         retry = Retry(params.register.retries + 1, params.register.retry_backoff_s)
         summary.timed("tracking store", check_store_first, project, retry)
-        summary.recovered = recover(project, summary.timed_recovery, flow_tags())
-        # the ingest stage's dependency; .gitkeep: a clone (and reproduce's worktree) holds it too
-        layout.accepted_dir.mkdir(parents=True, exist_ok=True)
-        (layout.accepted_dir / ".gitkeep").touch()
-        run_night(summary, params, layout, params_file, overrides or {})
-    create_markdown_artifact(
-        markdown=render_summary(summary),
-        key="nightly-retrain-summary",
-        description="incoming batches, metrics, compression, gate decision and step timings",
-    )
-    _log_outcome(summary)
-    if summary.intake.blocked:
-        raise BatchesBlocked(summary)
+        with pipeline_run(params, project, flow_tags()) as mlrun:
+            summary.recovered = recover(project, summary.timed_recovery, flow_tags())
+            # the ingest stage's dependency; .gitkeep: a clone (and reproduce's worktree) holds it too
+            layout.accepted_dir.mkdir(parents=True, exist_ok=True)
+            (layout.accepted_dir / ".gitkeep").touch()
+            run_night(summary, params, layout, params_file, overrides or {}, mlrun.run_id)
+            mlrun.summary = render_summary(summary)
+            mlrun.outcome = _outcome(summary)
+            create_markdown_artifact(
+                markdown=mlrun.summary,
+                key="nightly-retrain-summary",
+                description="incoming batches, metrics, compression, gate decision and step timings",
+            )
+            _log_outcome(summary)
+            if summary.intake.blocked:
+                raise BatchesBlocked(summary)
     return summary
+
+
+def _outcome(summary: RunSummary) -> str:
+    """The night in a few words, for the MLflow run's ``quantflow.outcome`` tag."""
+    reg = summary.registered
+    if reg is not None:
+        return f"registered {reg.model_name} v{reg.version}: {reg.outcome}"
+    return "not retrained: " + ("every batch blocked" if summary.intake.blocked else "nothing new")
 
 
 def _log_outcome(summary: RunSummary) -> None:

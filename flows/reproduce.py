@@ -31,7 +31,7 @@ from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, ParamsError, load_params
 from quantflow.intake.versioning import dvc, file_sha256, lock_md5s, run_tool, tool_env
-from quantflow.registry.runlog import LINEAGE_DIR, numeric_leaves
+from quantflow.registry.runlog import LINEAGE_DIR, headline_metrics, numeric_leaves
 from quantflow.registry.tracking import resolve_tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -153,10 +153,12 @@ def pin_remote(root: Path, folder: Path) -> None:
 
 
 def rebuilt_metrics(rebuilt: Layout) -> dict[str, float]:
-    """The same metric names the register step logs: fp32_*, baseline_*, onnx_<variant>_*."""
-    metrics = numeric_leaves(json.loads(rebuilt.metrics.read_text(encoding="utf-8")))
+    """The metric names the register step logs (runlog.headline_metrics: test_*, shipped_*...), and the names
+    runs registered before them used (fp32_*, baseline_*, onnx_<variant>_*), so older versions compare too."""
+    metrics = json.loads(rebuilt.metrics.read_text(encoding="utf-8"))
     compression = json.loads(rebuilt.compression_report.read_text(encoding="utf-8"))
-    return metrics | numeric_leaves(compression["variants"], "onnx")
+    earlier = numeric_leaves(metrics) | numeric_leaves(compression["variants"], "onnx")
+    return earlier | headline_metrics(metrics, compression)
 
 
 def compare(recorded: dict[str, float], rebuilt: dict[str, float], tolerance: float) -> list[MetricCheck]:

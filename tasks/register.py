@@ -94,16 +94,19 @@ def load_inputs(params: Params, root: Path) -> Inputs:
 # --- the step -----------------------------------------------------------------------------------------------
 
 
-def register(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
+def register(
+    params: Params, root: Path, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> RegisterResult:
     """Log the run, register the chosen variant as a new version of ``params.model_name`` and apply the gate.
 
     ``tags`` (git commit, dvc.lock digest, flow-run id...) go on the run and the version, beside
-    ``params_digest``. Order matters for faults: the version is created ``pending`` with every tag, then the
+    ``params_digest``; ``run_id`` is the pipeline's MLflow run when a flow opened one (else the step makes its
+    own). Order matters for faults: the version is created ``pending`` with every tag, then the
     model card, the aliases (under the promotion lock) and ``complete``.
     Raises RegisterError, naming the file, when a report, the variant folder or the test split is missing, and
     RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
-    return register_candidate(params, root, load_inputs(params, root), tags)
+    return register_candidate(params, root, load_inputs(params, root), tags, run_id)
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -120,8 +123,10 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_unless_user_error,
 )
-def register_task(params: Params, root: Path, tags: dict[str, str] | None = None) -> RegisterResult:
-    return register(params, root, tags)
+def register_task(
+    params: Params, root: Path, tags: dict[str, str] | None = None, run_id: str | None = None
+) -> RegisterResult:
+    return register(params, root, tags, run_id)
 
 
 def register_task_for(params: Params) -> Any:

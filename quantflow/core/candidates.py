@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from quantflow.core import epochs
 from quantflow.core.bundle import Manifest
 from quantflow.core.classic import ClassicFit, fit_classic
 from quantflow.core.classic_onnx import CLASSIC_FAMILY, save_classic_folder
@@ -127,6 +128,7 @@ def train_classic(
     save_classic_folder(fit, model_dir, labels, tokenizer_dir, variant="sklearn-fp32", metrics=scores)
     save_fit(fit, model_dir)
     history = [{"epoch": 1, **scores}]
+    epochs.report(history[0])
     history_path.parent.mkdir(parents=True, exist_ok=True)
     history_path.write_text(json.dumps(history, indent=2) + "\n")
     logger.info(
@@ -144,11 +146,13 @@ def train_candidate(
     history_path: Path,
     seed: int,
 ) -> TrainResult:
-    """Train candidate ``name`` (one of ``train.candidates``' values) into ``model_dir``."""
-    if name == NEURAL:
-        return train_neural(params, features_dir, tokenizer_dir, model_dir, history_path, seed)
-    if name in CLASSIC_MODELS:
-        return train_classic(name, params, features_dir, tokenizer_dir, model_dir, history_path, seed)
+    """Train candidate ``name`` (one of ``train.candidates``' values) into ``model_dir``; its epochs are
+    reported under its name (quantflow/core/epochs.py)."""
+    with epochs.training(name):
+        if name == NEURAL:
+            return train_neural(params, features_dir, tokenizer_dir, model_dir, history_path, seed)
+        if name in CLASSIC_MODELS:
+            return train_classic(name, params, features_dir, tokenizer_dir, model_dir, history_path, seed)
     raise ValueError(
         f"unknown candidate {name!r}; train.candidates takes {NEURAL}, {', '.join(CLASSIC_MODELS)}"
     )

@@ -24,6 +24,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 from tqdm import tqdm
 
+from quantflow.core import epochs
 from quantflow.core.augment import augment_ids
 from quantflow.core.features import load_features, load_labels
 from quantflow.core.models import ModelConfig, build_model, save_model
@@ -273,6 +274,7 @@ class Tracker:
             "lr": lr,  # where the schedule stands after the epoch (cosine: 0 after the last one)
         }
         self.history.append(row)
+        epochs.report(row)
         logger.info(
             "train: epoch %d loss %.4f val acc %.4f val macro-F1 %.4f lr %.3g",
             epoch,

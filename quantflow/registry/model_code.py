@@ -19,12 +19,13 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
-from mlflow.models.model import ModelInfo
+from mlflow.models.model import Model, ModelInfo
 
 import quantflow
 from quantflow.core.bundle import ARTIFACT_KEY
 
 MODEL_NAME = "model"  # the LoggedModel's name inside the run
+MODEL_FLAVOR = "pyfunc.ModelFromCode"  # what mlflow.pyfunc.log_model records for a models-from-code file
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")  # the models-from-code file
 PACKAGE = "quantflow"  # staged modules are this package's; anything else comes from pip_requirements
 # pinned from the running environment: inferring requirements costs log_model 5-7 s
@@ -112,15 +113,25 @@ def pip_requirements(variant_dir: Path) -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in names]
 
 
-def log_pyfunc(variant_dir: Path, example: list[str]) -> ModelInfo:
-    """Log the variant folder as the active run's pyfunc LoggedModel (models-from-code, minimal code).
+def log_pyfunc(run_id: str, variant_dir: Path, example: list[str]) -> ModelInfo:
+    """Log the variant folder as run ``run_id``'s pyfunc LoggedModel (models-from-code, minimal code).
 
-    No signature is passed: MLflow infers it from ``predict``'s type hints, which is what makes
+    The pipeline's run is not this thread's active run and must stay running, so the run is named, not active:
+    the LoggedModel is initialized in the run's experiment (``mlflow.initialize_logged_model``), then
+    ``Model.log`` with the pyfunc flavor (what ``mlflow.pyfunc.log_model`` calls) fills it and links it to the
+    run. No signature is passed: MLflow infers it from ``predict``'s type hints, which is what makes
     ``mlflow models serve`` accept ``{"inputs": [...]}`` on its fast path. ``example`` (a few texts) is run
     through the model once by MLflow and stored as the input example.
     """
+    experiment_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    model = mlflow.initialize_logged_model(MODEL_NAME, source_run_id=run_id, experiment_id=experiment_id)
     with tempfile.TemporaryDirectory(prefix="quantflow-code-") as scratch:
-        return mlflow.pyfunc.log_model(
+        return Model.log(
+            artifact_path=None,  # deprecated in MLflow 3 (``name`` replaces it), still positional
+            flavor=mlflow.pyfunc,
+            flavor_name=MODEL_FLAVOR,
+            run_id=run_id,
+            model_id=model.model_id,
             name=MODEL_NAME,
             python_model=str(PYFUNC_FILE),
             artifacts={ARTIFACT_KEY: str(variant_dir)},

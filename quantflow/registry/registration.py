@@ -149,16 +149,17 @@ def new_version(
     owner: str,
     root: Path,
     experiment_id: str,
+    run_id: str | None = None,
 ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
-    """Gate, run, then a pending version (and the model's description when it has none); returns (version, run
-    id, gate, the run's and version's tags)."""
+    """Gate, the run (the pipeline's ``run_id``, or a new one), then a pending version (and the model's
+    description when it has none); returns (version, run id, gate, the run's and version's tags)."""
     name, rp = params.model_name, params.register
     gate = call(
         "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
     )
     all_tags = {**base_tags, **gate_tags(gate)}
     run_id, info = call(
-        "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root)
+        "log run", lambda: log_run(client, experiment_id, params, inputs, gate, all_tags, root, run_id)
     )
     failpoint("register:after-run")
     version = call("create version", lambda: create_version(client, name, info, run_id, all_tags, owner))
@@ -167,13 +168,28 @@ def new_version(
     return version, run_id, gate, all_tags
 
 
+def version_tags(params: Params, inputs: Inputs) -> dict[str, str]:
+    """What every run and version carries beside the caller's tags: params digest, variant, the candidate."""
+    return {
+        "params_digest": params.digest(),
+        "quantflow.variant": inputs.variant,
+        **candidate_tags(inputs.metrics),
+    }
+
+
 def register_candidate(
-    params: Params, root: Path, inputs: Inputs, tags: dict[str, str] | None = None
+    params: Params,
+    root: Path,
+    inputs: Inputs,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> RegisterResult:
     """Log the run, register the candidate as a new version of ``params.model_name``, apply the gate.
 
     ``tags`` (git commit, dvc.lock digest, flow-run id, the night...) go on the run and the version, beside
-    ``params_digest``. With a ``quantflow.night`` tag whose version exists, that version is finished instead.
+    ``params_digest``. ``run_id``: the pipeline's run to log into (pipeline_run.py), left running; without it
+    a run of its own is made and ended. With a ``quantflow.night`` tag whose version exists, that version is
+    finished instead.
     Raises RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
     started = time.perf_counter()
@@ -185,12 +201,7 @@ def register_candidate(
     def call(what: str, fn: Any) -> Any:
         return retrying(fn, what, retry, uri)
 
-    base_tags = {
-        **(tags or {}),
-        "params_digest": params.digest(),
-        "quantflow.variant": inputs.variant,
-        **candidate_tags(inputs.metrics),
-    }
+    base_tags = {**(tags or {}), **version_tags(params, inputs)}
     night = base_tags.get(NIGHT_TAG)
     with using_tracking_uri(uri), restoring_sys_path(), no_inner_http_retries(), active_owner() as owner:
         earlier = (
@@ -205,7 +216,7 @@ def register_candidate(
                 ),
             )
             version, run_id, gate, all_tags = new_version(
-                call, client, params, inputs, base_tags, owner, root, experiment_id
+                call, client, params, inputs, base_tags, owner, root, experiment_id, run_id
             )
             pending = True
         else:

@@ -203,6 +203,7 @@ def assert_consistent(project: Project) -> None:
     assert json.loads(dvc(["status", "--json"], root) or "{}") == {}
     assert sh(["git", "status", "--porcelain", "--untracked-files=no"], root) == ""
     assert_registry(project)
+    assert_runs(project)
     assert_accepted_rows(project)
     assert_folders(project)
 
@@ -225,6 +226,24 @@ def assert_registry(project: Project) -> None:
     history = read_history(client, MODEL)
     assert history and history[-1]["version"] == str(model.aliases[STAGING]), history
     assert not client.search_registered_models(f"name = '{MODEL}{LOCK_SUFFIX}'")
+
+
+def assert_runs(project: Project) -> None:
+    """No MLflow run left RUNNING; the run of every night of the case (named in its journal) ended: FINISHED when
+    its model was registered (by it or by the run that finished it), KILLED when a later run rolled it back."""
+    client = project.client()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.info.run_id: r for r in client.search_runs(experiments, max_results=1000)}
+    running = {k: r.data.tags.get("mlflow.runName") for k, r in runs.items() if r.info.status == "RUNNING"}
+    assert not running, running
+    for night in project.nights():
+        if not night.get("run_id") or night["run_id"] not in runs:
+            continue
+        status = runs[night["run_id"]].info.status
+        if reached(night, "registered"):
+            assert status == "FINISHED", (night["night_id"], night["outcome"], status)
+        elif night["outcome"].startswith("rolled back"):
+            assert status in ("KILLED", "FAILED"), (night["night_id"], night["outcome"], status)
 
 
 def assert_accepted_rows(project: Project) -> None:

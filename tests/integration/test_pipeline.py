@@ -306,6 +306,30 @@ def test_the_run_names_its_data_version_as_dataset_inputs(
     }
 
 
+def test_one_mlflow_run_spans_the_flow_and_draws_the_curves_live(
+    good_run: RunSummary, client: mlflow.MlflowClient
+) -> None:
+    """The run opens when the night starts and ends with the flow; every candidate's curve is drawn while it
+    trains, long before the register step logs the final metrics."""
+    reg = good_run.registered
+    run = client.get_run(reg.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["quantflow.outcome"] == f"registered {reg.model_name} v{reg.version}: {reg.outcome}"
+    steps = sum(seconds for name, seconds in good_run.timings.items() if name != "tracking store")
+    assert (run.info.end_time - run.info.start_time) / 1000 >= steps  # every step inside the run
+    assert "run_summary.md" in {a.path for a in client.list_artifacts(reg.run_id)}
+    registered_at = client.get_metric_history(reg.run_id, "test_accuracy")[0].timestamp
+    after_training = good_run.timings["evaluate"] + good_run.timings["compress"]
+    for candidate, epochs in (("nb_lr", [1]), ("neural", [1, 2])):
+        curve = sorted(
+            client.get_metric_history(reg.run_id, f"{candidate}/val_macro_f1"), key=lambda m: m.step
+        )
+        assert [m.step for m in curve] == epochs, candidate
+        # logged as each epoch ended: at least evaluate and compress before register logged its metrics
+        assert registered_at - curve[-1].timestamp >= 1000 * after_training - 50, (candidate, curve)
+    assert len(run.data.metrics) <= 40, sorted(run.data.metrics)  # a short named list; tables in reports/
+
+
 def test_dvc_metrics_fit_120_columns_and_plots_load(good_run: RunSummary, project: Path) -> None:
     table = dvc(["metrics", "show"], project).rstrip("\n").splitlines()
     assert [line.split()[0] for line in table[1:]] == [
@@ -387,6 +411,11 @@ def test_bad_input_stops_the_run_and_changes_nothing(
         nightly_retrain(root=str(project), overrides=overrides)
     for fragment in message:
         assert fragment in str(err.value)
+    if expected is not ParamsError:  # bad params fail before the night (and its MLflow run) opens
+        experiment = client.get_experiment_by_name("quantflow")
+        (last,) = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"], max_results=1)
+        assert last.info.status == "FAILED", last.info
+        assert last.data.tags["quantflow.outcome"].startswith(expected.__name__), last.data.tags
     after = (
         registry_state(client, name),
         (project / "dvc.lock").read_text(),

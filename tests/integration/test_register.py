@@ -32,7 +32,9 @@ from quantflow.core.models import ModelConfig, build_model
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import Params
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
+from quantflow.registry.pipeline_run import end_run, open_run
 from quantflow.registry.promotion import CHALLENGER, STAGING
+from quantflow.registry.runlog import curve_metrics
 from tasks.register import RegisterResult, register
 from tests.mlflow_server import ServerProcess, mlflow_server, mlflow_server_process  # noqa: F401
 from tests.params_helpers import params_with
@@ -254,8 +256,8 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert run.data.params["train.lr"] == "0.002"
     assert run.data.tags["params_digest"] == params.digest()
     assert run.data.tags["gate.passed"] == "true"
-    assert run.data.metrics["fp32_accuracy"] == FP32_ACCURACY
-    assert run.data.metrics["onnx_int8_size_bytes"] == 1000
+    assert run.data.metrics["test_accuracy"] == FP32_ACCURACY
+    assert run.data.metrics["shipped_size_bytes"] == 1000 and run.data.metrics["onnx_fp32_size_bytes"] == 4000
     assert run.data.metrics["compress_parity_max_abs_diff"] == 1e-6
     settings = (
         "compress_parity_atol",
@@ -264,10 +266,36 @@ def test_run_holds_params_curves_metrics_and_reports(
         "compress_measurement",
     )
     assert not [k for k in run.data.metrics if k.startswith(settings)]  # configuration is params only
-    assert [m.step for m in client.get_metric_history(first.run_id, "val_macro_f1")] == [1, 2, 3]
+    assert not [k for k in run.data.metrics if "per_class" in k or "onnx_int8" in k]  # tables: in reports/
+    assert [m.step for m in client.get_metric_history(first.run_id, "model/val_macro_f1")] == [1, 2, 3]
+    assert run.info.status == "FINISHED"  # the step's own run: ended by it
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {"reports", "gate.json"}
     logged = {a.path for a in client.list_artifacts(first.run_id, "reports")}
     assert "reports/plots" in logged and "reports/quality.md" not in logged  # make quality wrote that one
+
+
+def test_register_logs_into_the_pipeline_run_and_leaves_it_running(
+    mlflow_server: str,  # noqa: F811
+    make_project: MakeProject,
+    params: Params,
+    client: mlflow.MlflowClient,
+) -> None:
+    """A flow's run (pipeline_run.open_run) gets the model and the rest of the curve, keeps its start and stays
+    RUNNING (the flow ends it); the epoch drawn live is not logged twice."""
+    params = params_with(  # a model of its own: the other tests' aliases stay as they expect
+        {"register.model_name": "quantflow-test-pipeline-run", "compress.max_drop_pp": 1.0}
+    )
+    run = open_run(params, make_project(), {"prefect_flow_run_name": "test"}, None, "test")
+    client.log_batch(run.run_id, metrics=curve_metrics("model", [{"epoch": 1, "val_macro_f1": 0.905}]))
+    started = client.get_run(run.run_id).info.start_time
+    result = register(params, make_project(), tags={"git_commit": "0123abc"}, run_id=run.run_id)
+    after = client.get_run(run.run_id)
+    assert result.run_id == run.run_id and after.info.status == "RUNNING"
+    assert after.info.start_time == started and after.info.run_name.startswith(params.ingest.dataset)
+    assert [m.step for m in client.get_metric_history(run.run_id, "model/val_macro_f1")] == [1, 2, 3]
+    assert client.get_model_version(result.model_name, result.version).run_id == run.run_id
+    end_run(make_project(), run.run_id, "FINISHED", "test over")
+    assert client.get_run(run.run_id).info.status == "FINISHED"
 
 
 def test_run_name_descriptions_and_the_staging_history_table(

@@ -54,8 +54,8 @@ def register_version(
     version."""
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        with mlflow.start_run(experiment_id=experiment_id):
-            info = log_pyfunc(folder, ["国家经济发展", "质量很好"])
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            info = log_pyfunc(run.info.run_id, folder, ["国家经济发展", "质量很好"])
         return str(mlflow.register_model(info.model_uri, name).version)
     finally:
         mlflow.set_tracking_uri(None)
