@@ -39,7 +39,8 @@ def listening(listener: Listener) -> Iterator[None]:
     try:
         yield
     finally:
-        _listeners.remove(listener)
+        if listener in _listeners:  # not when report() dropped it
+            _listeners.remove(listener)
 
 
 def report(row: dict[str, Any]) -> None:
