@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
+from flows.traffic import replay, serving, shifted_texts, traffic_texts, used_texts, wait_for_version
 from quantflow.core.corpora import held_back, load_builtin
 from quantflow.core.errors import QuantflowError
 from quantflow.core.layout import Layout, tracking_uri
@@ -60,6 +61,8 @@ class NightRow:
     seconds: float
     checks_seconds: float  # batch contract + drift + dataset contract: what nightly data adds to the run
     reason: str
+    traffic: str = "-"  # texts the service answered since the previous night ("shifted": another corpus)
+    live: str = "-"  # tonight's live-drift verdict on that traffic
 
 
 def make_sandbox(source: Path, workdir: Path, overrides: dict[str, Any]) -> Path:
@@ -229,6 +232,15 @@ def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
     )
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """Texts sent through the sandbox's service before each night after the first (0: no service at all);
+    before night ``shift_night`` they come from another corpus (0: never)."""
+
+    texts: int = 0
+    shift_night: int = 0
+
+
 def simulate(
     source: Path,
     workdir: Path,
@@ -238,6 +250,7 @@ def simulate(
     bad_night: int,
     holdout: float,
     overrides: dict[str, Any],
+    traffic: Traffic = Traffic(),
 ) -> list[NightRow]:
     """Build the sandbox, then run one nightly flow per night, holding the sandbox's workspace lock throughout;
     the per-night rows for the table."""
@@ -250,42 +263,57 @@ def simulate(
     check_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with workspace_lock(workdir.resolve(), "quantflow simulate-nights"):
-        return simulate_in(source, workdir.resolve(), settings, nights, per_class, bad_night, holdout)
+        root = make_sandbox(source, workdir.resolve(), settings)
+        params = load_params(root / "params.yaml")
+        if params.ingest.path is not None:
+            raise SimulationError(
+                "simulate-nights uses a built-in dataset; unset ingest.path (--set ingest.path=null)"
+            )
+        batches = night_batches(params.ingest.dataset, holdout, nights, per_class, bad_night)
+        if not traffic.texts:
+            return [run_night(root, night, batch) for night, batch in enumerate(batches, start=1)]
+        return nights_with_traffic(root, batches, holdout, traffic)
 
 
-def simulate_in(
-    source: Path,
-    workdir: Path,
-    settings: dict[str, Any],
-    nights: int,
-    per_class: int,
-    bad_night: int,
-    holdout: float,
+def nights_with_traffic(
+    root: Path, batches: list[pd.DataFrame], holdout: float, traffic: Traffic
 ) -> list[NightRow]:
-    """The sandbox made afresh in ``workdir`` (whose lock the caller holds), then the nights."""
-    root = make_sandbox(source, workdir, settings)
+    """Night 1 registers the first model; the sandbox's service then answers ``traffic.texts`` texts before each
+    later night (held-back texts no batch releases; another corpus before the shift night), and that night's
+    flow reads what the service logged."""
     params = load_params(root / "params.yaml")
-    if params.ingest.path is not None:
-        raise SimulationError(
-            "simulate-nights uses a built-in dataset; unset ingest.path (--set ingest.path=null)"
-        )
-    batches = night_batches(params.ingest.dataset, holdout, nights, per_class, bad_night)
-    rows = []
-    for night, batch in enumerate(batches, start=1):
-        rows.append(run_night(root, night, batch))
-        logger.info("night %d: %s", night, rows[-1])
+    dataset, used = params.ingest.dataset, used_texts(batches)
+    rows = [run_night(root, 1, batches[0])]
+    with serving(root) as service:
+        for night, batch in enumerate(batches[1:], start=2):
+            shifted = night == traffic.shift_night
+            texts = (
+                shifted_texts(dataset, traffic.texts, seed=night)
+                if shifted
+                else traffic_texts(dataset, holdout, used, traffic.texts, seed=night)
+            )
+            used |= set(texts)
+            version = staging_version(root, params.model_name)
+            if version == "-":
+                raise SimulationError("no version behind @staging after the first night: nothing to serve")
+            wait_for_version(service, version)
+            answered = replay(service, texts)
+            row = run_night(root, night, batch)
+            rows.append(replace(row, traffic=f"{answered}{' shifted' if shifted else ''}"))
+            logger.info("night %d: %s", night, rows[-1])
     return rows
 
 
 def render_table(rows: list[NightRow]) -> str:
     lines = [
         "| night | batch | verdict | rows | appended | bad rows | drift | retrained | model | staging "
-        "| seconds | checks s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| seconds | checks s | traffic | live drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r.night} | {r.batch} | {r.verdict} | {r.rows} | {r.appended} | {r.quarantined} | {r.drift} "
-        f"| {'yes' if r.retrained else 'no'} | {r.version} | {r.staging} | {r.seconds:.0f} | {r.checks_seconds:.1f} |"
+        f"| {'yes' if r.retrained else 'no'} | {r.version} | {r.staging} | {r.seconds:.0f} | {r.checks_seconds:.1f} "
+        f"| {r.traffic} | {r.live} |"
         for r in rows
     ]
     blocked = [r for r in rows if r.verdict == "blocked"]

@@ -423,12 +423,22 @@ def simulate_nights(
     rows_per_class: Annotated[int, typer.Option(min=1, help="base rows per class (ingest cap)")] = 1000,
     holdout: Annotated[float, typer.Option(help="share of the corpus held back for the batches")] = 0.1,
     workdir: Annotated[Path, typer.Option(help="the sandbox project (re-created)")] = Path("simulation"),
+    traffic: Annotated[
+        int,
+        typer.Option(
+            min=0, help="texts sent through the sandbox's service before each night after the first"
+        ),
+    ] = 0,
+    shift_night: Annotated[
+        int, typer.Option(help="the night whose traffic comes from another corpus (0: none)")
+    ] = 0,
     params: ParamsOpt = Path("params.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Release held-back built-in rows as nightly batches (one bad) and run the nightly flow per night."""
+    """Release held-back built-in rows as nightly batches (one bad) and run the nightly flow per night; with
+    --traffic, serve the night's model and send it texts between nights (prediction log, live drift)."""
     _setup()
-    from flows.simulate import render_table, simulate
+    from flows.simulate import Traffic, render_table, simulate
 
     _quiet_expected_tracebacks()
     try:
@@ -441,6 +451,7 @@ def simulate_nights(
             bad_night,
             holdout,
             parse_overrides(set_),
+            Traffic(traffic, shift_night),
         )
     except QuantflowError as exc:
         _fail(exc)
