@@ -52,7 +52,7 @@ def challenger_slot(serve: ServeParams, slot: ModelSlot) -> ModelSlot | None:
             serve.shadow,
         )
         return None
-    return ModelSlot(slot.registry, slot.name, serve.shadow, serve.threads)
+    return ModelSlot(slot.registry, slot.name, serve.shadow, serve.threads, role="shadow scoring with")
 
 
 def build_slot(params: Params, root: Path, model_dir: Path | None = None) -> ModelSlot:
