@@ -525,6 +525,8 @@ def log_overhead(args: argparse.Namespace, folder: Path, work: Path, script: Pat
     after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     in_process = goals.log_costs(folder, work)
     disk = sum(p.stat().st_size for p in (work / "served").rglob("*.jsonl"))
+    for logged in ("served", "served-in-process"):  # ~130 MB a run: counted, not kept
+        shutil.rmtree(work / logged, ignore_errors=True)
     return render_log(args, servers, counts, in_process, disk, (load, after), folder)
 
 
@@ -721,6 +723,8 @@ def main() -> None:
     finally:
         for server in servers:
             stop(server)
+        # the servers' prediction logs (up to serve.log_max_mb): counted in /metrics, not kept
+        shutil.rmtree(work / "served", ignore_errors=True)
     print(text)
     if not args.no_write:
         write_section(text, ROOT / "BENCHMARKS.md", START, END)
