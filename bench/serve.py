@@ -11,10 +11,17 @@ Servers, all on 127.0.0.1, all answering single-text requests from the same load
 Cells alternate (every server at one concurrency, then the next concurrency; the server order rotates each
 round), ``--rounds`` rounds, each cell a 1 s warm-up then ``--seconds`` of wrk. Besides wrk's figures, each
 cell records the server's CPU time per request (/proc), steadier than req/s on a shared machine.
-Then the goal rows (bench/serve_goals.py). Writes the Serving section of BENCHMARKS.md.
+Then the goal rows (bench/serve_goals.py). Writes the Serving section of BENCHMARKS.md. Every ``quantflow
+serve`` here logs its predictions (the shipped ``serve.log_sample``) into the scratch folder, never into the
+project's ``data/served`` (the nightly flow would read the benchmark's traffic as production's).
+
+``--log-overhead`` measures the prediction log's cost instead (issue #17): two ``quantflow serve`` on the same
+folder, ``serve.log_sample`` 1.0 and 0, driven in turn at concurrency 16 (the order swaps each round), their
+req/s ratio by round, plus the log's costs in process; it writes its own block of the Serving section.
 
 Usage: ``make bench-serve`` or ``python bench/serve.py [--seconds 5] [--rounds 2] [--model-dir DIR]``
-(``--model-dir``: a local variant folder instead of the registry; the registered-model row is then left out).
+(``--model-dir``: a local variant folder instead of the registry; the registered-model row is then left out);
+``make bench-serve-log`` or ``python bench/serve.py --log-overhead [--seconds 5] [--rounds 6] [--model-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +50,9 @@ sys.path.insert(0, str(ROOT))
 from quantflow.core.benchmarks import write_section  # noqa: E402
 
 START, END = "<!-- bench-serve:begin -->", "<!-- bench-serve:end -->"
+LOG_START, LOG_END = "<!-- bench-serve-log:begin -->", "<!-- bench-serve-log:end -->"
+LOG_ON, LOG_OFF = "log on (log_sample 1.0)", "log off (log_sample 0)"
+LOG_CONCURRENCY, LOG_GOAL = 16, 0.90
 QF, QF2, UVICORN = "quantflow serve", "quantflow serve, 2 workers", "quantflow app on uvicorn"
 ML_REGISTERED, ML_TYPED = "mlflow serve, registered pyfunc", "mlflow serve, type-hinted pyfunc"
 QUIET = {
@@ -226,6 +237,7 @@ def start_servers(args: argparse.Namespace, folder: Path, work: Path) -> list[Se
     name, _, alias = args.model.partition("@")
     source = ["--model-dir", str(folder)] if args.model_dir else ["--set", f"serve.model_name={name}"]
     qf = [py, "-m", "quantflow.cli", "serve", "--port", "{port}", *source, "--set", f"serve.alias={alias}"]
+    qf += ["--set", f"serve.log_dir={work / 'served'}"]
     child = [
         py,
         str(Path(__file__).resolve()),
@@ -234,6 +246,8 @@ def start_servers(args: argparse.Namespace, folder: Path, work: Path) -> list[Se
         "{port}",
         "--model-dir",
         str(folder),
+        "--log-dir",
+        str(work / "served"),
     ]
     typed_uri, typed_store = log_typed_pyfunc(folder, work)
     ml = [py, "-m", "mlflow", "models", "serve", "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
@@ -270,14 +284,15 @@ def start_servers(args: argparse.Namespace, folder: Path, work: Path) -> list[Se
     return servers
 
 
-def uvicorn_child(port: int, model_dir: Path) -> None:
+def uvicorn_child(port: int, model_dir: Path, log_dir: Path) -> None:
     """The service's app on uvicorn (asyncio loop, httptools parser): the server `quantflow serve` used before."""
     import uvicorn
 
     from quantflow.core.params import load_params
     from serving.server import build_service
 
-    service = build_service(load_params(ROOT / "params.yaml"), ROOT, model_dir)
+    params = load_params(ROOT / "params.yaml", {"serve.log_dir": str(log_dir)})
+    service = build_service(params, ROOT, model_dir)
     uvicorn.run(
         service,
         host="127.0.0.1",
@@ -397,6 +412,7 @@ def staging_move_row(folder: Path, args: argparse.Namespace, script: Path, work:
         f"serve.model_name={name}",
     ]
     cmd += ["--set", f"serve.poll_interval_s={poll:g}", "--set", f"serve.cache_dir={work / 'moves-cache'}"]
+    cmd += ["--set", f"serve.log_dir={work / 'served'}"]
     server = start(
         "moves",
         cmd,
@@ -486,6 +502,110 @@ def breakdown_rows(folder: Path, servers: list[Server]) -> list[str]:
     return rows
 
 
+# --- the prediction log's cost -------------------------------------------------------------------------------------
+
+
+def log_overhead(args: argparse.Namespace, folder: Path, work: Path, script: Path, load: str) -> str:
+    """Log on and log off side by side at concurrency 16, ``--rounds`` alternating rounds; the rendered block."""
+    body = {"texts": [goals.TEXT]}
+    base = [sys.executable, "-m", "quantflow.cli", "serve", "--port", "{port}", "--model-dir", str(folder)]
+    base += ["--set", f"serve.log_dir={work / 'served'}"]
+    servers = [
+        start(LOG_OFF, [*base, "--set", "serve.log_sample=0"], "/predict", body, "/ready", work / "off.log"),
+        start(LOG_ON, [*base, "--set", "serve.log_sample=1.0"], "/predict", body, "/ready", work / "on.log"),
+    ]
+    try:
+        for server in servers:
+            wait_ready(server)
+        compare(servers, [LOG_CONCURRENCY], args.seconds, args.rounds, script)
+        counts = log_counts(servers[1].url)
+    finally:
+        for server in servers:
+            stop(server)
+    after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    in_process = goals.log_costs(folder, work)
+    disk = sum(p.stat().st_size for p in (work / "served").rglob("*.jsonl"))
+    for logged in ("served", "served-in-process"):  # ~130 MB a run: counted, not kept
+        shutil.rmtree(work / logged, ignore_errors=True)
+    return render_log(args, servers, counts, in_process, disk, (load, after), folder)
+
+
+def log_counts(url: str) -> dict[str, float]:
+    """The log-on server's counters: lines written, lines dropped by reason (``/metrics``)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    counts = {"written": 0.0}
+    for name, labels, value in re.findall(
+        r"^(quantflow_prediction_log_\w+_total)\{([^}]*)\} (\S+)$", text, re.M
+    ):
+        if name.endswith("lines_total"):
+            counts["written"] += float(value)
+        else:
+            counts[re.search(r'reason="(\w+)"', labels).group(1)] = float(value)
+    return counts
+
+
+def log_rows(servers: list[Server], rounds: int) -> tuple[list[str], list[float]]:
+    """One row per round (off, on, their ratio) and the ratios."""
+    off, on = servers
+    rows = [
+        "| round | log off req/s | log on req/s | on / off | p99 ms off / on | server CPU µs/request off / on |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = []
+    for r in range(rounds):
+        a, b = off.cells[(LOG_CONCURRENCY, r)], on.cells[(LOG_CONCURRENCY, r)]
+        ratios.append(b["rps"] / a["rps"])
+        rows.append(
+            f"| {r + 1} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratios[-1]:.3f} | {a['p99']:.2f} / {b['p99']:.2f} | "
+            f"{a['cpu_us']:.0f} / {b['cpu_us']:.0f} |"
+        )
+    return rows, ratios
+
+
+def render_log(
+    args: argparse.Namespace,
+    servers: list[Server],
+    counts: dict[str, float],
+    in_process: dict[str, float],
+    disk: int,
+    load: tuple[str, str],
+    folder: Path,
+) -> str:
+    rows, ratios = log_rows(servers, args.rounds)
+    total = [sum(s.cells[(LOG_CONCURRENCY, r)]["requests"] for r in range(args.rounds)) for s in servers]
+    median = statistics.median(ratios)
+    errors = sum(c["errors"] for s in servers for c in s.cells.values())
+    dropped = ", ".join(f"{k} {v:,.0f}" for k, v in counts.items() if k != "written") or "none"
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    met = "met" if median >= LOG_GOAL else "not met"
+    return (
+        "\n".join(
+            [
+                LOG_START,
+                f"Run of {when}: `{' '.join(['python', 'bench/serve.py', *sys.argv[1:]])}`; served: {served(folder)}.",
+                f"`uptime` before: `{load[0]}`; after: `{load[1]}`",
+                "",
+                f"wrk -t1 -c{LOG_CONCURRENCY} -d{args.seconds}s after a 1 s warm-up, single-text `/predict`, {args.rounds} "
+                "rounds, the two servers in turn (the order swaps each round):",
+                "",
+                *rows,
+                "",
+                f"- log on / log off, req/s: median of the rounds **{median:.3f}** (min {min(ratios):.3f}, max "
+                f"{max(ratios):.3f}); all requests {total[1]:,} / {total[0]:,} = {total[1] / total[0]:.3f}. Goal ≥ "
+                f"{LOG_GOAL:.2f} (logging costs ≤ 10 %): {met} on this run's machine. wrk errors: {errors}.",
+                f"- the log-on server wrote {counts['written']:,.0f} lines ({disk / 1e6:.1f} MB, {disk / max(counts['written'], 1):.0f} "
+                f"bytes a line); dropped: {dropped}.",
+                "- in process (thread CPU, best of 5): "
+                + "; ".join(f"{k} {v:.1f} µs" for k, v in in_process.items())
+                + ".",
+                LOG_END,
+            ]
+        )
+        + "\n"
+    )
+
+
 # --- main ----------------------------------------------------------------------------------------------------
 
 
@@ -560,7 +680,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--no-write", action="store_true", help="print the section, leave BENCHMARKS.md alone"
     )
+    parser.add_argument(
+        "--log-overhead",
+        action="store_true",
+        help="only the prediction log's cost: log on vs off at concurrency 16, alternating (own BENCHMARKS.md block)",
+    )
     parser.add_argument("--uvicorn-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--log-dir", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -568,7 +694,7 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     args = parse()
     if args.uvicorn_child:
-        uvicorn_child(args.port, args.model_dir)
+        uvicorn_child(args.port, args.model_dir, args.log_dir)
         return
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -581,6 +707,13 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     folder = variant_folder(args.model, args.model_dir, work)
+    if args.log_overhead:
+        text = log_overhead(args, folder, work, script, load)
+        print(text)
+        if not args.no_write:
+            write_section(text, ROOT / "BENCHMARKS.md", LOG_START, LOG_END)
+        print(f"logs and scratch files: {work}")
+        return
     servers = start_servers(args, folder, work)
     try:
         compare(servers, concurrencies, args.seconds, args.rounds, script)
@@ -590,6 +723,8 @@ def main() -> None:
     finally:
         for server in servers:
             stop(server)
+        # the servers' prediction logs (up to serve.log_max_mb): counted in /metrics, not kept
+        shutil.rmtree(work / "served", ignore_errors=True)
     print(text)
     if not args.no_write:
         write_section(text, ROOT / "BENCHMARKS.md", START, END)

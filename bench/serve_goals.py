@@ -319,7 +319,7 @@ def breakdown(folder: Path) -> dict[str, float]:
     classifier = model.classifier
     ids = classifier.tokenizer.encode([TEXT])
     logits = classifier.logits(ids)
-    answer = service._predict(parse_json(BODY), model)
+    answer = service._predict(parse_json(BODY), model, time.perf_counter())
     stages = {
         "JSON in + checks": per_call_us(lambda: predict_texts(parse_json(BODY), service.params)),
         "tokenizer": per_call_us(lambda: classifier.tokenizer.encode([TEXT])),
@@ -334,6 +334,32 @@ def breakdown(folder: Path) -> dict[str, float]:
     stages["HTTP server (parse, dispatch, metrics, write)"] = max(0.0, whole - sum(stages.values()))
     stages["whole request in process"] = whole
     return stages
+
+
+def log_costs(folder: Path, work: Path, lines: int = 20_000) -> dict[str, float]:
+    """The prediction log in process (thread CPU µs): on the request path, sampling + queueing one single-text
+    request (``Service._keep``); in the writer thread, one line (record, hash, orjson, its share of the write)."""
+    from quantflow.core.params import load_params
+    from serving.app import Service
+    from serving.reload import ModelSlot
+
+    slot = ModelSlot(None, folder.name, "staging", 1, folder=folder)
+    slot.load_latest()
+    params = load_params(ROOT / "params.yaml").serve.model_copy(update={"log_queue": lines})
+    service = Service(params, slot, work / "served-in-process")
+    model, log = slot.current, service.log
+    texts = [TEXT]
+    predictions = model.predict(texts)
+    per_request = per_call_us(lambda: service._keep(model, texts, predictions, time.perf_counter()), n=2000)
+    log.flush()
+    best = float("inf")
+    for _ in range(3):
+        for _ in range(lines):
+            service._keep(model, texts, predictions, time.perf_counter())
+        started = time.thread_time()
+        written = log.flush()
+        best = min(best, (time.thread_time() - started) / written * 1e6)
+    return {"request path (sample + put_nowait), per request": per_request, "writer thread, per line": best}
 
 
 async def _through_server(service: Any, server_cls: Any, limits_cls: Any) -> float:

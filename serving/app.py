@@ -7,6 +7,10 @@ bytes): it parses with orjson, checks by hand with messages that name the bad va
 service's own HTTP server (serving/http.py) calls it straight from the parser, on the event loop for small
 bodies and in a thread otherwise (:meth:`Service.inline`); the ASGI entry point below does the same for any
 ASGI server (the benchmark's uvicorn rows, the tests' in-process client).
+
+Each answered /predict request, sampled, is queued for the prediction log (serving/log_writer.py) and for the
+shadow challenger (serving/shadow.py): one ``put_nowait`` each of what the request already holds; the lines are
+built and written by their threads.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from random import random
 from typing import Any
 
 import orjson
@@ -31,8 +37,10 @@ from prometheus_client import (
 )
 
 from quantflow.core.params import ServeParams
+from serving.log_writer import PredictionLog
 from serving.model import ServedModel
 from serving.reload import ModelSlot
+from serving.shadow import Shadow
 
 logger = logging.getLogger(__name__)
 
@@ -189,31 +197,67 @@ async def send_json(send: Send, status: int, body: bytes) -> None:
 
 
 class Service:
-    """The ASGI app: lean handlers for the model endpoints, the FastAPI ``control`` app for everything else."""
+    """The ASGI app: lean handlers for the model endpoints, the FastAPI ``control`` app for everything else.
 
-    def __init__(self, params: ServeParams, slot: ModelSlot) -> None:
+    With ``log_dir``, answered /predict texts go to the prediction log (``serve.log_*``); with ``challenger`` (the
+    ``@challenger`` slot, ``serve.shadow``), they are scored by it too, into shadow lines of the same log."""
+
+    def __init__(
+        self,
+        params: ServeParams,
+        slot: ModelSlot,
+        log_dir: Path | None = None,
+        challenger: ModelSlot | None = None,
+    ) -> None:
         self.params = params
         self.slot = slot
         self.metrics = Metrics()
         slot.on_swap = self.metrics.swapped
         if slot.current is not None:
             self.metrics.swapped(slot.current)
+        self.log: PredictionLog | None = None
+        self.shadow: Shadow | None = None
+        if log_dir is not None and (params.log_sample > 0 or challenger is not None):
+            self.log = PredictionLog(
+                log_dir,
+                keep_text=params.log_text,
+                max_bytes=int(params.log_max_mb * 1e6),
+                capacity=params.log_queue,
+                registry=self.metrics.registry,
+            )
+            if challenger is not None:
+                self.shadow = Shadow(challenger, self.log, params.log_queue, self.metrics.registry)
         self.control = control_app(self)
-        self.lean: dict[str, Callable[[Any, ServedModel], Any]] = {
+        self.lean: dict[str, Callable[[Any, ServedModel, float], Any]] = {
             "/predict": self._predict,
             "/explain": self._explain,
         }
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """While open, the alias poller runs (loads the first version, then swaps in new ones)."""
-        task = asyncio.create_task(self.slot.poll(self.params.poll_interval_s))
+        """While open, the alias poller runs (loads the first version, then swaps in new ones), and so do the
+        prediction log's writer and the challenger's poller and scorer. On closing, the queued lines are written."""
+        tasks = [asyncio.create_task(self.slot.poll(self.params.poll_interval_s))]
+        if self.shadow is not None:
+            tasks.append(asyncio.create_task(self.shadow.poll(self.params.poll_interval_s)))
+            self.shadow.start()
+        if self.log is not None:
+            self.log.start()
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await asyncio.to_thread(self.close_log)
+
+    def close_log(self) -> None:
+        """Stop the challenger (its queue is dropped, counted), then write every queued line and stop the writer."""
+        if self.shadow is not None:
+            self.shadow.close()
+        if self.log is not None:
+            self.log.close()
 
     def inline(self, path: str, body: bytes) -> bool:
         """Whether a lean request runs on the event loop: small /predict bodies (~0.1 ms of model time).
@@ -223,7 +267,7 @@ class Service:
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         """A lean endpoint's answer to a whole request: status and JSON body; never raises."""
         started = time.perf_counter()
-        status, data = self._answer(method, path, body)
+        status, data = self._answer(method, path, body, started)
         out = orjson.dumps(data)
         self.metrics.observe(path, status, time.perf_counter() - started)
         return status, out
@@ -247,7 +291,7 @@ class Service:
             status, out = await asyncio.to_thread(self.answer, method, path, body)
         await send_json(send, status, out)
 
-    def _answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def _answer(self, method: str, path: str, body: bytes, started: float) -> tuple[int, Any]:
         model = self.slot.current  # read once: a swap mid-request does not change the answering version
         try:
             if method != "POST":
@@ -256,23 +300,38 @@ class Service:
                 return 503, {
                     "error": f"no model loaded yet ({self.slot.last_error or 'loading'}); see /ready"
                 }
-            return 200, self.lean[path](parse_json(body), model)
+            return 200, self.lean[path](parse_json(body), model, started)
         except BadRequest as exc:
             return exc.status, {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 (answer 500 and keep serving; the traceback goes to the log)
             logger.exception("%s failed", path)
             return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
 
-    def _predict(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+    def _predict(self, payload: Any, model: ServedModel, started: float) -> dict[str, Any]:
         texts = predict_texts(payload, self.params)
         predictions = model.predict(texts)
         self.metrics.texts.inc(len(texts))
+        if self.log is not None:
+            self._keep(model, texts, predictions, started)
         return {
             "model": {"name": model.name, "version": model.version, "variant": model.variant},
             "predictions": predictions,
         }
 
-    def _explain(self, payload: Any, model: ServedModel) -> dict[str, Any]:
+    def _keep(self, model: ServedModel, texts: list[str], predictions: list[Any], started: float) -> None:
+        """Queue an answered request for the log and the challenger, each sampled: one tuple and one
+        ``put_nowait`` each, nothing formatted here (the latency is up to the predictions)."""
+        assert self.log is not None
+        now, sample = time.time(), self.params.log_sample
+        if sample >= 1.0 or random() < sample:
+            self.log.offer(("served", now, model, texts, predictions, time.perf_counter() - started))
+        shadow = self.shadow
+        if shadow is not None and shadow.slot.current is not None:
+            sample = self.params.shadow_sample
+            if sample >= 1.0 or random() < sample:
+                shadow.offer((now, model, texts, predictions))
+
+    def _explain(self, payload: Any, model: ServedModel, _started: float) -> dict[str, Any]:
         explanation = model.explain(explain_text(payload, self.params))
         return {
             "model": {"name": model.name, "version": model.version, "variant": model.variant},

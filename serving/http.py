@@ -406,7 +406,8 @@ def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 
 async def serve_socket(service: Service, sock: socket.socket, grace_s: float = 5.0) -> None:
     """Serve on ``sock`` until SIGTERM or SIGINT; the alias poller runs meanwhile. On a signal: stop accepting,
-    close idle connections, give requests being answered ``grace_s`` to finish."""
+    close idle connections, give requests being answered ``grace_s`` to finish, then write the prediction log's
+    queued lines (:meth:`Service.running` closes after the last answer)."""
     import signal
 
     loop = asyncio.get_running_loop()
@@ -420,10 +421,10 @@ async def serve_socket(service: Service, sock: socket.socket, grace_s: float = 5
     async with service.running():
         logger.info("serving on http://%s:%d", host, port)
         await stop.wait()
-    sweeper.cancel()
-    listener.close()
-    server.close_idle()
-    deadline = loop.time() + grace_s
-    while server.connections and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+        sweeper.cancel()
+        listener.close()
         server.close_idle()
+        deadline = loop.time() + grace_s
+        while server.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+            server.close_idle()

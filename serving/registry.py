@@ -43,15 +43,20 @@ class Registry:
         self.cache_dir = cache_dir
         self.store = open_store(tracking_uri)
 
+    def lookup(self, name: str, alias: str) -> ModelRef | None:
+        """The version behind ``name@alias``, None when the model or the alias does not exist."""
+        version = self.store.alias_version(name, alias)
+        return None if version is None else ModelRef(name=name, version=version, alias=alias)
+
     def resolve(self, name: str, alias: str) -> ModelRef:
         """The version behind ``name@alias``; a missing model or alias names the fix."""
-        version = self.store.alias_version(name, alias)
-        if version is None:
+        ref = self.lookup(name, alias)
+        if ref is None:
             raise RegistryError(
                 f"no version of {name!r} holds the alias @{alias} in {self.tracking_uri}; run `quantflow run` "
                 "(or `make run`) first, set MLFLOW_TRACKING_URI, or serve a folder with --model-dir"
             )
-        return ModelRef(name=name, version=version, alias=alias)
+        return ref
 
     def fetch(self, ref: ModelRef) -> Path:
         """The variant folder of ``ref``, downloaded once into ``cache_dir/<name>/<version>``."""

@@ -32,6 +32,7 @@ class ModelSlot:
         threads: int,
         folder: Path | None = None,
         on_swap: Callable[[ServedModel], None] | None = None,
+        role: str = "serving",  # what the log says it does with a version it loads
     ) -> None:
         if registry is None and folder is None:
             raise ValueError("a model slot needs a registry or a model folder (got neither)")
@@ -41,6 +42,7 @@ class ModelSlot:
         self.threads = threads
         self.folder = folder
         self.on_swap = on_swap
+        self.role = role
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self._lock = threading.Lock()
@@ -61,7 +63,8 @@ class ModelSlot:
             old, self.current = self.current, model
             self.last_error = None
         logger.info(
-            "serving %s v%s (%s)%s",
+            "%s %s v%s (%s)%s",
+            self.role,
             model.name,
             model.version,
             model.variant,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quantflow.core.layout import tracking_uri
-from quantflow.core.params import Params
+from quantflow.core.params import Params, ServeParams
 from serving.model import ServedModel
 from serving.registry import Registry
 from serving.reload import ModelSlot
@@ -31,10 +31,28 @@ logger = logging.getLogger(__name__)
 
 
 def build_service(params: Params, root: Path, model_dir: Path | None = None) -> Service:
-    """The ASGI app for ``params.serve``: a local model folder, or ``<model_name>@<alias>`` in the registry."""
+    """The ASGI app for ``params.serve``: a local model folder, or ``<model_name>@<alias>`` in the registry; its
+    prediction log in ``serve.log_dir`` (relative to ``root``), and the challenger slot when ``serve.shadow``."""
     from serving.app import Service
 
-    return Service(params.serve, build_slot(params, root, model_dir))
+    serve = params.serve
+    slot = build_slot(params, root, model_dir)
+    log_dir = serve.log_dir if serve.log_dir.is_absolute() else root / serve.log_dir
+    return Service(serve, slot, log_dir, challenger_slot(serve, slot))
+
+
+def challenger_slot(serve: ServeParams, slot: ModelSlot) -> ModelSlot | None:
+    """The slot of ``serve.shadow`` (``@challenger``), beside the served one on the same registry and cache;
+    None when it is off, or when a local folder is served (no registry: warned)."""
+    if serve.shadow is None:
+        return None
+    if slot.registry is None:
+        logger.warning(
+            "serve.shadow: %s needs the registry, and --model-dir serves a folder: no shadow lines",
+            serve.shadow,
+        )
+        return None
+    return ModelSlot(slot.registry, slot.name, serve.shadow, serve.threads, role="shadow scoring with")
 
 
 def build_slot(params: Params, root: Path, model_dir: Path | None = None) -> ModelSlot:

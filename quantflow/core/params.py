@@ -309,6 +309,13 @@ class ServeParams(_Section):
     max_connections: int = Field(ge=1)  # open connections per worker; more get 503
     max_in_flight: int = Field(ge=1)  # requests read but not answered, per worker; more get 503
     workers: int = Field(ge=1)  # server processes on one port (SO_REUSEPORT)
+    log_sample: float = Field(ge=0, le=1)  # share of /predict requests logged (all their texts, or none)
+    log_text: bool  # false: the text's sha256 and length only
+    log_dir: Path
+    log_max_mb: float = Field(gt=0)  # the whole log_dir
+    log_queue: int = Field(ge=1)  # requests queued for the writer thread, per worker
+    shadow: Literal["challenger"] | None  # the alias scored beside the served one, after the response
+    shadow_sample: float = Field(ge=0, le=1)
 
 
 class ScheduleParams(_Section):

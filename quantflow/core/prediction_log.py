@@ -24,9 +24,12 @@ import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
+import orjson
+
+if TYPE_CHECKING:  # imported in read_log: the service writes the log and never loads pandas (~0.3 s, ~40 MB)
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,12 @@ def timestamp(moment: datetime) -> str:
 
 def day_folder(log_dir: Path, moment: datetime) -> Path:
     return log_dir / moment.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def file_name(pid: int, start: datetime) -> str:
+    """The file one server process appends to, in each day folder: ``predictions-<pid>-<start>.jsonl``, its
+    start in UTC to the second (a restarted process that gets the same pid starts a new file)."""
+    return f"predictions-{pid}-{start.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl"
 
 
 def served_record(
@@ -135,6 +144,12 @@ def encode(records: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
 
 
+def encode_lines(records: list[dict[str, Any]]) -> list[bytes]:
+    """:func:`encode` line by line through orjson (~15x faster; no space after ``,`` and ``:``, the same objects
+    read back): what the service writes, in a thread that shares the interpreter lock with its requests."""
+    return [orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records]
+
+
 def log_files(log_dir: Path) -> list[Path]:
     """Every log file, oldest day first (and by name within a day)."""
     return sorted(log_dir.glob(FILE_GLOB)) if log_dir.is_dir() else []
@@ -154,6 +169,8 @@ def _lines(path: Path) -> Iterator[dict[str, Any]]:
 def read_log(log_dir: Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """The logged lines with ``since < time <= until`` (both optional), as a frame with :data:`COLUMNS`
     (``time`` as UTC timestamps), in time order. Whole days before ``since`` are not opened."""
+    import pandas as pd
+
     first_day = since.astimezone(UTC).strftime("%Y-%m-%d") if since else ""
     rows = [row for path in log_files(log_dir) if path.parent.name >= first_day for row in _lines(path)]
     frame = pd.DataFrame(rows, columns=COLUMNS)
