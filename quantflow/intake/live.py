@@ -393,8 +393,8 @@ def render_live(live: LiveDrift) -> str:
     if live.status == "measured":
         lines += [f"Compared with the train and val splits and {live.reference}.", ""]
         lines += [render_table(live.drift, "live drift verdict").rstrip("\n")]
-        if live.shadow < live.min_texts:
-            lines += ["", f"{live.shadow} shadow lines: agreement not measured (under min_texts)."]
+        if 0 < live.shadow < live.min_texts:
+            lines += ["", f"{live.shadow} shadow lines: agreement not measured (fewer than min_texts)."]
     if live.review is not None:
         lines += ["", live.review.describe(live.review_shown)]
     return "\n".join(lines) + "\n"

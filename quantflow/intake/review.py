@@ -52,16 +52,21 @@ class ReviewQueue:
                     f" ({self.candidates} served texts, all already in the dataset or an earlier review file)"
                 )
         else:
+            order = (
+                f"{self.disagreements} shadow disagreements, then the lowest confidence"
+                if self.disagreements
+                else "lowest confidence first"
+            )
             span = (
-                f"served confidence {self.lowest:.2f} to {self.highest:.2f}"
+                f", served confidence {self.lowest:.2f} to {self.highest:.2f}"
                 if self.lowest is not None
                 else ""
             )
-            what = (
-                f"{self.rows} texts in `{shown}` to label ({self.disagreements} shadow disagreements first, "
-                f"then the lowest confidence{'; ' + span if span else ''}; {self.known} served texts left out: "
-                "already in the dataset or an earlier review file)"
-            )
+            what = f"{self.rows} texts in `{shown}` to label ({order}{span})"
+            if self.known:
+                what += (
+                    f"; {self.known} served texts left out: already in the dataset or an earlier review file"
+                )
         if self.without_text:
             what += (
                 f"; {self.without_text} served texts were logged without their text (serve.log_text: false) "
