@@ -190,6 +190,26 @@ def test_the_window_starts_where_the_last_completed_night_stopped(tmp_path: Path
     assert read_log(tmp_path / "log", since, until)["text"].tolist() == ["新的"]
 
 
+def test_the_cursor_moves_only_when_the_night_completes(tmp_path: Path) -> None:
+    """A night rolled back (or killed, or finished by a later run: close_night) leaves the cursor: the next night
+    reads its lines again; a night completing in its own run moves it to the end of the window it read."""
+    from flows.night import close_night, complete_night, open_night, roll_back
+    from tests.params_helpers import write_params
+
+    write_params(tmp_path / "params.yaml")
+    params = shipped_params()
+    layout = Layout.of(params, tmp_path)
+    for ends in (roll_back, close_night):
+        night = open_night(layout, "params.yaml", {}, params)
+        night.live_until = "2026-12-04T10:00:00.000000Z"
+        ends(layout, night, "stopped")
+        assert read_cursor(tmp_path) is None, ends.__name__
+    night = open_night(layout, "params.yaml", {}, params)
+    night.live_until = "2026-12-04T10:00:00.000000Z"
+    complete_night(layout, night, "not retrained")
+    assert read_cursor(tmp_path) == datetime(2026, 12, 4, 10, tzinfo=UTC)
+
+
 def review_log(tmp_path: Path) -> tuple[Layout, pd.DataFrame, list[str]]:
     """Served texts with known confidences: repeats (the same text in full width), a text of the dataset and
     one of an accepted batch, a confident answer the shadow model disputes, texts logged without their text."""
@@ -227,9 +247,11 @@ def test_review_queue_takes_disagreements_then_the_lowest_confidence(tmp_path: P
     assert exported["text"].tolist() == [texts[10], texts[4], texts[9], texts[3], texts[7]]
     assert (queue.rows, queue.disagreements, queue.known, queue.without_text) == (5, 1, 2, 3)
     assert (queue.lowest, queue.highest) == (0.53, 0.95)
-    line = queue.describe("data/review/2026-12-04.csv")
-    assert (
-        "3 served texts were logged without their text (serve.log_text: false) and cannot be queued" in line
+    assert queue.describe("data/review/2026-12-04.csv") == (
+        "Review queue: 5 texts in `data/review/2026-12-04.csv` to label (1 shadow disagreements, then the lowest "
+        "confidence, served confidence 0.53 to 0.95); 2 served texts left out: already in the dataset or an "
+        "earlier review file; 3 served texts were logged without their text (serve.log_text: false) and cannot "
+        "be queued."
     )
 
 
