@@ -12,6 +12,12 @@ journal (``.quantflow/journal.json``, quantflow/core/journal.py) once its writes
             → registered the night's model version, complete, with its aliases
             → done       the accepted incoming files moved to processed/, the journal archived under nights/
 
+Between ``started`` and ``taken`` the night also reads the service's prediction log (live drift,
+quantflow/intake/live.py): its window end and its gate check go into the journal; the log's cursor moves to that
+window end only when the night completes in its own run (:func:`complete_night`), so a night rolled back, killed,
+or finished by a later run leaves its lines for the next night to read again. A roll-forward registers with the
+night's own live-drift check.
+
 Nothing about a batch is final before ``registered``: its incoming file stays where it was. The next run reads
 the journal before anything else (whether or not it retrains) and settles the night:
 
@@ -48,6 +54,7 @@ from quantflow.core.journal import Night, close, new_night, read_journal, record
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, load_params
 from quantflow.intake.incoming import Intake
+from quantflow.intake.live import advance_cursor
 from quantflow.intake.nightly import (
     add_accepted_task,
     commit_night_task,
@@ -56,6 +63,7 @@ from quantflow.intake.nightly import (
     restore_workspace,
 )
 from quantflow.intake.versioning import commit_outputs_task, lineage, push_data_task, write_params
+from quantflow.registry.gate import Check
 from quantflow.registry.pipeline_run import end_run
 from quantflow.registry.promotion import Retry
 from quantflow.registry.registration import NIGHT_TAG, RegisterResult
@@ -208,7 +216,9 @@ def register_night(
         NIGHT_TAG: night.night_id,
         "nightly.accepted_batches": ",".join(b["name"] for b in night.accepted) or "none",
     }
-    reg = timed("register", register_task_for(params), params, layout.root, tags, night.run_id)
+    # the night's live drift as the night judged it (a roll-forward applies it too)
+    checks = (Check(**night.live_check),) if night.live_check else ()
+    reg = timed("register", register_task_for(params), params, layout.root, tags, night.run_id, checks)
     night.run_id, night.version = reg.run_id, reg.version
     record(layout.root, night, "registered", f"{reg.model_name} v{reg.version}: {reg.outcome}")
     failpoint("night:after-registered")
@@ -230,6 +240,14 @@ def close_night(layout: Layout, night: Night, outcome: str) -> None:
     move_to_processed(layout, [b["source"] for b in night.accepted])
     failpoint("night:after-moved")
     close(layout.root, night, outcome)
+
+
+def complete_night(layout: Layout, night: Night, outcome: str) -> None:
+    """Close the night (:func:`close_night`), then move the prediction log's cursor to the end of the window it
+    read: only a night that completes in its own run moves it."""
+    close_night(layout, night, outcome)
+    if night.live_until:
+        advance_cursor(layout.root, night.live_until, night.night_id)
 
 
 def check_store_first(root: Path, retry: Retry) -> str:

@@ -21,12 +21,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.hooks import on_failure
+from flows.live import watch_traffic
 from flows.logs import send_step_logs
 from flows.mlrun import pipeline_run
 from flows.night import (
     Recovery,
     check_store_first,
-    close_night,
+    complete_night,
     finish_night,
     open_night,
     overrides_change,
@@ -44,6 +45,7 @@ from quantflow.core.params import Params, load_params
 from quantflow.core.workspace import workspace_lock
 from quantflow.intake.contracts import check_dataset_task
 from quantflow.intake.incoming import Intake, take_incoming_task, withdraw
+from quantflow.intake.live import LiveDrift, render_live
 from quantflow.intake.nightly import retrain_reason
 from quantflow.intake.versioning import lineage, require_dvc_repo
 from quantflow.registry.candidate import shipped_label
@@ -67,6 +69,7 @@ class RunSummary:
     retrain: str | None = None  # why the night retrains; None: it does not
     git_commit: str | None = None  # the commit holding the night's dvc.lock and .dvc files
     recovered: Recovery | None = None  # what this run did with a previous night that stopped half-way
+    live: LiveDrift | None = None  # the service's traffic since the last night (quantflow/intake/live.py)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -152,17 +155,19 @@ def run_night(
     journal names the pipeline's MLflow run ``run_id``, which the register step logs into."""
     night = open_night(layout, params_file, overrides, params, run_id)
     summary.intake = summary.timed("incoming batches", take_incoming_task, params, layout)
+    # the traffic, before training: against the model that served it and the data it was built from
+    summary.live = watch_traffic(summary.timed, params, layout, night)
     overridden = overrides_change(layout, night, params)
     summary.retrain = retrain_reason(params, layout, summary.intake, overridden)
     record_intake(layout, night, summary.intake, summary.retrain)
     if not summary.retrain:
-        close_night(layout, night, "not retrained")
+        complete_night(layout, night, "not retrained")
         return
     train_night(summary, params, layout, night)
     summary.registered = finish_night(params, layout, night, summary.timed, flow_tags())
     summary.git_commit = night.git_commit
     summary.results["lineage"] = lineage(layout.root)
-    close_night(layout, night, f"registered v{summary.registered.version}")
+    complete_night(layout, night, f"registered v{summary.registered.version}")
 
 
 @flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
@@ -227,6 +232,8 @@ def _log_outcome(summary: RunSummary) -> None:
 def render_summary(summary: RunSummary) -> str:
     """The run summary as markdown: the night's batches, the model section (when it retrained), timings."""
     lines = render_intake(summary)
+    if summary.live is not None:
+        lines += ["", *render_live(summary.live).rstrip("\n").splitlines()]
     if summary.registered is None:
         why = (
             "every incoming batch was blocked (a blocked night does not retrain, `--set` or not)"

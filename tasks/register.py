@@ -24,6 +24,7 @@ from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import MODEL_FILE
 from quantflow.core.params import Params
 from quantflow.registry.candidate import Inputs
+from quantflow.registry.gate import Check
 from quantflow.registry.promotion import RegistryUnavailable
 from quantflow.registry.registration import RegisterResult, register_candidate
 
@@ -95,18 +96,23 @@ def load_inputs(params: Params, root: Path) -> Inputs:
 
 
 def register(
-    params: Params, root: Path, tags: dict[str, str] | None = None, run_id: str | None = None
+    params: Params,
+    root: Path,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    checks: tuple[Check, ...] = (),
 ) -> RegisterResult:
     """Log the run, register the chosen variant as a new version of ``params.model_name`` and apply the gate.
 
     ``tags`` (git commit, dvc.lock digest, flow-run id...) go on the run and the version, beside
     ``params_digest``; ``run_id`` is the pipeline's MLflow run when a flow opened one (else the step makes its
-    own). Order matters for faults: the version is created ``pending`` with every tag, then the
-    model card, the aliases (under the promotion lock) and ``complete``.
+    own); ``checks`` join the gate's own (the nightly flow's live drift). Order matters for faults: the version
+    is created ``pending`` with every tag, then the model card, the aliases (under the promotion lock) and
+    ``complete``.
     Raises RegisterError, naming the file, when a report, the variant folder or the test split is missing, and
     RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
-    return register_candidate(params, root, load_inputs(params, root), tags, run_id)
+    return register_candidate(params, root, load_inputs(params, root), tags, run_id, checks)
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -124,9 +130,13 @@ def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_retry_unless_user_error,
 )
 def register_task(
-    params: Params, root: Path, tags: dict[str, str] | None = None, run_id: str | None = None
+    params: Params,
+    root: Path,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    checks: tuple[Check, ...] = (),
 ) -> RegisterResult:
-    return register(params, root, tags, run_id)
+    return register(params, root, tags, run_id, checks)
 
 
 def register_task_for(params: Params) -> Any:

@@ -56,6 +56,10 @@ class Night:
     git_commit: str | None = None
     run_id: str | None = None  # the night's MLflow run
     version: str | None = None  # the registered model version
+    # live drift (quantflow/intake/live.py): the end of the prediction-log window the night read (the cursor moves
+    # there once the night completes) and its gate check, which a roll-forward applies as the night did
+    live_until: str | None = None
+    live_check: dict[str, Any] | None = None  # {"name", "value", "threshold", "passed", "detail"}
     events: list[str] = field(default_factory=list)  # "<time> <phase>: <what>", for the summary and humans
 
     def reached(self, phase: str) -> bool:

@@ -170,6 +170,26 @@ class BatchReports:
 
 
 @dataclass(frozen=True)
+class LiveReports:
+    """``reports/nightly/live/``: the night's live-drift report (the service's traffic against the training data),
+    rewritten every night; the MLflow run of each night keeps its own copy."""
+
+    folder: Path
+
+    @property
+    def json(self) -> Path:
+        return self.folder / "live_drift.json"
+
+    @property
+    def table(self) -> Path:
+        return self.folder / "live_drift.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.folder / "live_drift.png"
+
+
+@dataclass(frozen=True)
 class Layout:
     """Absolute paths of one project folder. A relative folder in params.yaml is under ``root``; an absolute
     one (e.g. ``nightly.incoming_dir: /mnt/drop``) is used as it is."""
@@ -190,6 +210,8 @@ class Layout:
     processed_dir: Path
     rejected_dir: Path
     quarantine_dir: Path
+    review_dir: Path
+    served_log_dir: Path
     failure_dir: Path
     scale_dir: Path
     scale_reports_dir: Path
@@ -216,6 +238,8 @@ class Layout:
             processed_dir=root / nightly.processed_dir,
             rejected_dir=root / nightly.rejected_dir,
             quarantine_dir=root / nightly.quarantine_dir,
+            review_dir=root / nightly.review_dir,
+            served_log_dir=root / params.serve.log_dir,  # the service writes it, the nightly flow reads it
             failure_dir=root / params.schedule.failure_dir,
             scale_dir=root / params.scale.work_dir,
             scale_reports_dir=root / params.scale.reports_dir,
@@ -361,6 +385,15 @@ class Layout:
     def rejected_batch(self, batch: str) -> Path:
         """A blocked batch's file and its report: ``<rejected_dir>/<batch>/``."""
         return self.rejected_dir / batch
+
+    @property
+    def live_reports(self) -> LiveReports:
+        """reports/nightly/live/: the night's live-drift table, figures and plot."""
+        return LiveReports(self.nightly_reports / "live")
+
+    def review_file(self, day: str, n: int = 1) -> Path:
+        """The night's review queue: ``<review_dir>/<YYYY-MM-DD>.csv`` (``-<n>`` for the n-th of one day)."""
+        return self.review_dir / (f"{day}.csv" if n == 1 else f"{day}-{n}.csv")
 
     # --- the scaling study ------------------------------------------------------------------------------
 

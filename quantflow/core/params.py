@@ -367,6 +367,39 @@ class DriftParams(_Section):
     top_new_tokens: int = Field(ge=1)
 
 
+class LiveDriftParams(_Section):
+    """The service's prediction log against the training data and the served model on the test split
+    (quantflow/intake/live.py): each figure warns past its warn bound and, when its block bound is set, holds
+    tonight's model at @challenger past that one."""
+
+    min_texts: int = Field(ge=1)  # fewer served texts in the window: not enough traffic, no verdict
+    settle_s: float = Field(ge=0)  # lines younger than this are left for the next night
+    length_ks_warn: float = Field(ge=0, le=1)  # Kolmogorov-Smirnov statistic of text lengths, served vs train
+    length_ks_block: float | None = Field(ge=0, le=1)  # None: warns only
+    oov_increase_warn: float = Field(ge=0, le=1)  # served OOV rate minus the val split's
+    oov_increase_block: float | None = Field(ge=0, le=1)
+    label_tvd_warn: float = Field(ge=0, le=1)  # predicted-label mix, served vs the model's on the test split
+    label_tvd_block: float | None = Field(ge=0, le=1)
+    confidence_drop_warn: float = Field(ge=0, le=1)  # mean top probability, test split minus served
+    confidence_drop_block: float | None = Field(ge=0, le=1)
+    disagreement_warn: float = Field(
+        ge=0, le=1
+    )  # share of shadow lines whose label differs from the served one
+    disagreement_block: float | None = Field(ge=0, le=1)
+    top_new_tokens: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _block_past_warn(self) -> LiveDriftParams:
+        for figure in ("length_ks", "oov_increase", "label_tvd", "confidence_drop", "disagreement"):
+            warn, block = getattr(self, f"{figure}_warn"), getattr(self, f"{figure}_block")
+            if block is not None and block < warn:
+                raise ValueError(
+                    f"nightly.live_drift.{figure}_block ({block}) is below {figure}_warn ({warn}): "
+                    "a figure must warn before it blocks (null: never block)"
+                )
+        return self
+
+
 class NightlyParams(_Section):
     """Incoming batches: folders, the batch and dataset contracts, drift, and when to retrain."""
 
@@ -385,6 +418,9 @@ class NightlyParams(_Section):
     max_class_share: float = Field(ge=0, le=1)
     min_rows_per_class_split: int = Field(ge=0)  # dataset contract: rows per class in each split
     drift: DriftParams
+    live_drift: LiveDriftParams  # the service's prediction log, every night (retrained or not)
+    review_dir: Path  # the review queue: <review_dir>/<YYYY-MM-DD>.csv of served texts to label
+    review_size: int = Field(ge=0)  # texts queued per night (0: no queue)
     retrain: Literal["changed", "always"]  # changed: only with new data or a stale pipeline
     # commit dvc.lock and data/accepted/*.dvc: after a night that accepted data, after every retrain, never
     git_commit: Literal["accepted", "always", "never"]

@@ -215,10 +215,16 @@ def _raised(info: dict[str, Any] | None) -> bool:
 def _row_line(reason: str, rows: list[int], data: pd.DataFrame, column: str | None, params: Params) -> str:
     """``  - unknown label: 3 rows, e.g. row 5: label='sports'; row 9: label='x'``."""
     column = column if column in ("text", "label") else "text"
-    examples = "; ".join(
-        f"row {i}: {column}={_clip(data.at[i, column])}" for i in rows[: params.validate_.example_rows]
-    )
+    examples = "; ".join(_example(data, i, column) for i in rows[: params.validate_.example_rows])
     return f"  - {reason}: {len(rows)} rows, e.g. {examples}"
+
+
+def _example(data: pd.DataFrame, row: int, column: str) -> str:
+    """A failing row as a message shows it; a row without a label by its text (a review file left unlabelled)."""
+    value = data.at[row, column]
+    if column == "label" and pd.isna(value):
+        return f"row {row}: no label, text={_clip(data.at[row, 'text'])}"
+    return f"row {row}: {column}={_clip(value)}"
 
 
 def _label_set_note(data: pd.DataFrame, params: Params) -> str:

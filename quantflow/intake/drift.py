@@ -47,7 +47,7 @@ class DriftReport:
     def _line(row: dict) -> str:
         return (
             f"drift {row['verdict']}: {row['metric']} = {row['value']:.3f} "
-            f"(warn at {row['warn']}, block at {row['block']}; {row['detail']})"
+            f"(warn at {row['warn']}, block at {bound(row['block'])}; {row['detail']})"
         )
 
 
@@ -80,8 +80,13 @@ def oov(tokenizer: Tokenizer, texts: list[str]) -> tuple[float, Counter]:
     return (sum(unknown.values()) / total if total else 0.0), unknown
 
 
-def _level(value: float, warn: float, block: float) -> str:
-    return "block" if value > block else "warn" if value > warn else "ok"
+def level(value: float, warn: float, block: float | None) -> str:
+    """ok, warn or block; a figure without a block bound (None) warns at most."""
+    return "block" if block is not None and value > block else "warn" if value > warn else "ok"
+
+
+def bound(block: float | None) -> str:
+    return "never" if block is None else str(block)
 
 
 def measure_drift(
@@ -95,19 +100,19 @@ def measure_drift(
     ks = ks_statistic(batch["text"].str.len().to_numpy(), train["text"].str.len().to_numpy())
     batch_mix, train_mix = label_mix(batch["label"]), label_mix(train["label"])
     rows = [
-        _row(
+        figure_row(
             "text length (KS)",
             ks,
             params.length_ks_warn,
             params.length_ks_block,
             f"median {batch['text'].str.len().median():.0f} vs {train['text'].str.len().median():.0f} chars",
         ),
-        _row(
+        figure_row(
             "label mix (TVD)",
             total_variation(batch_mix, train_mix),
             params.label_tvd_warn,
             params.label_tvd_block,
-            f"batch {_mix(batch_mix)} vs train {_mix(train_mix)}",
+            f"batch {describe_mix(batch_mix)} vs train {describe_mix(train_mix)}",
         ),
     ]
     report = DriftReport(rows=rows)
@@ -121,7 +126,7 @@ def measure_drift(
             else 0.0
         )
         rows.append(
-            _row(
+            figure_row(
                 "OOV rate increase",
                 rate - base,
                 params.oov_increase_warn,
@@ -136,30 +141,32 @@ def measure_drift(
     return report
 
 
-def _row(metric: str, value: float, warn: float, block: float, detail: str) -> dict:
+def figure_row(metric: str, value: float, warn: float, block: float | None, detail: str) -> dict:
+    """One row of a drift table: the figure, its bounds and verdict, and what it compared in words."""
     return {
         "metric": metric,
         "value": float(value),
         "warn": warn,
         "block": block,
-        "verdict": _level(value, warn, block),
+        "verdict": level(value, warn, block),
         "detail": detail,
     }
 
 
-def _mix(mix: dict[str, float]) -> str:
+def describe_mix(mix: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in sorted(mix.items()))
 
 
-def render_table(report: DriftReport) -> str:
+def render_table(report: DriftReport, title: str = "drift verdict") -> str:
     """The drift table as markdown (logged with the run's reports)."""
-    lines = [f"drift verdict: **{report.verdict}**", ""]
+    lines = [f"{title}: **{report.verdict}**", ""]
     if report.note:
         lines += [report.note, ""]
     if report.rows:
         lines += ["| figure | value | warn | block | verdict | detail |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {r['metric']} | {r['value']:.3f} | {r['warn']} | {r['block']} | {r['verdict']} | {r['detail']} |"
+            f"| {r['metric']} | {r['value']:.3f} | {r['warn']} | {bound(r['block'])} | {r['verdict']} "
+            f"| {r['detail']} |"
             for r in report.rows
         ]
     if report.new_tokens:

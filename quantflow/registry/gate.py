@@ -169,9 +169,15 @@ def verdict(checks: list[Check]) -> str:
 
 
 def run_gate(
-    client: mlflow.MlflowClient, name: str, inputs: Inputs, rp: RegisterParams, max_drop_pp: float
+    client: mlflow.MlflowClient,
+    name: str,
+    inputs: Inputs,
+    rp: RegisterParams,
+    max_drop_pp: float,
+    extra: tuple[Check, ...] = (),
 ) -> dict[str, Any]:
-    """Every check, then the verdict. Runs before anything is logged, against the current champion."""
+    """Every check, then the verdict. Runs before anything is logged, against the current champion. ``extra``:
+    checks the night made outside the registry (live drift, quantflow/intake/live.py), judged like the others."""
     checks = absolute_checks(inputs, rp, max_drop_pp)
     candidate = OnnxClassifier(inputs.variant_dir, threads=1)
     predicted = candidate.predict(inputs.texts)
@@ -184,6 +190,7 @@ def run_gate(
     else:
         check, paired = champion_check(client, name, version, inputs, predicted, list(candidate.labels), rp)
         checks.append(check)
+    checks += extra
     for c in checks:
         logger.info("gate: %s %s: %s", "pass" if c.passed else "FAIL", c.name, c.detail)
     return {

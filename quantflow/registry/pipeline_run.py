@@ -135,6 +135,25 @@ def log_summary(run: PipelineRun, markdown: str) -> None:
         logger.warning("the run summary could not be logged to MLflow run %s: %s", run.run_id, exc)
 
 
+def log_live_drift(
+    root: Path, run_id: str, folder: Path, artifact_path: str, metrics: dict[str, float]
+) -> bool:
+    """The night's live-drift report (``folder``'s files, under ``artifact_path``) and its ``live_*`` metrics into
+    the pipeline's run, on nights that retrain or not. Best effort, like the summary: False (and a warning)
+    when the store does not answer; the report stays in the run summary and the workspace."""
+    client = make_client(resolve_tracking_uri(root)[0])
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    try:
+        with no_inner_http_retries():
+            client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+            if metrics:
+                client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    except Exception as exc:  # noqa: BLE001 - best effort
+        logger.warning("the live-drift report could not be logged to MLflow run %s: %s", run_id, exc)
+        return False
+    return True
+
+
 class LiveCurves:
     """An epoch listener (quantflow/core/epochs.py): each finished epoch's row into the run at once, as
     ``<candidate>/<key>`` at ``step=epoch``. A failure raises, and epochs.report drops the listener; the

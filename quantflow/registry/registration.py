@@ -33,7 +33,7 @@ from quantflow.core.failpoints import failpoint
 from quantflow.core.params import Params, RegisterParams
 from quantflow.registry.candidate import Inputs, candidate_tags
 from quantflow.registry.card import model_card
-from quantflow.registry.gate import gate_tags, run_gate
+from quantflow.registry.gate import Check, gate_tags, run_gate
 from quantflow.registry.promotion import (
     COMPLETE,
     OWNER_TAG,
@@ -150,12 +150,15 @@ def new_version(
     root: Path,
     experiment_id: str,
     run_id: str | None = None,
+    checks: tuple[Check, ...] = (),
 ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
-    """Gate, the run (the pipeline's ``run_id``, or a new one), then a pending version (and the model's
-    description when it has none); returns (version, run id, gate, the run's and version's tags)."""
+    """Gate (with the caller's ``checks``), the run (the pipeline's ``run_id``, or a new one), then a pending
+    version (and the model's description when it has none); returns (version, run id, gate, the run's and
+    version's tags)."""
     name, rp = params.model_name, params.register
     gate = call(
-        "champion evaluation", lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp)
+        "champion evaluation",
+        lambda: run_gate(client, name, inputs, rp, params.compress.max_drop_pp, checks),
     )
     all_tags = {**base_tags, **gate_tags(gate)}
     run_id, info = call(
@@ -183,13 +186,14 @@ def register_candidate(
     inputs: Inputs,
     tags: dict[str, str] | None = None,
     run_id: str | None = None,
+    checks: tuple[Check, ...] = (),
 ) -> RegisterResult:
     """Log the run, register the candidate as a new version of ``params.model_name``, apply the gate.
 
     ``tags`` (git commit, dvc.lock digest, flow-run id, the night...) go on the run and the version, beside
     ``params_digest``. ``run_id``: the pipeline's run to log into (pipeline_run.py), left running; without it
-    a run of its own is made and ended. With a ``quantflow.night`` tag whose version exists, that version is
-    finished instead.
+    a run of its own is made and ended. ``checks``: gate checks the caller made (the night's live drift). With a
+    ``quantflow.night`` tag whose version exists, that version is finished instead (with the gate it had).
     Raises RegistryUnavailable when the tracking server stays unreachable after ``register.retries``.
     """
     started = time.perf_counter()
@@ -216,7 +220,7 @@ def register_candidate(
                 ),
             )
             version, run_id, gate, all_tags = new_version(
-                call, client, params, inputs, base_tags, owner, root, experiment_id, run_id
+                call, client, params, inputs, base_tags, owner, root, experiment_id, run_id, checks
             )
             pending = True
         else:
