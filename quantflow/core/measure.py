@@ -87,8 +87,9 @@ def measure(
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for runner in runners:  # warm-up: first calls allocate and pick kernels
+        for runner in runners:  # warm-up: first calls allocate and pick kernels, at batch 1 and at batch 64
             _time_texts(runner, latency_texts[:10])
+            _time_batches(runner, [throughput_texts[:THROUGHPUT_BATCH]])
         seconds = {r.name: ([], []) for r in runners}
         for _ in range(rounds):
             for start in range(0, len(latency_texts), CHUNK):

@@ -186,7 +186,7 @@ class EvaluateParams(_Section):
 
 
 VARIANTS = ("fp32", "int8-dynamic", "int8-static", "pruned-int8", "slim-int8", "distilled-int8")
-QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv", "Relu"]
+QuantOp = Literal["Gather", "Gemm", "MatMul", "Conv", "Relu", "Transpose"]
 
 
 class DistillStudentParams(_Section):

@@ -25,6 +25,7 @@ from onnxruntime.quantization import (
 )
 
 from quantflow.core.onnx_model import INPUT_NAME
+from quantflow.core.qdq_graph import tighten
 from quantflow.core.text import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,8 @@ def quantize_static_qdq(
 ) -> Path:
     """Static QDQ int8: uint8 activations with calibrated ranges, int8 per-channel weights.
 
-    ORT fuses the QDQ pairs into QLinearConv / QLinearMatMul at session creation.
+    ORT fuses the QDQ pairs into QLinearConv / QLinearMatMul at session creation; the rewrites of
+    quantflow/core/qdq_graph.py then take the float steps its optimizer leaves off the batch path.
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(
@@ -150,4 +152,5 @@ def quantize_static_qdq(
             calibrate_method=CALIBRATION_METHODS[method],
             extra_options={"MatMulConstBOnly": True, "CalibTensorRangeSymmetric": False},
         )
+    tighten(out_path)
     return out_path

@@ -16,6 +16,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,61 @@ _SPACES = re.compile(r"\s+")
 
 def clean_text(text: str, lowercase: bool = True) -> str:
     """HTML tags and URLs out, NFKC (full-width to half-width), whitespace folded, optionally lower case."""
-    text = _HTML_TAG.sub(" ", text)
-    text = _URL.sub(" ", text)
-    text = unicodedata.normalize("NFKC", text)
+    text = nfkc(strip_markup(text))
     text = _SPACES.sub(" ", text).strip()
     return text.lower() if lowercase else text
+
+
+def strip_markup(text: str) -> str:
+    """HTML tags and URLs replaced by a space; each regex runs only on a text it can match (most have none)."""
+    if "<" in text:  # every tag starts with it
+        text = _HTML_TAG.sub(" ", text)
+    if "://" in text or "." in text:  # every URL holds one ("http(s)://" or "www."), whatever its case
+        text = _URL.sub(" ", text)
+    return text
+
+
+# NFKC maps most of the Halfwidth and Fullwidth Forms block (U+FF00-FFEF: full-width ASCII such as "，" and
+# "１", half-width katakana) and the ideographic space U+3000 to one code point each: the corpora's only
+# non-NFKC characters, in ~80% of the texts, which send unicodedata.normalize down its slow path (~6 us/text)
+_WIDTH_BLOCK, _IDEOGRAPHIC_SPACE = 0xFF00, 0x3000
+_WIDE = re.compile("[\u3000\uff00-\uffef]")
+
+
+@cache
+def _narrow_point(point: int) -> int:
+    """The NFKC of one code point when that is one code point, else the code point itself."""
+    mapped = unicodedata.normalize("NFKC", chr(point))
+    return ord(mapped) if len(mapped) == 1 else point
+
+
+@cache
+def _width_table() -> np.ndarray:
+    """(240,) uint32: :func:`_narrow_point` of each code point of the block."""
+    return np.array([_narrow_point(_WIDTH_BLOCK + i) for i in range(0xF0)], dtype=np.uint32)
+
+
+def _narrow(match: re.Match[str]) -> str:
+    return chr(_narrow_point(ord(match.group())))
+
+
+def nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, mostly without its slow path: see :func:`_nfkc_or`."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    return _nfkc_or(_WIDE.sub(_narrow, text), text)
+
+
+def _nfkc_or(narrowed: str, text: str) -> str:
+    """NFKC of ``text``, given ``narrowed``: ``text`` with some code points replaced by their own NFKC.
+
+    Exact: replacing a code point by its NFKC leaves a compatibility-equivalent string (the same NFKD, and
+    NFKD works code point by code point before its reordering), so both strings have the same NFKC; when
+    ``narrowed`` is already in NFKC, it is that NFKC. Otherwise unicodedata does the whole text.
+    """
+    if unicodedata.is_normalized("NFKC", narrowed):
+        return narrowed
+    return unicodedata.normalize("NFKC", text)
 
 
 def text_key(text: str) -> str:
@@ -83,6 +134,7 @@ class Tokenizer:
         # zh "char+word" pure Python and jieba
         pure = is_char_segmenter(config) or config.segmenter == CHAR_WORD
         self._nlp = None if pure else make_nlp(config.language, config.segmenter)
+        self._chars: CharTable | None = None  # the char segmenter's batch path, built on first use
 
     def _pure_tokens(self, cleaned: str) -> list[str]:
         if self.config.segmenter == CHAR_WORD:
@@ -108,8 +160,40 @@ class Tokenizer:
         return [self.vocab.get(tok, unk) for tok in tokens[: self.config.max_len]]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(B, T) int64 ids, T = the longest text in the batch (≤ max_len, ≥ min_len), padded with 0."""
-        return pad_batch([self.ids(toks) for toks in self.iter_tokens(texts)], self.config.min_len)
+        """(B, T) int64 ids, T = the longest text in the batch (≤ max_len, ≥ min_len), padded with 0.
+
+        The char segmenter skips the token lists: one text at a time in plain string calls, a batch with its
+        code points in numpy (:class:`CharTable`); the same ids as ``ids(tokens(text))``, which
+        tests/unit/test_text.py checks on real and edge-case texts.
+        """
+        if not is_char_segmenter(self.config):
+            return pad_batch([self.ids(toks) for toks in self.iter_tokens(texts)], self.config.min_len)
+        if len(texts) < CHAR_BATCH_MIN:
+            return pad_batch([self._char_ids(text) for text in texts], self.config.min_len)
+        if self._chars is None:
+            self._chars = CharTable(self.vocab)
+        cleaned = self._cleaned(texts)
+        return self._chars.encode(cleaned, self.config.max_len, self.config.min_len)
+
+    def _char_ids(self, text: str) -> list[int]:
+        """One text's ids under the char segmenter: :func:`clean_text` less the whitespace folding, whose
+        whitespace :func:`char_tokens` drops anyway (lower case sees no difference: Python's only
+        context-dependent lowering, a final sigma, reads a space and a run of them alike)."""
+        cleaned = nfkc(strip_markup(text))
+        cleaned = cleaned.lower() if self.config.lowercase else cleaned
+        get, unk = self.vocab.get, self.vocab[UNK]
+        return [get(ch, unk) for ch in "".join(cleaned.split())[: self.config.max_len]]
+
+    def _cleaned(self, texts: Sequence[str]) -> list[str]:
+        """Each text as :meth:`_char_ids` cleans it, NFKC's common case done once for the batch in numpy."""
+        pieces = [strip_markup(text) for text in texts]
+        narrowed = _from_points(_narrow_points(_code_points("".join(pieces))))
+        cleaned, end = [], 0
+        for piece in pieces:
+            start, end = end, end + len(piece)
+            text = _nfkc_or(narrowed[start:end], piece)
+            cleaned.append(text.lower() if self.config.lowercase else text)
+        return cleaned
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,6 +207,68 @@ class Tokenizer:
         config = TokenizerConfig(**json.loads((folder / "tokenizer.json").read_text()))
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         return cls(config, vocab)
+
+
+CHAR_BATCH_MIN = 4  # texts: below this, numpy's fixed cost per call outweighs what it saves
+
+
+def _code_points(text: str) -> np.ndarray:
+    """(N,) uint32, one per code point (lone surrogates too, as Python strings may hold them)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _from_points(points: np.ndarray) -> str:
+    return points.tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def _narrow_points(points: np.ndarray) -> np.ndarray:
+    """A copy of ``points`` with the ideographic space and the width block replaced as :func:`nfkc` does."""
+    points = points.copy()
+    block = (points >= _WIDTH_BLOCK) & (points < _WIDTH_BLOCK + 0xF0)
+    points[block] = _width_table()[points[block] - _WIDTH_BLOCK]
+    points[points == _IDEOGRAPHIC_SPACE] = _narrow_point(_IDEOGRAPHIC_SPACE)
+    return points
+
+
+class CharTable:
+    """A char vocabulary as an array over code points, to encode a batch of cleaned texts in numpy.
+
+    ``ids[c]`` is the id of the one-char token ``chr(c)``, ``<unk>`` for a char without one and -1 for
+    whitespace (dropped, as :func:`char_tokens` drops it); the last slot stands for every code point past the
+    table (looked at one by one: only whitespace among them is not ``<unk>``).
+    """
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        chars = {ord(token): i for token, i in vocab.items() if len(token) == 1}
+        size = max([*chars, _IDEOGRAPHIC_SPACE]) + 2
+        self.ids = np.full(size, vocab[UNK], dtype=np.int64)
+        self.ids[list(chars)] = list(chars.values())
+        # re's \s is str.isspace (tests/unit/test_text.py): one scan instead of `size` isspace calls
+        everything = "".join(map(chr, range(size - 1)))
+        self.ids[[m.start() for m in re.finditer(r"\s", everything)]] = -1
+
+    def lookup(self, points: np.ndarray) -> np.ndarray:
+        """(N,) code points → (N,) ids, -1 for whitespace."""
+        last = len(self.ids) - 1
+        ids = self.ids[np.minimum(points, last)]
+        for i in np.flatnonzero(points >= last).tolist():
+            ids[i] = -1 if chr(points[i]).isspace() else self.ids[last]
+        return ids
+
+    def encode(self, cleaned: Sequence[str], max_len: int, min_len: int) -> np.ndarray:
+        """(B, T) ids of cleaned texts, as ``pad_batch`` pads ``[ids(char_tokens(t)) for t in cleaned]``."""
+        ids = self.lookup(_code_points("".join(cleaned)))  # (N,): every text's code points, one after another
+        owner = np.repeat(np.arange(len(cleaned)), [len(text) for text in cleaned])  # (N,): the text of each
+        kept = ids >= 0
+        ids, owner = ids[kept], owner[kept]
+        counts = np.bincount(owner, minlength=len(cleaned))  # (B,): chars per text
+        starts = np.cumsum(counts) - counts  # (B,): where each text's kept chars begin
+        position = np.arange(len(ids)) - np.repeat(starts, counts)  # (N,): each char's place in its text
+        inside = position < max_len
+        width = max(min_len, min(max_len, int(counts.max(initial=0))))
+        out = np.zeros((len(cleaned), width), dtype=np.int64)
+        out[owner[inside], position[inside]] = ids[inside]
+        return out
 
 
 def is_char_segmenter(config: TokenizerConfig) -> bool:

@@ -27,6 +27,8 @@ from quantflow.core.layout import CompressionReports
 from quantflow.core.models import ModelConfig, build_model, save_model
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.pruning import count_params
+from quantflow.core.qdq_graph import tighten
+from quantflow.core.quantize import BucketedReader, quantize_static_qdq
 from quantflow.core.text import Tokenizer, TokenizerConfig, build_vocab
 from serving.model import ServedModel
 from tasks.compress import CompressResult, choose, compress, compress_task
@@ -388,6 +390,38 @@ def test_the_default_family_gets_a_slim_variant_with_a_smaller_ngram_table(tmp_p
     assert classifier.tokenizer.vocab == tokenizer.vocab
     np.testing.assert_array_equal(classifier.tokenizer.encode(texts), tokenizer.encode(texts))
     assert classifier.text_logits(texts[:5]).shape == (5, len(LABELS))
+
+
+def test_the_default_family_int8_graph_is_rewritten_and_scores_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quantflow/core/qdq_graph.py on the default family's QDQ graph: the bag's sums become MatMulInteger, each
+    conv's max over time a uint8 MaxPool first, the gathered embedding reaches the convs without requantizing;
+    the logits are the plain QDQ graph's at every length, also past one pool window (POOL positions)."""
+    _, tokenizer, texts = make_inputs(tmp_path, "ngram_textcnn")
+    run_compress(tmp_path, {"compress.variants": ["fp32"]})
+    fp32 = tmp_path / "variants" / "fp32" / "model.onnx"
+    monkeypatch.setattr("quantflow.core.quantize.tighten", lambda path: {})
+    plain = quantize_static_qdq(
+        fp32, tmp_path / "plain.onnx", BucketedReader(tokenizer, texts), shipped_params().compress.static_ops
+    )
+    rewritten = tmp_path / "rewritten.onnx"
+    shutil.copy(plain, rewritten)
+    assert tighten(rewritten) == {"integer_row_sums": 2, "max_over_time_as_pool": 2}
+    ops = op_types(rewritten)
+    assert ops["MatMulInteger"] == 2 and ops["MaxPool"] == 2 and ops["Transpose"] == 1
+    graph = onnx.load(rewritten).graph
+    names = {i.name for i in graph.initializer}
+    transpose = next(n for n in graph.node if n.op_type == "Transpose")
+    q = next(n for n in graph.node if n.input and n.input[0] == transpose.output[0])
+    assert q.op_type == "QuantizeLinear" and q.input[1] == "cnn.embedding.weight_scale" in names
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (plain, rewritten)]
+    rng = np.random.default_rng(0)
+    for width in (1, 2, 7, 64, 300, 1, 2):  # 1, 2: no trigram (no bigram) to sum
+        ids = rng.integers(1, len(tokenizer.vocab), size=(5, width))
+        ids[1:, rng.integers(1, width + 1) :] = 0  # right padding of various lengths
+        before, after = (s.run(None, {"ids": ids})[0] for s in sessions)
+        np.testing.assert_allclose(after, before, atol=1e-5)
 
 
 def test_slim_variant_takes_the_same_ids_end_to_end(setup: Setup) -> None:

@@ -8,7 +8,15 @@ import pytest
 import spacy
 
 from quantflow.core.corpora import load_builtin
-from quantflow.core.text import PAD, UNK, Tokenizer, TokenizerConfig, char_tokens, clean_text
+from quantflow.core.text import (
+    PAD,
+    UNK,
+    Tokenizer,
+    TokenizerConfig,
+    char_tokens,
+    clean_text,
+    pad_batch,
+)
 
 EDGE_CASES = [
     "",
@@ -57,3 +65,15 @@ def test_tokenizer_ids_equal_spacy_path(corpus_sample: list[str]) -> None:
     for row, text in zip(got.tolist(), corpus_sample[:1000], strict=True):
         expected = [vocab.get(t, 1) for t in spacy_tokens(nlp, text, True)][:64]
         assert row[: len(expected)] == expected and not any(row[len(expected) :])
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_batch_encode_equals_token_path(corpus_sample: list[str], lowercase: bool) -> None:
+    """Tokenizer.encode's numpy batch path gives the ids of the token path on real texts, batch by batch."""
+    chars = sorted({c for t in corpus_sample[:500] for c in clean_text(t, lowercase)})
+    vocab = {PAD: 0, UNK: 1} | {c: i + 2 for i, c in enumerate(chars[::2])}
+    tokenizer = Tokenizer(TokenizerConfig(lowercase=lowercase, max_len=64), vocab)
+    for start in range(0, len(corpus_sample), 64):
+        batch = corpus_sample[start : start + 64]
+        expected = pad_batch([tokenizer.ids(tokenizer.tokens(t)) for t in batch])
+        assert tokenizer.encode(batch).tolist() == expected.tolist(), start
