@@ -150,6 +150,8 @@ def ignored_paths(layout: Layout) -> list[str]:
         layout.processed_dir,
         layout.rejected_dir,
         layout.quarantine_dir,
+        layout.served_log_dir,
+        layout.review_dir,
     ]
     inside = [layout.relative(f).as_posix() for f in folders if f.is_relative_to(layout.root)]
     return ["mlflow.db", "mlartifacts", "dvc-remote", "dvc_plots", STATE_DIR, *dict.fromkeys(inside)]
@@ -229,7 +231,19 @@ def run_night(root: Path, night: int, batch: pd.DataFrame) -> NightRow:
         seconds=time.perf_counter() - started,
         checks_seconds=summary.timings["incoming batches"] + summary.timings.get("dataset contract", 0.0),
         reason=outcome.reasons[0].splitlines()[0] if outcome.reasons else "",
+        live=live_cell(summary.live),
     )
+
+
+def live_cell(live: Any) -> str:
+    """The live-drift verdict and the figures that crossed a bound, e.g. ``block: label_tvd 0.48``."""
+    if live is None:
+        return "-"
+    flagged = (
+        [r for r in live.drift.rows if r["verdict"] in ("warn", "block")] if live.status == "measured" else []
+    )
+    shown = ", ".join(f"{r['metric']} {r['value']:.2f}" for r in flagged)
+    return f"{live.verdict}: {shown}" if shown else live.verdict
 
 
 @dataclass(frozen=True)
@@ -298,6 +312,7 @@ def nights_with_traffic(
                 raise SimulationError("no version behind @staging after the first night: nothing to serve")
             wait_for_version(service, version)
             answered = replay(service, texts)
+            time.sleep(params.nightly.live_drift.settle_s)  # the night reads lines older than this
             row = run_night(root, night, batch)
             rows.append(replace(row, traffic=f"{answered}{' shifted' if shifted else ''}"))
             logger.info("night %d: %s", night, rows[-1])

@@ -90,14 +90,18 @@ def stop(service: Service) -> None:
 
 
 @contextmanager
-def serving(root: Path, poll_interval_s: float = 1.0) -> Iterator[Service]:
-    """``quantflow serve`` on ``root`` (its params.yaml, its registry) on a free 127.0.0.1 port, ready."""
+def serving(
+    root: Path, poll_interval_s: float = 1.0, settings: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """``quantflow serve`` on ``root`` (its params.yaml, its registry, with ``settings`` as ``--set`` overrides)
+    on a free 127.0.0.1 port, ready."""
     port = free_port()
     log = root / STATE_DIR / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "quantflow.cli", "serve", "--params", str(root / "params.yaml")]
     args += ["--root", str(root), "--host", "127.0.0.1", "--port", str(port)]
-    args += ["--set", f"serve.poll_interval_s={poll_interval_s}"]
+    for key, value in {"serve.poll_interval_s": str(poll_interval_s), **(settings or {})}.items():
+        args += ["--set", f"{key}={value}"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
             args,
