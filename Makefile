@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-infra test-faults test-fast lint ui repro metrics plots clean bench-compress bench-serve bench-serve-log scale bench-scale \
+.PHONY: help install run test test-infra test-faults test-fast lint ui repro metrics plots clean bench-compress bench-serve bench-serve-log simulate-feedback scale bench-scale \
 	simulate-nights bench-data quality bench-labels
 
 help: ## list the targets
@@ -66,6 +66,9 @@ bench-serve: install ## quantflow serve vs mlflow models serve (registered + typ
 bench-serve-log: install ## the prediction log's cost: quantflow serve with serve.log_sample 1.0 vs 0, alternating at concurrency 16; writes BENCHMARKS.md (needs wrk and `make run`)
 	@command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python bench/serve.py --log-overhead --seconds 5 --rounds 6
+
+simulate-feedback: install ## five nights with served traffic between them (night 3's from another corpus), in simulation/
+	$(BIN)/quantflow simulate-nights --nights 5 --traffic 300 --shift-night 3
 
 simulate-nights: install ## three nights of held-back built-in data, night 2 bad, in the sandbox simulation/
 	$(BIN)/quantflow simulate-nights --nights 3

@@ -154,15 +154,21 @@ def replay(service: Service, texts: list[str]) -> int:
 
 
 def traffic_texts(dataset: str, holdout: float, used: set[str], count: int, seed: int) -> list[str]:
-    """``count`` held-back texts of ``dataset`` that no nightly batch releases (``used``), seeded."""
+    """``count`` held-back texts of ``dataset`` that no nightly batch releases (``used``), as many per label
+    (the mix the dataset is built with, so an ordinary night's traffic looks like the data), seeded."""
     corpus = load_builtin(dataset)
     held = corpus[held_back(corpus, holdout) & ~corpus["text"].isin(used)]
     held = held[held["text"].str.strip().str.len() > 0]
-    if len(held) < count:
+    groups = dict(list(held.groupby("label")))
+    share = count // len(groups)
+    short = {label: len(rows) for label, rows in groups.items() if len(rows) < share}
+    if short:
         raise TrafficError(
-            f"{len(held)} held-back texts are left for traffic, {count} asked; lower --traffic or raise --holdout"
+            f"held-back texts left for traffic per label {short}, {share} asked per label; "
+            "lower --traffic or raise --holdout"
         )
-    return held.sample(n=count, random_state=seed)["text"].astype(str).tolist()
+    parts = [rows.sample(n=share, random_state=seed) for rows in groups.values()]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed)["text"].astype(str).tolist()
 
 
 def shifted_texts(dataset: str, count: int, seed: int) -> list[str]:
