@@ -79,6 +79,9 @@ def serve(project: Path, texts: list[str], version: str, shadow_version: str | N
     proba = model.predict_proba(texts)
     settle = load_params(project / "params.yaml").nightly.live_drift.settle_s
     start = datetime.now(UTC) - timedelta(seconds=settle + 1, milliseconds=len(texts))
+    cursor = read_cursor(project)  # a night that ran a moment ago read up to here: date the lines after it
+    if cursor is not None:
+        start = max(start, cursor + timedelta(milliseconds=1))
     lines: list[dict[str, Any]] = []
     for i, (text, row) in enumerate(zip(texts, proba, strict=True)):
         moment = start + timedelta(milliseconds=i)
