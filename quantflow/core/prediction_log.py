@@ -78,6 +78,33 @@ def file_name(pid: int, start: datetime) -> str:
     return f"predictions-{pid}-{start.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}.jsonl"
 
 
+def _answer(
+    kind: Kind,
+    moment: datetime,
+    model: str,
+    version: str,
+    variant: str,
+    text: str,
+    keep_text: bool,
+    label: str,
+    proba: Mapping[str, float],
+) -> dict[str, Any]:
+    """What both kinds of line hold: when, which model, the text (or its hash), and the model's answer."""
+    return {
+        "kind": kind,
+        "time": timestamp(moment),
+        "model": model,
+        "version": version,
+        "variant": variant,
+        "text": text if keep_text else None,
+        "text_sha256": text_hash(text),
+        "length": len(text),
+        "label": label,
+        "proba": {k: round(float(v), 6) for k, v in proba.items()},
+        "confidence": round(float(max(proba.values())), 6),
+    }
+
+
 def served_record(
     *,
     moment: datetime,
@@ -91,20 +118,9 @@ def served_record(
     latency_ms: float,
 ) -> dict[str, Any]:
     """One ``served`` line: the answer the caller got, and how long the request took in the service."""
-    return {
-        "kind": "served",
-        "time": timestamp(moment),
-        "model": model,
-        "version": version,
-        "variant": variant,
-        "text": text if keep_text else None,
-        "text_sha256": text_hash(text),
-        "length": len(text),
-        "label": label,
-        "proba": {k: round(float(v), 6) for k, v in proba.items()},
-        "confidence": round(float(max(proba.values())), 6),
-        "latency_ms": round(float(latency_ms), 4),
-    }
+    line = _answer("served", moment, model, version, variant, text, keep_text, label, proba)
+    line["latency_ms"] = round(float(latency_ms), 4)
+    return line
 
 
 def shadow_record(
@@ -121,22 +137,9 @@ def shadow_record(
     staging_label: str,
 ) -> dict[str, Any]:
     """One ``shadow`` line: the challenger's answer to a served text, and whether it agrees with the served one."""
-    return {
-        "kind": "shadow",
-        "time": timestamp(moment),
-        "model": model,
-        "version": version,
-        "variant": variant,
-        "text": text if keep_text else None,
-        "text_sha256": text_hash(text),
-        "length": len(text),
-        "label": label,
-        "proba": {k: round(float(v), 6) for k, v in proba.items()},
-        "confidence": round(float(max(proba.values())), 6),
-        "staging_version": staging_version,
-        "staging_label": staging_label,
-        "agree": label == staging_label,
-    }
+    line = _answer("shadow", moment, model, version, variant, text, keep_text, label, proba)
+    line.update(staging_version=staging_version, staging_label=staging_label, agree=label == staging_label)
+    return line
 
 
 def encode(records: list[dict[str, Any]]) -> bytes:

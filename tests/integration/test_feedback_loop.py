@@ -75,7 +75,9 @@ def served(night1: RunSummary, project: Path, traffic: pd.DataFrame) -> dict[str
         hidden = replay(service, texts[:HIDDEN])
     with serving(project) as service:
         shown = replay(service, texts[HIDDEN:])
-    time.sleep(load_params(project / "params.yaml").nightly.live_drift.settle_s)  # then the night reads them all
+    time.sleep(
+        load_params(project / "params.yaml").nightly.live_drift.settle_s
+    )  # then the night reads them all
     return {"hidden": hidden, "shown": shown}
 
 
