@@ -18,9 +18,12 @@ shadow line to its served line, counting repeats), so the log is useful without 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +67,14 @@ def utc_now() -> datetime:
 
 
 def timestamp(moment: datetime) -> str:
-    """ISO 8601 in UTC with microseconds and a ``Z``: sorts as text, parses with pandas."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 in UTC with microseconds and a ``Z``: sorts as text, parses with pandas. The text up to the
+    second is formatted once a second (``strftime`` was a sixth of the service's cost of writing a line)."""
+    return f"{_second(math.floor(moment.timestamp()))}.{moment.microsecond:06d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _second(epoch_second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
 def day_folder(log_dir: Path, moment: datetime) -> Path:
@@ -100,8 +109,8 @@ def _answer(
         "text_sha256": text_hash(text),
         "length": len(text),
         "label": label,
-        "proba": {k: round(float(v), 6) for k, v in proba.items()},
-        "confidence": round(float(max(proba.values())), 6),
+        "proba": (rounded := {k: round(v, 6) for k, v in proba.items()}),
+        "confidence": max(rounded.values()),
     }
 
 
