@@ -10,7 +10,6 @@ import pytest
 
 from quantflow.core.label_audit import (
     ISSUE_COLUMNS,
-    LabelAuditParams,
     audit_labels,
     count_flagged,
     drop_flagged,
@@ -18,7 +17,8 @@ from quantflow.core.label_audit import (
     read_label_issues,
     write_label_issues,
 )
-from quantflow.core.text import clean_text
+from quantflow.core.text import text_key
+from tests.params_helpers import shipped_params
 
 OWN = {"news": "政府经济发展国家会议人民改革建设", "comment": "很好不错喜欢满意质量服务价格房间"}
 SHARED = "的了是在我有和就"
@@ -42,7 +42,7 @@ def corpus(per_class: int = 150, seed: int = 0) -> pd.DataFrame:
 def flipped() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """The corpus with 5 % of its labels flipped, the flip mask, and the audit of it."""
     noisy, mask = inject_label_noise(corpus(), 0.05, seed=1)
-    return noisy, pd.Series(mask), audit_labels(noisy, LabelAuditParams(), seed=0)
+    return noisy, pd.Series(mask), audit_labels(noisy, shipped_params().split.label_audit, seed=0)
 
 
 def test_flipped_rows_are_ranked_first(flipped: tuple[pd.DataFrame, pd.Series, pd.DataFrame]) -> None:
@@ -63,7 +63,7 @@ def test_issues_name_the_given_and_the_suggested_label(
     first = issues.iloc[0]
     assert first["given_label"] == noisy.loc[first["row"], "label"]
     assert first["suggested_label"] != first["given_label"]
-    assert first["text"] == noisy.loc[first["row"], "text"] and first["key"] == clean_text(first["text"])
+    assert first["text"] == noisy.loc[first["row"], "text"] and first["key"] == text_key(first["text"])
 
 
 def test_report_round_trips_and_counts_a_batch_by_text_key(
@@ -88,8 +88,8 @@ def test_too_few_rows_for_the_folds_names_the_label() -> None:
     frame = pd.DataFrame(
         {"text": ["政府会议", "经济发展", "很好", "不错", "喜欢"], "label": ["news"] * 2 + ["comment"] * 3}
     )
-    with pytest.raises(ValueError, match=r"'news': 2.*folds=5"):
-        audit_labels(frame, LabelAuditParams(), seed=0)
+    with pytest.raises(ValueError, match=r"'news': 2.*folds=3"):
+        audit_labels(frame, shipped_params().split.label_audit, seed=0)
 
 
 def test_noise_injection_is_seeded_and_changes_exactly_the_masked_rows() -> None:
