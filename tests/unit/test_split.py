@@ -93,6 +93,7 @@ def test_report_ranks_the_flipped_training_rows_first_and_keeps_every_row(
     assert len(in_train) >= 15
     top = issues["key"].head(len(in_train))  # the most suspicious rows: flips, and most of the flips
     assert top.isin(in_train).mean() >= 0.9 and top.isin(in_train).sum() >= 0.7 * len(in_train)
+    assert issues["score"].is_monotonic_increasing  # most suspicious (lowest given-label probability) first
     assert set(issues["key"]) <= set(train["key"])  # flagged: training rows, and every one of them kept
     assert result.stats["label_audit"] | {"seconds": 0} == {
         "action": "report",
