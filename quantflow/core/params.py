@@ -15,7 +15,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantflow.core.errors import QuantflowError
 
@@ -104,6 +104,12 @@ class SplitParams(_Section):
     # the training split's flagged rows: not audited, written to reports/label_issues.csv, or also dropped
     label_issues: LabelIssuesAction
     label_audit: LabelAuditParams
+
+    @field_validator("label_issues", mode="before")
+    @classmethod
+    def _off_read_as_false(cls, value: Any) -> Any:
+        """YAML 1.1 (params.yaml, ``--set``) reads a bare ``off`` as false: that is the ``off`` it means."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _room_for_train(self) -> SplitParams:

@@ -126,3 +126,14 @@ def test_off_audits_nothing_and_leaves_a_report_of_no_rows(
     issues = read_label_issues(tmp_path / "label_issues.csv")
     assert list(issues.columns) == ISSUE_COLUMNS and issues.empty
     assert result.stats["label_audit"]["flagged"] == result.stats["label_audit"]["dropped"] == 0
+
+
+def test_a_bare_off_is_off_though_yaml_reads_it_as_false(tmp_path: Path) -> None:
+    from quantflow.core.params import load_params
+
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("label_issues: report", "label_issues: off"), encoding="utf-8")
+    assert load_params(path).split.label_issues == "off"
+    assert load_params(path, {"split.label_issues": False}).split.label_issues == "off"
+    assert split_with(label_issues="drop").label_issues == "drop"
