@@ -297,7 +297,7 @@ def section(
             f"Command: `{command}`. Datasets built with ingest → split (params.yaml); "
             + ("model: params.yaml `train` (the preprocess and train step functions); " if trained else "")
             + f"audit: {settings}, seed = params.yaml seed.",
-            "Flags of the bold filter_by (the proposed default) are what `drop` removes; the other rules reuse the "
+            "Flags of the bold filter_by (split.label_audit.filter_by) are what `drop` removes; the other rules reuse the "
             "same out-of-fold probabilities. Precision and recall are against the flipped rows only: on the clean "
             "split every flag is a row the candidate doubts (natural noise or its own error).",
             f"Load: `{load[0]}` before, `{load[1]}` after (timings are noise on this shared machine).",
