@@ -95,7 +95,7 @@ def nightly_overhead(params: Params, root: Path, per_class: int, rounds: int) ->
         out = Path(tmp)
         scratch = Layout.of(held_params, out)
         raw = ingest(held_params.ingest, scratch.raw, params.seed).path
-        split(params.split, raw, scratch.split_dir, scratch.split_stats)
+        split(params.split, raw, scratch.split_dir, scratch.split_stats, params.seed)
         preprocess(
             params.preprocess, scratch.split_dir, scratch.features_dir, scratch.tokenizer_dir, params.labels
         )

@@ -32,8 +32,6 @@ from quantflow.core.benchmarks import write_section
 from quantflow.core.candidates import train_neural
 from quantflow.core.features import load_features
 from quantflow.core.label_audit import (
-    FilterBy,
-    LabelAuditParams,
     drop_flagged,
     encode_labels,
     inject_label_noise,
@@ -41,7 +39,7 @@ from quantflow.core.label_audit import (
     out_of_fold_proba,
 )
 from quantflow.core.models import load_model
-from quantflow.core.params import Params, load_params
+from quantflow.core.params import FilterBy, LabelAuditParams, Params, load_params
 from quantflow.core.stats import PairedComparison, compare_paired
 from quantflow.core.training import predict_logits
 from tasks.ingest import ingest
@@ -82,7 +80,8 @@ def uptime() -> str:
 def prepare(params: Params, work: Path) -> Path:
     """ingest → split into ``work``; returns the split folder."""
     raw = ingest(params.ingest, work / "raw" / f"{params.ingest.dataset}.parquet", params.seed).path
-    split(params.split, raw, work / "split", work / "split.json")
+    unaudited = params.split.model_copy(update={"label_issues": "off"})  # audited below, flips and all
+    split(unaudited, raw, work / "split", work / "split.json", params.seed)
     return work / "split"
 
 
@@ -298,7 +297,7 @@ def section(
             f"Command: `{command}`. Datasets built with ingest → split (params.yaml); "
             + ("model: params.yaml `train` (the preprocess and train step functions); " if trained else "")
             + f"audit: {settings}, seed = params.yaml seed.",
-            "Flags of the bold filter_by (the proposed default) are what `drop` removes; the other rules reuse the "
+            "Flags of the bold filter_by (split.label_audit.filter_by) are what `drop` removes; the other rules reuse the "
             "same out-of-fold probabilities. Precision and recall are against the flipped rows only: on the clean "
             "split every flag is a row the candidate doubts (natural noise or its own error).",
             f"Load: `{load[0]}` before, `{load[1]}` after (timings are noise on this shared machine).",
@@ -323,7 +322,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: yaml.safe_load(v) for k, _, v in (pair.partition("=") for pair in args.overrides)}
-    base, audit = load_params(ROOT / "params.yaml", overrides), LabelAuditParams()
+    base = load_params(ROOT / "params.yaml", overrides)
+    audit = base.split.label_audit
     load_before, results = uptime(), {}
     with tempfile.TemporaryDirectory(prefix="bench-labels-") as tmp:
         work = args.work or Path(tmp)

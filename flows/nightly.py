@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
@@ -40,6 +41,7 @@ from flows.runinfo import run_links
 from quantflow.core.errors import QuantflowError, ValidationFailed
 from quantflow.core.failpoints import failpoint
 from quantflow.core.journal import Night, record
+from quantflow.core.label_audit import count_flagged, read_label_issues
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, load_params
 from quantflow.core.workspace import workspace_lock
@@ -70,6 +72,8 @@ class RunSummary:
     git_commit: str | None = None  # the commit holding the night's dvc.lock and .dvc files
     recovered: Recovery | None = None  # what this run did with a previous night that stopped half-way
     live: LiveDrift | None = None  # the service's traffic since the last night (quantflow/intake/live.py)
+    # per accepted batch: how many of its rows the split step's label audit flagged
+    flagged: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -164,10 +168,23 @@ def run_night(
         complete_night(layout, night, "not retrained")
         return
     train_night(summary, params, layout, night)
+    summary.flagged = flagged_per_batch(summary, layout)
     summary.registered = finish_night(params, layout, night, summary.timed, flow_tags())
     summary.git_commit = night.git_commit
     summary.results["lineage"] = lineage(layout.root)
     complete_night(layout, night, f"registered v{summary.registered.version}")
+
+
+def flagged_per_batch(summary: RunSummary, layout: Layout) -> dict[str, int]:
+    """How many rows of each batch accepted tonight the split step's label audit flagged (by text key): the
+    audit runs on the merged training split, so only a batch's rows that landed in it can be flagged."""
+    if summary.results["split"].stats["label_audit"]["action"] == "off":
+        return {}
+    issues = read_label_issues(layout.label_issues)
+    return {
+        b.name: count_flagged(pd.read_parquet(layout.accepted_file(b.name)), issues)
+        for b in summary.intake.accepted
+    }
 
 
 @flow(name="nightly_retrain", log_prints=False, on_failure=[on_failure])
@@ -262,9 +279,13 @@ def render_intake(summary: RunSummary) -> list[str]:
     if not intake.batches:
         lines.append("No incoming batches.")
     else:
-        lines += ["| batch | verdict | rows | appended | bad rows | drift |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {b.name} | {b.status} | {b.rows} | {b.accepted_rows} | {b.quarantined_rows} | {b.drift} |"
+            "| batch | verdict | rows | appended | bad rows | drift | label audit flagged |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {b.name} | {b.status} | {b.rows} | {b.accepted_rows} | {b.quarantined_rows} | {b.drift} "
+            f"| {summary.flagged.get(b.name, '–')} |"
             for b in intake.batches
         ]
     for b in intake.batches:
@@ -276,10 +297,25 @@ def render_intake(summary: RunSummary) -> list[str]:
         ]
     if summary.retrain:
         lines += ["", f"Retrained: {summary.retrain}."]
+    if "split" in summary.results:
+        lines.append(audit_line(summary))
     if summary.git_commit:
         accepted = _shown(summary, summary.layout.accepted_dir if summary.layout else None)
         lines += [f"Data version: git commit `{summary.git_commit}` (dvc.lock, {accepted}/*.dvc)."]
     return lines
+
+
+def audit_line(summary: RunSummary) -> str:
+    """The split step's label audit in one line: off, or how many training rows it flagged (and dropped)."""
+    audit = summary.results["split"].stats["label_audit"]
+    if audit["action"] == "off":
+        return "Label audit: off (split.label_issues)."
+    where = _shown(summary, summary.layout.label_issues if summary.layout else None)
+    dropped = f", {audit['dropped']} dropped from it" if audit["action"] == "drop" else ", all kept"
+    return (
+        f"Label audit ({audit['action']}): {audit['flagged']} training rows flagged{dropped} "
+        f"({audit['seconds']:.1f} s); ranked in `{where}`."
+    )
 
 
 def _shown(summary: RunSummary, path: Path | None) -> str:

@@ -20,7 +20,7 @@ STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "com
 SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": ("seed", "ingest"),
     "validate": ("validate", "ingest"),  # the label set (validate.labels or the built-in dataset's), its name
-    "split": ("split",),
+    "split": ("seed", "split"),  # the seed: the label audit's folds and model
     "preprocess": ("preprocess", "validate", "ingest"),  # the label set orders the classes
     "train": ("seed", "train"),
     "evaluate": ("seed", "evaluate"),
@@ -60,7 +60,15 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
             s.ingest.dataset,
             lay.data_docs,
         ),
-        "split": lambda: (s.split, lay.raw, lay.split_dir, lay.split_stats, lay.split_headline),
+        "split": lambda: (
+            s.split,
+            lay.raw,
+            lay.split_dir,
+            lay.split_stats,
+            s.seed,
+            lay.split_headline,
+            lay.label_issues,
+        ),
         "preprocess": lambda: (s.preprocess, lay.split_dir, lay.features_dir, lay.tokenizer_dir, s.labels),
         "train": lambda: (s.train, lay.features_dir, lay.tokenizer_dir, lay.training, s.seed),
         "evaluate": lambda: (

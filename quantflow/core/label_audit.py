@@ -2,49 +2,33 @@
 
 A fast candidate (char n-gram TF-IDF + logistic regression, the evaluate step's baseline family) is fitted on
 k-1 folds of the training split and predicts the held-out fold, so every row gets class probabilities from a
-model that never saw it. cleanlab's ``find_label_issues`` then flags the rows whose given label is unlikely
-under those probabilities, ranked by self-confidence (the out-of-fold probability of the given label; lowest
-first). The split step can write the ranking to ``reports/label_issues.csv`` and, with ``drop``, remove the
-flagged rows from the training split only (validation and test keep their labels: editing them would grade a
-model on the audit's own opinion).
+model that never saw its label. The TF-IDF is fitted once on all the training texts: it reads no label, and
+fitting it per fold took most of the audit's time for no better flags. cleanlab's ``find_label_issues`` then
+flags the rows whose given label is unlikely under those probabilities, ranked by self-confidence (the
+out-of-fold probability of the given label; lowest first). The split step writes the ranking to
+``reports/label_issues.csv`` and, with ``split.label_issues: drop``, removes the flagged rows from the training
+split only (validation and test keep their labels: editing them would grade a model on the audit's own opinion).
 
 Pure ML on a DataFrame (scikit-learn, cleanlab, pandas), no step and no orchestration: it lives in the core so
-the split step, the nightly intake and the benchmark share it.
+the split step, the nightly summary and the benchmark share it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from quantflow.core.text import clean_text
+from quantflow.core.params import FilterBy, LabelAuditParams, SplitParams
+from quantflow.core.text import text_key
 
 logger = logging.getLogger(__name__)
 
 ISSUE_COLUMNS = ["text", "given_label", "suggested_label", "score", "row", "key"]
-LabelIssuesAction = Literal["off", "report", "drop"]  # proposed split.label_issues
-FilterBy = Literal[
-    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
-]
-
-
-class LabelAuditParams(BaseModel):
-    """Proposed ``split.label_audit`` section of params.yaml (not wired yet)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    folds: int = Field(default=5, ge=2)  # out-of-fold probabilities from k folds of the training split
-    ngram_max: int = Field(default=3, ge=1)  # char 1..ngram_max TF-IDF
-    max_features: int = Field(default=200_000, ge=1)
-    inverse_regularization: float = Field(default=4.0, gt=0)  # logistic regression's C (the baseline's)
-    # cleanlab's rule for which rows to flag (see cleanlab.filter.find_label_issues)
-    filter_by: FilterBy = "prune_by_noise_rate"
 
 
 def _check_frame(frame: pd.DataFrame, folds: int) -> list[str]:
@@ -65,24 +49,21 @@ def _check_frame(frame: pd.DataFrame, folds: int) -> list[str]:
 
 
 def out_of_fold_proba(texts: list[str], y: np.ndarray, params: LabelAuditParams, seed: int) -> np.ndarray:
-    """(N, C) probabilities, each row from the fold model that did not train on it (stratified, seeded)."""
+    """(N, C) probabilities, each row from the fold model that did not train on its label (stratified, seeded)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
 
-    candidate = make_pipeline(
-        TfidfVectorizer(
-            analyzer="char",
-            ngram_range=(1, params.ngram_max),
-            max_features=params.max_features,
-            sublinear_tf=True,
-            preprocessor=clean_text,
-        ),
-        LogisticRegression(max_iter=2000, C=params.inverse_regularization, random_state=seed),
-    )
+    features = TfidfVectorizer(
+        analyzer="char",
+        ngram_range=(1, params.ngram_max),
+        max_features=params.max_features,
+        sublinear_tf=True,
+        preprocessor=text_key,
+    ).fit_transform(texts)  # (N, F) sparse
+    candidate = LogisticRegression(solver="liblinear", C=params.inverse_regularization, random_state=seed)
     folds = StratifiedKFold(n_splits=params.folds, shuffle=True, random_state=seed)
-    return cross_val_predict(candidate, np.asarray(texts, dtype=object), y, cv=folds, method="predict_proba")
+    return cross_val_predict(candidate, features, y, cv=folds, method="predict_proba")
 
 
 def encode_labels(frame: pd.DataFrame, folds: int) -> tuple[list[str], list[str], np.ndarray]:
@@ -114,7 +95,7 @@ def issues_from_proba(
             "suggested_label": [labels[j] for j in proba[ranked].argmax(axis=1)],
             "score": np.round(proba[ranked, y[ranked]], 6),
             "row": ranked,
-            "key": [clean_text(texts[i]) for i in ranked],
+            "key": [text_key(texts[i]) for i in ranked],
         },
         columns=ISSUE_COLUMNS,
     )
@@ -134,6 +115,27 @@ def audit_labels(frame: pd.DataFrame, params: LabelAuditParams, seed: int) -> pd
         100 * len(issues) / len(frame),
     )
     return issues
+
+
+def audit_training_split(
+    train: pd.DataFrame, params: SplitParams, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float | int | str]]:
+    """What ``split.label_issues`` makes of the training split: the rows kept, the flagged rows (none when
+    ``off``) and the figures for split.json (action, flagged, dropped, seconds). ``report`` keeps every row,
+    ``drop`` removes the flagged ones."""
+    started = time.perf_counter()
+    if params.label_issues == "off":
+        issues = pd.DataFrame(columns=ISSUE_COLUMNS)
+    else:
+        issues = audit_labels(train, params.label_audit, seed)
+    kept = drop_flagged(train, issues) if params.label_issues == "drop" else train
+    figures = {
+        "action": params.label_issues,
+        "flagged": len(issues),
+        "dropped": len(train) - len(kept),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return kept, issues, figures
 
 
 def write_label_issues(issues: pd.DataFrame, path: Path) -> Path:
@@ -158,7 +160,7 @@ def read_label_issues(path: Path) -> pd.DataFrame:
 
 def _keys(frame: pd.DataFrame) -> pd.Series:
     """The split step's text key: the ``key`` column when there is one, else the normalized text."""
-    return frame["key"].astype(str) if "key" in frame.columns else frame["text"].astype(str).map(clean_text)
+    return frame["key"].astype(str) if "key" in frame.columns else frame["text"].astype(str).map(text_key)
 
 
 def flagged_rows(batch: pd.DataFrame, issues: pd.DataFrame) -> pd.Series:

@@ -293,6 +293,11 @@ class Layout:
         return headline_file(self.reports_dir, "split")
 
     @property
+    def label_issues(self) -> Path:
+        """split: the label audit's flagged training rows, most suspicious first (quantflow/core/label_audit.py)."""
+        return self.reports_dir / "label_issues.csv"
+
+    @property
     def train_history(self) -> Path:
         """The shipped model's per-epoch history (one row for a classic model: its one fit)."""
         return self.reports_dir / "train_history.json"

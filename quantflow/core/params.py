@@ -15,7 +15,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantflow.core.errors import QuantflowError
 
@@ -80,10 +80,36 @@ class ValidateParams(_Section):
     example_rows: int = Field(ge=1)
 
 
+LabelIssuesAction = Literal["off", "report", "drop"]
+FilterBy = Literal[
+    "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"
+]
+
+
+class LabelAuditParams(_Section):
+    """The label-noise audit of the training split (quantflow/core/label_audit.py): its candidate and rule."""
+
+    folds: int = Field(ge=2)  # out-of-fold probabilities from k folds of the training split
+    ngram_max: int = Field(ge=1, le=6)  # char 1..ngram_max TF-IDF
+    max_features: int = Field(ge=1)  # most frequent char n-grams kept
+    inverse_regularization: float = Field(gt=0)  # the logistic regression's C
+    # cleanlab's rule for which rows to flag (cleanlab.filter.find_label_issues)
+    filter_by: FilterBy
+
+
 class SplitParams(_Section):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     salt: str
+    # the training split's flagged rows: not audited, written to reports/label_issues.csv, or also dropped
+    label_issues: LabelIssuesAction
+    label_audit: LabelAuditParams
+
+    @field_validator("label_issues", mode="before")
+    @classmethod
+    def _off_read_as_false(cls, value: Any) -> Any:
+        """YAML 1.1 (params.yaml, ``--set``) reads a bare ``off`` as false: that is the ``off`` it means."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _room_for_train(self) -> SplitParams:

@@ -9,6 +9,7 @@ after the commit), and ``quantflow reproduce`` needs it to pull the exact data o
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import warnings
@@ -101,6 +102,14 @@ def final_metrics(inputs: Inputs, gate: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def label_audit_metrics(split_stats: Path) -> dict[str, float]:
+    """``label_issues_flagged`` and ``label_issues_dropped`` from split.json's label audit (none without one)."""
+    if not split_stats.is_file():
+        return {}
+    audit = json.loads(split_stats.read_text(encoding="utf-8")).get("label_audit", {})
+    return {f"label_issues_{k}": float(audit[k]) for k in ("flagged", "dropped") if k in audit}
+
+
 def curve_metrics(candidate: str, history: list[dict[str, Any]]) -> list[Metric]:
     """One Metric per (epoch, key) as ``<candidate>/<key>``, ``step=epoch``: the learning curves in the MLflow UI,
     one chart section per candidate."""
@@ -150,9 +159,10 @@ def experiment_description(params: Params) -> str:
         "time>-<params digest>` once a model is registered (`<dataset>-night-...` for a night that trained "
         "nothing). Params: the run's params.yaml (overrides "
         "included); metrics: a short named list (`test_*`, `baseline_*`, `shipped_*`, `onnx_fp32_*`, "
-        "`compress_*`, `gate_*`) and every candidate's learning curve by epoch (`<candidate>/<key>`, drawn "
-        "live); artifacts: `reports/` (every variant's figures, plots, Data Docs), `run_summary.md`, "
-        "`gate.json`, `lineage/dvc.lock` (what `quantflow reproduce` rebuilds) and the model."
+        "`compress_*`, `gate_*`, `label_issues_*`) and every candidate's learning curve by epoch "
+        "(`<candidate>/<key>`, drawn live); artifacts: `reports/` (every variant's figures, plots, Data Docs, "
+        "the label audit's label_issues.csv), `run_summary.md`, `gate.json`, `lineage/dvc.lock` (what "
+        "`quantflow reproduce` rebuilds) and the model."
     )
 
 
@@ -254,7 +264,8 @@ def log_run(
         curve = missing_curve(client, run_id, candidate, inputs.history)
         logged = client.get_run(run_id).data.metrics  # a retry, or a later run finishing the night: once
         now = int(time.time() * 1000)
-        finals = [Metric(k, v, now, 0) for k, v in final_metrics(inputs, gate).items() if logged.get(k) != v]
+        values = final_metrics(inputs, gate) | label_audit_metrics(Layout.of(params, root).split_stats)
+        finals = [Metric(k, v, now, 0) for k, v in values.items() if logged.get(k) != v]
         client.log_batch(run_id, metrics=curve + finals)
         log_reports(client, run_id, inputs.reports_dir)
         client.log_dict(run_id, gate, "gate.json")

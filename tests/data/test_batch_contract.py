@@ -94,7 +94,9 @@ def test_texts_in_the_dataset_in_another_case_are_known_whatever_preprocess_lowe
     tokenizer keeps case (preprocess.lowercase: false), or yesterday's texts pass as new."""
     cased = cased_texts(tiny_frame, "qf")
     cased.to_parquet(tmp_path / "raw.parquet")
-    split(params_with({}).split, tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "split.json")
+    split(
+        params_with({}).split, tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "split.json", seed=0
+    )
     known = dataset_keys(tmp_path / "split")
     params = params_with({"preprocess.lowercase": False})
     repeat = cased_texts(tiny_frame, "QF")

@@ -168,7 +168,7 @@ def test_quarantined_rows_are_listed_by_a_successful_record(tmp_path: Path) -> N
 def test_the_dataset_contract_records_one_page_per_frame(tiny_frame: pd.DataFrame, tmp_path: Path) -> None:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
     params = params_with({"nightly.min_rows_per_class_split": 1})
-    split(params.split, tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "split.json")
+    split(params.split, tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "split.json", seed=0)
     docs = DataDocsPaths(tmp_path / "gx")
     check_dataset(params, tmp_path / "split", EXPECTATIONS, tmp_path / "dataset_contract.json", docs)
     suites = [p.relative_to(docs.site / "validations").parts[:3] for p in result_pages(docs)]

@@ -24,6 +24,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows.nightly import RunSummary, nightly_retrain, render_summary
 from quantflow.core.errors import DataError, ValidationFailed
+from quantflow.core.label_audit import read_label_issues
 from quantflow.core.params import ParamsError
 from quantflow.intake.versioning import tool_env
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
@@ -145,6 +146,19 @@ def test_registers_version_with_both_aliases(good_run: RunSummary, client: mlflo
     )
     assert run.data.tags["prefect_flow_run_id"] not in ("", "none")
     assert len(run.data.tags["dvc_lock_sha256"]) == 64
+
+
+def test_the_label_audit_is_reported_logged_and_summarized(
+    good_run: RunSummary, client: mlflow.MlflowClient
+) -> None:
+    """The split step's audit: reports/label_issues.csv (a DVC output), its count in the run and the summary."""
+    issues = read_label_issues(good_run.layout.label_issues)
+    audit = good_run.results["split"].stats["label_audit"]
+    assert audit["action"] == "report" and audit["flagged"] == len(issues) and audit["dropped"] == 0
+    run = client.get_run(good_run.registered.run_id)
+    assert run.data.metrics["label_issues_flagged"] == len(issues)
+    assert "reports/label_issues.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
+    assert f"Label audit (report): {len(issues)} training rows flagged, all kept" in render_summary(good_run)
 
 
 def good_run_root(summary: RunSummary) -> Path:

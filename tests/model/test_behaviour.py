@@ -98,7 +98,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     params = subset_params(project_root).with_overrides({"train.candidates": [request.param]})
     layout = Layout.of(params, root)
     raw = ingest(params.ingest, layout.raw, params.seed).path
-    split(params.split, raw, layout.split_dir, layout.split_stats)
+    split(params.split, raw, layout.split_dir, layout.split_stats, params.seed)
     preprocess(params.preprocess, layout.split_dir, layout.features_dir, layout.tokenizer_dir, params.labels)
     shipped = train(params.train, layout.features_dir, layout.tokenizer_dir, layout.training, params.seed)
     assert shipped.winner.name == request.param

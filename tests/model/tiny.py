@@ -53,6 +53,7 @@ def split_and_preprocess(
         root / "raw.parquet",
         root / "split",
         root / "split.json",
+        seed=0,
     )
     preprocess(params, root / "split", root / "features", root / "tokenizer", labels=labels)
     return root

@@ -85,7 +85,7 @@ def test_char_word_vocab_without_sep_at_2_is_refused() -> None:
 
 def test_preprocess_reserves_sep_and_the_folder_round_trips(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json", seed=0)
     params = preprocess_with(segmenter="char+word", min_freq=1, max_len=24)
     preprocess(params, tmp_path / "split", tmp_path / "feat", tmp_path / "tok", labels=("news", "comment"))
     vocab = json.loads((tmp_path / "tok" / "vocab.json").read_text(encoding="utf-8"))
@@ -102,7 +102,7 @@ def test_preprocess_reserves_sep_and_the_folder_round_trips(tmp_path: Path, tiny
 
 def test_preprocess_with_char_segmenter_has_no_sep(tmp_path: Path, tiny_frame: pd.DataFrame) -> None:
     tiny_frame.to_parquet(tmp_path / "raw.parquet")
-    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json", seed=0)
     preprocess(preprocess_with(min_freq=1, max_len=16), tmp_path / "split", tmp_path / "f", tmp_path / "t")
     assert SEP not in Tokenizer.load(tmp_path / "t").vocab
 

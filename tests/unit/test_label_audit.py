@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import pytest
 
 from quantflow.core.label_audit import (
     ISSUE_COLUMNS,
-    LabelAuditParams,
     audit_labels,
     count_flagged,
     drop_flagged,
@@ -18,7 +18,9 @@ from quantflow.core.label_audit import (
     read_label_issues,
     write_label_issues,
 )
-from quantflow.core.text import clean_text
+from quantflow.core.text import text_key
+from quantflow.registry.runlog import label_audit_metrics
+from tests.params_helpers import shipped_params
 
 OWN = {"news": "政府经济发展国家会议人民改革建设", "comment": "很好不错喜欢满意质量服务价格房间"}
 SHARED = "的了是在我有和就"
@@ -42,7 +44,7 @@ def corpus(per_class: int = 150, seed: int = 0) -> pd.DataFrame:
 def flipped() -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """The corpus with 5 % of its labels flipped, the flip mask, and the audit of it."""
     noisy, mask = inject_label_noise(corpus(), 0.05, seed=1)
-    return noisy, pd.Series(mask), audit_labels(noisy, LabelAuditParams(), seed=0)
+    return noisy, pd.Series(mask), audit_labels(noisy, shipped_params().split.label_audit, seed=0)
 
 
 def test_flipped_rows_are_ranked_first(flipped: tuple[pd.DataFrame, pd.Series, pd.DataFrame]) -> None:
@@ -63,7 +65,7 @@ def test_issues_name_the_given_and_the_suggested_label(
     first = issues.iloc[0]
     assert first["given_label"] == noisy.loc[first["row"], "label"]
     assert first["suggested_label"] != first["given_label"]
-    assert first["text"] == noisy.loc[first["row"], "text"] and first["key"] == clean_text(first["text"])
+    assert first["text"] == noisy.loc[first["row"], "text"] and first["key"] == text_key(first["text"])
 
 
 def test_report_round_trips_and_counts_a_batch_by_text_key(
@@ -88,8 +90,8 @@ def test_too_few_rows_for_the_folds_names_the_label() -> None:
     frame = pd.DataFrame(
         {"text": ["政府会议", "经济发展", "很好", "不错", "喜欢"], "label": ["news"] * 2 + ["comment"] * 3}
     )
-    with pytest.raises(ValueError, match=r"'news': 2.*folds=5"):
-        audit_labels(frame, LabelAuditParams(), seed=0)
+    with pytest.raises(ValueError, match=r"'news': 2.*folds=3"):
+        audit_labels(frame, shipped_params().split.label_audit, seed=0)
 
 
 def test_noise_injection_is_seeded_and_changes_exactly_the_masked_rows() -> None:
@@ -98,3 +100,27 @@ def test_noise_injection_is_seeded_and_changes_exactly_the_masked_rows() -> None
     second, _ = inject_label_noise(frame, 0.1, seed=7)
     assert first["label"].tolist() == second["label"].tolist()
     assert ((first["label"] != frame["label"]).to_numpy() == mask).all()
+
+
+def test_the_run_logs_the_audit_counts_from_split_json(tmp_path: Path) -> None:
+    stats = tmp_path / "split.json"
+    stats.write_text(
+        json.dumps({"label_audit": {"action": "drop", "flagged": 7, "dropped": 6, "seconds": 1.5}})
+    )
+    assert label_audit_metrics(stats) == {"label_issues_flagged": 7.0, "label_issues_dropped": 6.0}
+    assert label_audit_metrics(tmp_path / "none.json") == {}
+
+
+def test_the_summary_counts_flagged_rows_per_batch_and_says_what_was_dropped(tmp_path: Path) -> None:
+    from flows.nightly import RunSummary, render_summary
+    from quantflow.intake.incoming import BatchOutcome, Intake
+    from tasks.split import SplitResult
+
+    audit = {"action": "drop", "flagged": 12, "dropped": 9, "seconds": 3.25}
+    summary = RunSummary(dataset="news_vs_comment", retrain="1 batch(es) accepted")
+    summary.intake = Intake([BatchOutcome("b1", "b1.csv", "accepted", 3, 3)])
+    summary.results["split"] = SplitResult(paths={}, stats={"label_audit": audit})
+    summary.flagged = {"b1": 2}
+    text = render_summary(summary)
+    assert "| b1 | accepted | 3 | 3 | 0 | not measured | 2 |" in text
+    assert "Label audit (drop): 12 training rows flagged, 9 dropped from it (3.2 s)" in text

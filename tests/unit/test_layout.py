@@ -18,7 +18,7 @@ from quantflow.core.params import load_params
 STAGE_OUTPUTS = {
     "ingest": ("raw",),
     "validate": ("validation_dir",),
-    "split": ("split_dir", "split_stats", "split_headline"),
+    "split": ("split_dir", "split_stats", "split_headline", "label_issues"),
     "preprocess": ("features_dir", "tokenizer_dir"),
     "train": ("candidates_dir", "model_dir", "selection", "train_history"),
     "evaluate": ("metrics", "predictions", "confusion_plot", "evaluate_headline", "baseline_headline"),

@@ -63,7 +63,7 @@ def test_preprocess_builds_vocab_on_train_only(tmp_path: Path, tiny_frame: pd.Da
     tiny = tiny_frame.copy()
     tiny.loc[0, "text"] = "独一无二的词汇只在这里"
     tiny.to_parquet(tmp_path / "raw.parquet")
-    result = split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json")
+    result = split(split_with(), tmp_path / "raw.parquet", tmp_path / "split", tmp_path / "s.json", seed=0)
     out = preprocess(
         preprocess_with(min_freq=1, max_len=16),
         tmp_path / "split",
