@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from quantflow.cli import app as cli
 from quantflow.core.bundle import ARTIFACT_KEY, MANIFEST, set_calibration
-from quantflow.core.calibration import CalibrationParams
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier, calibrate_folder
 from quantflow.registry.model_code import PYFUNC_FILE
 from serving.model import ServedModel
+from tests.params_helpers import params_with
 from tests.serving.test_light import local_service, post
 
 TEMPERATURE = 3.0
@@ -129,7 +129,7 @@ def test_calibrate_folder_fits_on_held_out_texts_and_stores_the_entry(
         folder,
         texts["text"].tolist(),
         texts["label"].tolist(),
-        CalibrationParams(method="temperature"),
+        params_with({"calibrate.method": "temperature"}).calibrate,
         seed=0,
     )
     stored = json.loads((folder / MANIFEST).read_text())["calibration"]
