@@ -291,6 +291,8 @@ class RegisterParams(_Section):
     # optional ceilings, checked when compression.json reports the figure for the chosen variant
     max_latency_ms: float | None = Field(gt=0)
     max_size_bytes: int | None = Field(gt=0)
+    # optional ceiling on the shipped variant's expected calibration error on the test split, after calibration
+    max_ece: float | None = Field(gt=0, le=1)
     # faults: registry calls retried with exponential backoff; a promotion lock older than this is stale
     retries: int = Field(ge=0)
     retry_backoff_s: float = Field(ge=0)
