@@ -116,7 +116,7 @@ def calibrate_shipped(
         models[name], curves[SHIPPED if name == chosen else FP32] = measure_model(
             folders[name], stored, val, test, same, seed
         )
-        models[name]["role"] = "shipped" if name == chosen else "reference (not stored)"
+        models[name]["role"] = "shipped" if name == chosen else "reference, not stored"
     curves.setdefault(FP32, curves[SHIPPED])
     report = {
         "variant": chosen,
