@@ -20,13 +20,13 @@ import pandas as pd
 
 from quantflow.core.calibration import (
     Calibration,
-    CalibrationParams,
     calibration_metrics,
     fit_calibration,
     plot_reliability,
     reliability,
 )
 from quantflow.core.onnx_model import OnnxClassifier
+from quantflow.core.params import CalibrationParams, load_params
 
 
 def logits_and_labels(classifier: OnnxClassifier, split: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -83,16 +83,16 @@ def main() -> None:
     parser.add_argument("--variants-dir", type=Path, default=Path("artifacts/variants"))
     parser.add_argument("--split-dir", type=Path, default=Path("data/split"))
     parser.add_argument("--plots", type=Path, default=None, help="folder for one reliability PNG per variant")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its calibrate: section")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    calibrate = load_params(args.params).calibrate
     folders = sorted(p.parent for p in args.variants_dir.glob("*/model.onnx"))
     if not folders:
         sys.exit(f"{args.variants_dir}: no variant folders (*/model.onnx); run the compress step first")
     rows = [
-        row
-        for folder in folders
-        for row in measure(folder, args.split_dir, CalibrationParams(), args.seed, args.plots)
+        row for folder in folders for row in measure(folder, args.split_dir, calibrate, args.seed, args.plots)
     ]
     print(f"variants: {args.variants_dir}; fitted on {args.split_dir}/val.parquet, scored on test.parquet\n")
     print(table(rows))

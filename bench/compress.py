@@ -126,7 +126,13 @@ def compress_candidate(params: Params, folder: Path, layout: Layout, out: Path) 
     """The compress step on one candidate into ``out``; its compression.json."""
     scratch = Layout.of(params, out)
     compress(
-        params.compress, folder, layout.split_dir, scratch.variants_dir, scratch.compression, params.seed
+        params.compress,
+        params.calibrate,
+        folder,
+        layout.split_dir,
+        scratch.variants_dir,
+        scratch.compression,
+        params.seed,
     )
     return json.loads(scratch.compression_report.read_text(encoding="utf-8"))
 

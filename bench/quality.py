@@ -393,7 +393,9 @@ def compress_fold_model(base: Params, result: dict[str, Any], name: str) -> dict
     if not reports.report.is_file():
         params = base.with_overrides({"compress.latency_texts": 50, "compress.throughput_texts": 128})
         split_dir = Path(result["fold0_split"])
-        compress(params.compress, folder, split_dir, folder / "variants", reports, params.seed)
+        compress(
+            params.compress, params.calibrate, folder, split_dir, folder / "variants", reports, params.seed
+        )
     report = json.loads(reports.report.read_text())
     chosen = report["chosen"]
     variant = report["variants"][chosen]

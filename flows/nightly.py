@@ -44,6 +44,7 @@ from quantflow.core.journal import Night, record
 from quantflow.core.label_audit import count_flagged, read_label_issues
 from quantflow.core.layout import Layout
 from quantflow.core.params import Params, load_params
+from quantflow.core.shipped_calibration import describe
 from quantflow.core.workspace import workspace_lock
 from quantflow.intake.contracts import check_dataset_task
 from quantflow.intake.incoming import Intake, take_incoming_task, withdraw
@@ -325,6 +326,17 @@ def _shown(summary: RunSummary, path: Path | None) -> str:
     return str(summary.layout.relative(path) if summary.layout is not None else path)
 
 
+def calibration_line(calibration: dict) -> str:
+    """The shipped variant's calibration and its test ECE and Brier before → after; fp32's ECE beside it."""
+    chosen = calibration["variant"]
+    shipped, fp32 = calibration["models"][chosen], calibration["models"]["fp32"]
+    return (
+        f"Calibration: {chosen} serves {describe(calibration['calibration'])} (fitted on val), test ECE "
+        f"{shipped['before']['ece']:.4f} → {shipped['after']['ece']:.4f}, Brier {shipped['before']['brier']:.4f} "
+        f"→ {shipped['after']['brier']:.4f}; fp32 ECE {fp32['before']['ece']:.4f} → {fp32['after']['ece']:.4f}."
+    )
+
+
 def render_model(summary: RunSummary) -> list[str]:
     """The candidates and the winner, metrics of fp32 and int8, the registered version and its gate."""
     metrics = summary.results["evaluate"].metrics
@@ -345,6 +357,7 @@ def render_model(summary: RunSummary) -> list[str]:
             f"| ONNX {name} | {variant['accuracy']:.4f} | {variant['macro_f1']:.4f} "
             f"| {variant['size_bytes'] / 1e6:.2f} MB | {'' if latency is None else f'{latency:.3f}'} |"
         )
+    lines += ["", calibration_line(compression.calibration)]
     verdict = "promoted to @staging" if reg.promoted else "NOT promoted (staging unchanged)"
     lines += ["", f"Registered **{reg.model_name} v{reg.version}** ({compression.chosen}): {verdict}.", ""]
     lines += [f"- {'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in reg.gate["checks"]]

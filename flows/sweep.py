@@ -110,6 +110,7 @@ def train_size(params: Params, size: Size, layout: Layout, out_dir: Path) -> dic
     train_seconds = time.perf_counter() - started
     result = compress(
         p.compress,
+        p.calibrate,
         folder / "model",
         layout.split_dir,
         folder / "variants",

@@ -5,12 +5,13 @@ The variants (``fp32``, ``int8-dynamic``, ``int8-static``, ``pruned-int8``, ``sl
 quantflow/core/export.py; a classic model gets its own (quantflow/core/classic_variants.py). This step plans
 which to build, scores each on the test split, times them in one process against PyTorch eager
 (quantflow/core/measure.py), and applies the policy in ``params.yaml`` (``compress.policy``,
-``compress.max_drop_pp``) to pick the variant that register logs.
+``compress.max_drop_pp``) to pick the variant that register logs, then calibrates its probabilities on the
+validation split into its model.json (quantflow/core/shipped_calibration.py).
 
-Inputs: a model folder (``model.pt`` + ``model.json`` + tokenizer), the test split and, beside it, the
-training split (calibration and fine-tuning). Outputs: one self-describing ONNX folder per variant under
-``variants_dir``, ``reports/compression.json``, ``reports/compression.md`` and
-``reports/plots/compression_pareto.png``.
+Inputs: a model folder (``model.pt`` + ``model.json`` + tokenizer), the test, training (int8 activation ranges,
+fine-tuning) and validation splits. Outputs: one self-describing ONNX folder per variant under
+``variants_dir``, ``reports/compression.{json,md}``, ``reports/plots/compression_pareto.png``,
+``reports/calibration.json``, ``calibration_reliability.json`` and ``plots/calibration_reliability.png``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from quantflow.core.layout import CompressionReports, shown_path, split_file
 from quantflow.core.measure import gzip_size, measure, onnx_runner, torch_runner, write_report
 from quantflow.core.models import ModelConfig
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier
-from quantflow.core.params import VARIANTS, CompressParams
+from quantflow.core.params import VARIANTS, CalibrationParams, CompressParams
 from quantflow.core.pruning import count_params
+from quantflow.core.shipped_calibration import calibrate_shipped, calibration_splits
 from quantflow.core.stats import accuracy_drop_pp
 from quantflow.core.training import predict_logits
 from quantflow.core.variants import BUILDERS, FP32, Built, Job, goal_ratios, make_job, write_variant_folder
@@ -53,6 +55,7 @@ class CompressResult:
     chosen: str  # the variant that register logs
     parity_max_abs_diff: float
     report_path: Path
+    calibration: dict  # calibration.json: the chosen variant's stored calibration, fp32's and its ECE/Brier
 
 
 @contextmanager
@@ -245,6 +248,7 @@ def build_report(variants: dict[str, dict], reference: dict, decision: dict, job
 
 def compress(
     settings: CompressParams,
+    calibrate: CalibrationParams,
     model_dir: Path,
     split_dir: Path,
     variants_dir: Path,
@@ -252,14 +256,30 @@ def compress(
     seed: int,
 ) -> CompressResult:
     """Build every variant of ``model_dir`` (see the module docstring), score them on the test split, time them
-    against PyTorch eager, choose one by ``compress.policy`` and write the reports. ``seed`` draws the
-    calibration sample and the fine-tuning order. Raises ParityError when an export does not match PyTorch,
-    DataError when a split is missing or unusable."""
+    against PyTorch eager, choose one by ``compress.policy``, calibrate it on the validation split
+    (``calibrate:``, quantflow/core/shipped_calibration.py) and write the reports. ``seed`` draws the int8
+    activation sample, the fine-tuning order and the calibration's folds. Raises ParityError when an export does
+    not match PyTorch, DataError when a split is missing or unusable."""
+    splits = calibration_splits(split_dir)  # test and val: a missing one fails before any variant is built
     if folder_family(model_dir) == CLASSIC_FAMILY:  # fp32 + int8-dynamic (quantflow/core/classic_variants.py)
         report = compress_classic(settings, model_dir, split_dir, variants_dir, reports, choose)
-        return CompressResult(
-            report["variants"], report["chosen"], report["parity"]["max_abs_diff"], reports.report
-        )
+    else:
+        report = compress_neural(settings, model_dir, split_dir, variants_dir, reports, seed)
+    variants, chosen = report["variants"], report["chosen"]
+    folders = {name: variants_dir / name for name in variants}
+    calibration = calibrate_shipped(folders, chosen, *splits, calibrate, reports, seed)
+    return CompressResult(variants, chosen, report["parity"]["max_abs_diff"], reports.report, calibration)
+
+
+def compress_neural(
+    settings: CompressParams,
+    model_dir: Path,
+    split_dir: Path,
+    variants_dir: Path,
+    reports: CompressionReports,
+    seed: int,
+) -> dict:
+    """A neural model's variants built, scored, timed and chosen among; returns compression.json's content."""
     texts, labels = read_split(split_file(split_dir, "test"), "test", "evaluate the variants on")
     train = read_split(split_file(split_dir, "train"), "train", "calibrate and fine-tune the variants on")
     with tempfile.TemporaryDirectory() as tmp:
@@ -273,8 +293,7 @@ def compress(
     report = build_report(variants, reference, decision, job, len(texts))
     write_report(reports, report)
     logger.info("compress: chose %s; report in %s", decision["reason"], reports.report)
-    diff = report["parity"]["max_abs_diff"]
-    return CompressResult(variants, decision["chosen"], diff, reports.report)
+    return report
 
 
 # The Prefect task is the plain function itself, named for the flow's UI; tests call compress() directly.

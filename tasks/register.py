@@ -89,7 +89,11 @@ def load_inputs(params: Params, root: Path) -> Inputs:
     texts, labels = read_split(
         layout.split_file("test"), "test", "compare the candidate with the champion on"
     )
-    return Inputs(metrics, history, compression, layout.reports_dir, variant, variant_dir, texts, labels)
+    calibration = _read_json(layout.calibration_report, "compress")
+    _lookup(calibration, ("models", variant, "after", "ece"), layout.calibration_report)
+    return Inputs(
+        metrics, history, compression, layout.reports_dir, variant, variant_dir, texts, labels, calibration
+    )
 
 
 # --- the step -----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "preprocess": ("preprocess", "validate", "ingest"),  # the label set orders the classes
     "train": ("seed", "train"),
     "evaluate": ("seed", "evaluate"),
-    "compress": ("seed", "compress"),
+    "compress": ("seed", "compress", "calibrate"),
 }
 # values derived from more than one section, and the sections each is derived from
 _DERIVED = {"labels": ("validate", "ingest")}
@@ -81,6 +81,7 @@ def _wiring(s: Sections, lay: Layout) -> dict[str, Callable[[], tuple[Any, ...]]
         ),
         "compress": lambda: (
             s.compress,
+            s.calibrate,
             lay.model_dir,
             lay.split_dir,
             lay.variants_dir,

@@ -24,10 +24,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from quantflow.core.params import CalibrationParams
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +40,6 @@ TEMPERATURE_BOUNDS = (
     20.0,
 )  # a fitted T at a bound is logged: the logits are degenerate or the data tiny
 _EPS = 1e-12
-
-
-class CalibrationParams(BaseModel):
-    """Proposed ``calibrate:`` section of params.yaml (not wired yet; the step that fits reads it)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # auto: temperature, unless an alternative's cross-fitted ECE is lower by min_gain; or one method, or none
-    method: Literal["auto", "none", "temperature", "platt", "vector", "isotonic"] = "auto"
-    bins: int = Field(default=15, ge=2)  # equal-width bins of the max probability (ECE, reliability diagram)
-    folds: int = Field(default=5, ge=2)  # validation folds of the cross-fitted choice
-    min_gain: float = Field(default=0.005, ge=0, le=1)  # ECE an alternative must win by (absolute)
 
 
 # ---------------------------------------------------------------------------------------------- applying

@@ -99,13 +99,16 @@ class TrainOutputs:
 
 @dataclass(frozen=True)
 class CompressionReports:
-    """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot, and
-    the chosen variant's headline figures."""
+    """What compress writes: every variant's figures and the choice (JSON), the table (markdown), the plot, the
+    chosen variant's headline figures, and its calibration (JSON, reliability rows for DVC, the diagram)."""
 
     report: Path
     table: Path
     plot: Path
     headline: Path
+    calibration: Path
+    reliability: Path
+    reliability_plot: Path
 
     @classmethod
     def under(cls, reports_dir: Path) -> CompressionReports:
@@ -114,6 +117,9 @@ class CompressionReports:
             reports_dir / "compression.md",
             reports_dir / "plots" / "compression_pareto.png",
             headline_file(reports_dir, "compress"),
+            reports_dir / "calibration.json",
+            reports_dir / "calibration_reliability.json",
+            reports_dir / "plots" / "calibration_reliability.png",
         )
 
 
@@ -360,6 +366,20 @@ class Layout:
     def compress_headline(self) -> Path:
         """compress's headline figures for the chosen variant (DVC metrics)."""
         return self.compression.headline
+
+    @property
+    def calibration_report(self) -> Path:
+        """compress: the shipped variant's calibration, ECE/Brier of fp32 and of it before and after."""
+        return self.compression.calibration
+
+    @property
+    def calibration_reliability(self) -> Path:
+        """compress: the reliability diagram's rows, one per bin (DVC plots)."""
+        return self.compression.reliability
+
+    @property
+    def calibration_plot(self) -> Path:
+        return self.compression.reliability_plot
 
     # --- the nightly intake -----------------------------------------------------------------------------
 

@@ -13,13 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from quantflow.core.bundle import MANIFEST, Manifest, set_calibration
-from quantflow.core.calibration import (
-    Calibration,
-    CalibrationFit,
-    CalibrationParams,
-    fit_calibration,
-    softmax,
-)
+from quantflow.core.calibration import Calibration, CalibrationFit, fit_calibration, softmax
+from quantflow.core.params import CalibrationParams
 from quantflow.core.text import Tokenizer
 
 MODEL_FILE = "model.onnx"

@@ -294,6 +294,17 @@ class ScaleParams(_Section):
         return self
 
 
+class CalibrationParams(_Section):
+    """``calibrate:``: the map from the shipped variant's logits to probabilities, fitted on the validation split
+    after compression (quantflow/core/calibration.py) and stored in its model.json."""
+
+    # auto: temperature, unless an alternative's cross-fitted ECE is lower by min_gain; or one method, or none
+    method: Literal["auto", "none", "temperature", "platt", "vector", "isotonic"]
+    bins: int = Field(ge=2)  # equal-width bins of the max probability (ECE, reliability diagram)
+    folds: int = Field(ge=2)  # validation folds of the cross-fitted choice
+    min_gain: float = Field(ge=0, le=1)  # ECE an alternative must win by (absolute)
+
+
 class RegisterParams(_Section):
     experiment: str
     model_name: str | None
@@ -306,6 +317,8 @@ class RegisterParams(_Section):
     # optional ceilings, checked when compression.json reports the figure for the chosen variant
     max_latency_ms: float | None = Field(gt=0)
     max_size_bytes: int | None = Field(gt=0)
+    # optional ceiling on the shipped variant's expected calibration error on the test split, after calibration
+    max_ece: float | None = Field(gt=0, le=1)
     # faults: registry calls retried with exponential backoff; a promotion lock older than this is stale
     retries: int = Field(ge=0)
     retry_backoff_s: float = Field(ge=0)
@@ -466,6 +479,7 @@ with warnings.catch_warnings():
         train: TrainParams
         evaluate: EvaluateParams
         compress: CompressParams
+        calibrate: CalibrationParams
         # "= Field()": without it pydantic takes the inherited ABCMeta.register method as the default
         register: RegisterParams = Field()
         serve: ServeParams

@@ -23,11 +23,19 @@ class Inputs:
     variant_dir: Path
     texts: list[str]
     labels: list[str]
+    calibration: dict[
+        str, Any
+    ]  # calibration.json: the chosen variant's calibration, fp32's, before and after
 
     @property
     def scores(self) -> dict[str, Any]:
         """compression.json's entry for the chosen variant (accuracy, macro_f1, size_bytes, latency...)."""
         return self.compression["variants"][self.variant]
+
+    @property
+    def calibrated(self) -> dict[str, Any]:
+        """calibration.json's entry for the chosen variant: its ``before`` and ``after`` metrics on test."""
+        return self.calibration["models"][self.variant]
 
 
 def shipped_label(metrics: dict[str, Any]) -> str:

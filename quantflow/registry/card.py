@@ -1,13 +1,14 @@
 """The model card: the description of a registered version, in Markdown (the MLflow UI renders it).
 
-Lineage, the candidates the train step chose among, test metrics, the compression table, the gate with its
-paired test, and how to rebuild the version.
+Lineage, the candidates the train step chose among, test metrics, the compression table, the calibration of the
+served probabilities, the gate with its paired test, and how to rebuild the version.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from quantflow.core.shipped_calibration import describe
 from quantflow.registry.candidate import LATENCY_KEYS, Inputs, shipped_label
 from quantflow.registry.gate import fmt, gate_markdown
 
@@ -82,6 +83,33 @@ def _variant_rows(inputs: Inputs) -> list[str]:
     ]
 
 
+def calibration_lines(inputs: Inputs) -> list[str]:
+    """How the version's probabilities are calibrated, and ECE, Brier and NLL on test before → after, for the
+    shipped variant and (fitted alike, not stored) fp32."""
+    cal = inputs.calibration
+    rows = []
+    for name, m in cal["models"].items():
+        shown = f"**{name}** (shipped)" if name == inputs.variant else f"{name} ({m['role']})"
+        b, a = m["before"], m["after"]
+        rows.append(
+            f"| {shown} | {b['ece']:.4f} → {a['ece']:.4f} | {b['brier']:.4f} → {a['brier']:.4f} "
+            f"| {b['nll']:.4f} → {a['nll']:.4f} |"
+        )
+    return [
+        "",
+        "## Calibration (the probabilities it serves)",
+        f"`{inputs.variant}` applies {describe(cal['calibration'])} to its logits (model.json's `calibration`; "
+        f"fitted on {cal['fitted_on']['rows']} validation texts: {cal['choice'].get('reason', '')}).",
+        "",
+        "| model | ECE before → after | Brier before → after | NLL before → after |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"Test split ({cal['measured_on']['rows']} texts), ECE over {cal['bins']} equal-width bins of the top "
+        "probability; reliability diagram: run artifact `reports/plots/calibration_reliability.png`.",
+    ]
+
+
 def model_card(name: str, version: str, inputs: Inputs, gate: dict[str, Any], tags: dict[str, str]) -> str:
     """The version's description: lineage, metrics, compression table, gate, paired test, how to rebuild."""
     lineage_rows = [
@@ -104,6 +132,7 @@ def model_card(name: str, version: str, inputs: Inputs, gate: dict[str, Any], ta
             "| variant | accuracy | macro-F1 | size | latency ms |",
             "|---|---|---|---|---|",
             *_variant_rows(inputs),
+            *calibration_lines(inputs),
             "",
             "## Data version and lineage",
             "| key | value |",

@@ -86,7 +86,18 @@ def absolute_checks(inputs: Inputs, rp: RegisterParams, max_drop_pp: float) -> l
     ):
         if ceiling is not None:
             checks.append(_ceiling_check(name, ceiling, value, unit, inputs.variant))
+    if rp.max_ece is not None:
+        checks.append(ece_check(inputs, rp.max_ece))
     return checks
+
+
+def ece_check(inputs: Inputs, ceiling: float) -> Check:
+    """The chosen variant's expected calibration error on the test split with its stored calibration
+    (calibration.json, written by compress) against ``register.max_ece``."""
+    before, after = inputs.calibrated["before"]["ece"], inputs.calibrated["after"]["ece"]
+    method = inputs.calibration["calibration"]["method"]
+    detail = f"{inputs.variant} test ECE {after:.4f} with {method} calibration (uncalibrated {before:.4f})"
+    return Check("max_ece", float(after), ceiling, after <= ceiling, detail)
 
 
 def accuracy(predicted: list[str], expected: list[str]) -> float:

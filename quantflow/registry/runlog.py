@@ -92,9 +92,22 @@ def headline_metrics(metrics: dict[str, Any], compression: dict[str, Any]) -> di
     return out
 
 
+def calibration_run_metrics(inputs: Inputs) -> dict[str, float]:
+    """calibration.json's test figures as ``calibration_{fp32,shipped}_{ece,brier,nll}_{before,after}``, and
+    ``calibration_temperature`` when the stored map is a temperature."""
+    out: dict[str, float] = {}
+    for role, name in (("fp32", "fp32"), ("shipped", inputs.variant)):
+        for stage in ("before", "after"):
+            figures = inputs.calibration["models"][name][stage]
+            out |= {f"calibration_{role}_{k}_{stage}": float(figures[k]) for k in ("ece", "brier", "nll")}
+    if inputs.calibration["calibration"]["method"] == "temperature":
+        out["calibration_temperature"] = float(inputs.calibration["calibration"]["temperature"])
+    return out
+
+
 def final_metrics(inputs: Inputs, gate: dict[str, Any]) -> dict[str, float]:
-    """The headline metrics, then the gate's values (``gate_*``)."""
-    metrics = headline_metrics(inputs.metrics, inputs.compression)
+    """The headline metrics, the calibration's (``calibration_*``), then the gate's values (``gate_*``)."""
+    metrics = headline_metrics(inputs.metrics, inputs.compression) | calibration_run_metrics(inputs)
     metrics["gate_candidate_test_accuracy"] = gate["candidate_test_accuracy"]
     for check in gate["checks"]:
         if check["value"] is not None:

@@ -176,6 +176,20 @@ def test_summary_says_which_family_won(good_run: RunSummary) -> None:
     assert "McNemar" in summary
 
 
+def test_the_shipped_folder_is_calibrated_and_the_summary_says_how_much(
+    good_run: RunSummary, project: Path
+) -> None:
+    """The variant registered carries the calibration compress fitted; the summary has its ECE before → after."""
+    calibration = json.loads((project / "reports" / "calibration.json").read_text())
+    chosen = good_run.results["compress"].chosen
+    folder = json.loads((project / "artifacts" / "variants" / chosen / "model.json").read_text())
+    assert calibration["variant"] == chosen and folder["calibration"] == calibration["calibration"]
+    shipped = calibration["models"][chosen]
+    line = f"test ECE {shipped['before']['ece']:.4f} → {shipped['after']['ece']:.4f}"
+    assert f"Calibration: {chosen} serves " in render_summary(good_run) and line in render_summary(good_run)
+    assert (project / "reports" / "calibration_reliability.json").is_file()
+
+
 def test_staging_model_answers_raw_text(good_run: RunSummary, tracking: str) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{good_run.registered.model_name}@staging")
     texts = ["国务院召开全国经济工作会议", "这本书质量不错，推荐购买"]

@@ -120,7 +120,19 @@ def scores(value: float) -> dict:
     }
 
 
-def write_reports(reports: Path, int8_accuracy: float) -> None:
+def calibrated(ece_before: float, ece_after: float) -> dict:
+    """One model's entry of calibration.json: test metrics before and after calibration."""
+    return {
+        "role": "shipped",
+        "calibration": {"method": "temperature", "temperature": 1.5},
+        **{
+            stage: {"ece": ece, "brier": 0.02, "nll": 0.05, "accuracy": 0.985}
+            for stage, ece in (("before", ece_before), ("after", ece_after))
+        },
+    }
+
+
+def write_reports(reports: Path, int8_accuracy: float, int8_ece: float = 0.02) -> None:
     (reports / "plots").mkdir(parents=True)
     (reports / "validation").mkdir()
     (reports / "quality.md").write_text("# Model quality\n")  # committed by `make quality`, not by a run
@@ -150,6 +162,16 @@ def write_reports(reports: Path, int8_accuracy: float) -> None:
         "variants": variants,
     }
     (reports / "compression.json").write_text(json.dumps(compression))
+    calibration = {
+        "variant": "int8",
+        "calibration": {"method": "temperature", "temperature": 1.5},
+        "choice": {"chosen": "temperature", "reason": "calibrate.method: temperature"},
+        "bins": 15,
+        "fitted_on": {"split": "val", "rows": 60},
+        "measured_on": {"split": "test", "rows": 60},
+        "models": {"fp32": calibrated(0.04, 0.01), "int8": calibrated(0.05, int8_ece)},
+    }
+    (reports / "calibration.json").write_text(json.dumps(calibration))
     (reports / "plots" / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (reports / "validation" / "raw_dataset.json").write_text('{"success": true}')
 
@@ -190,10 +212,10 @@ def variant_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_project(tmp_path_factory: pytest.TempPathFactory, variant_template: Path) -> MakeProject:
     """A project root with the int8 variant, the reports (int8 accuracy as given) and the test split."""
 
-    def make(int8_accuracy: float = 0.985) -> Path:
+    def make(int8_accuracy: float = 0.985, int8_ece: float = 0.02) -> Path:
         root = tmp_path_factory.mktemp("project")
         shutil.copytree(variant_template, root / "artifacts" / "variants" / "int8")
-        write_reports(root / "reports", int8_accuracy)
+        write_reports(root / "reports", int8_accuracy, int8_ece)
         (root / "data" / "split").mkdir(parents=True)
         synthetic_split().to_parquet(root / "data" / "split" / "test.parquet")
         return root
@@ -247,6 +269,8 @@ def test_first_version_gets_both_aliases_and_gate_tags(
     assert version.tags["gate.champion.passed"] == "true"
     assert version.tags["git_commit"] == "0123abc"
     assert "Gate: passed" in version.description
+    assert "gate.max_ece.passed" not in version.tags  # register.max_ece: null, no check
+    assert "| **int8** (shipped) | 0.0500 → 0.0200 |" in version.description  # the card's calibration table
 
 
 def test_run_holds_params_curves_metrics_and_reports(
@@ -259,6 +283,15 @@ def test_run_holds_params_curves_metrics_and_reports(
     assert run.data.metrics["test_accuracy"] == FP32_ACCURACY
     assert run.data.metrics["shipped_size_bytes"] == 1000 and run.data.metrics["onnx_fp32_size_bytes"] == 4000
     assert run.data.metrics["compress_parity_max_abs_diff"] == 1e-6
+    assert (
+        run.data.metrics["calibration_shipped_ece_before"],
+        run.data.metrics["calibration_shipped_ece_after"],
+    ) == (
+        0.05,
+        0.02,
+    )
+    assert run.data.metrics["calibration_fp32_ece_after"] == 0.01
+    assert run.data.metrics["calibration_temperature"] == 1.5
     settings = (
         "compress_parity_atol",
         "compress_parity_samples",
@@ -440,6 +473,23 @@ def test_worse_candidate_stays_challenger(
     assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_drop_pp failed"
 
 
+def test_max_ece_holds_a_badly_calibrated_candidate(
+    first: RegisterResult, client: mlflow.MlflowClient, make_project: MakeProject, params: Params
+) -> None:
+    strict = params.with_overrides({"register.max_ece": 0.03})
+    result = register(strict, make_project(int8_ece=0.04))
+    assert not result.promoted
+    tags = client.get_model_version(first.model_name, result.version).tags
+    assert (tags["gate.max_ece.value"], tags["gate.max_ece.threshold"], tags["gate.max_ece.passed"]) == (
+        "0.04",
+        "0.03",
+        "false",
+    )
+    assert "uncalibrated 0.0500" in tags["gate.max_ece.detail"]
+    assert tags["gate.verdict"] == f"held at @{CHALLENGER}: max_ece failed"
+    assert client.get_registered_model(first.model_name).aliases[STAGING] == first.version
+
+
 def test_changed_label_set_fails_the_champion_check(
     first: RegisterResult, client: mlflow.MlflowClient, make_project: MakeProject, params: Params
 ) -> None:
@@ -453,7 +503,9 @@ def test_changed_label_set_fails_the_champion_check(
     assert client.get_registered_model(first.model_name).aliases[STAGING] == first.version
 
 
-@pytest.mark.parametrize("missing", ["reports/compression.json", "artifacts/variants/int8/model.onnx"])
+@pytest.mark.parametrize(
+    "missing", ["reports/compression.json", "reports/calibration.json", "artifacts/variants/int8/model.onnx"]
+)
 def test_missing_input_raises_before_anything_is_logged(
     first: RegisterResult,
     client: mlflow.MlflowClient,

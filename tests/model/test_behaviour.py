@@ -104,6 +104,7 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     assert shipped.winner.name == request.param
     result = compress(
         params.compress,
+        params.calibrate,
         layout.model_dir,
         layout.split_dir,
         layout.variants_dir,

@@ -35,9 +35,8 @@ from tests.params_helpers import params_with, preprocess_with
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = tiny_train_params(candidates=["tfidf_lr", "nb_lr", "neural"])  # the winner is not the first
-COMPRESS = params_with(
-    {"compress.latency_texts": 20, "compress.throughput_texts": 64, "compress.rounds": 1}
-).compress
+PARAMS = params_with({"compress.latency_texts": 20, "compress.throughput_texts": 64, "compress.rounds": 1})
+COMPRESS, CALIBRATE = PARAMS.compress, PARAMS.calibrate
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_compress_builds_fp32_and_int8_static_of_a_classic_model(data: Path) -> 
     variants = data / "compress" / "variants"
     (variants / "pruned-int8").mkdir(parents=True)  # a neural model's variant from an earlier run
     reports = CompressionReports.under(data / "compress" / "reports")
-    result = compress(COMPRESS, folder, data / "split", variants, reports, seed=3)
+    result = compress(COMPRESS, CALIBRATE, folder, data / "split", variants, reports, seed=3)
     assert sorted(p.name for p in variants.iterdir()) == ["fp32", "int8-static"]
     assert result.chosen == "int8-static"  # the smallest within compress.max_drop_pp
     assert result.parity_max_abs_diff <= COMPRESS.parity_atol
@@ -154,6 +153,13 @@ def test_compress_builds_fp32_and_int8_static_of_a_classic_model(data: Path) -> 
         == result.variants["int8-static"]["accuracy"]
     )
     assert "sklearn-fp32" in reports.table.read_text() and reports.plot.is_file()
+    calibration = json.loads(reports.calibration.read_text())  # the chosen (int8) folder is calibrated
+    assert Manifest.load(variants / "int8-static").calibration == calibration["calibration"]
+    assert (
+        calibration["calibration"]["method"] != "none"
+        and Manifest.load(variants / "fp32").calibration is None
+    )
+    assert set(calibration["models"]) == {"fp32", "int8-static"} and reports.reliability_plot.is_file()
 
 
 def test_a_graph_that_does_not_match_its_fit_is_refused(data: Path) -> None:
@@ -164,7 +170,7 @@ def test_a_graph_that_does_not_match_its_fit_is_refused(data: Path) -> None:
     shutil.copy2(other / MODEL_FILE, folder / MODEL_FILE)
     reports = CompressionReports.under(data / "mismatch" / "reports")
     with pytest.raises(ParityError, match="ONNX probabilities differ from scikit-learn's"):
-        compress(COMPRESS, folder, data / "split", data / "mismatch" / "variants", reports, seed=3)
+        compress(COMPRESS, CALIBRATE, folder, data / "split", data / "mismatch" / "variants", reports, seed=3)
     assert not reports.report.exists()
 
 

@@ -21,6 +21,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from quantflow.core.calibration import calibration_metrics, fit_calibration, softmax
 from quantflow.core.errors import DataError
 from quantflow.core.export import ParityError, check_parity
 from quantflow.core.layout import CompressionReports
@@ -109,9 +110,10 @@ class Setup:
 
 
 def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]:
-    """tokenizer folder, trained model folder and test.parquet under ``root``."""
+    """tokenizer folder, trained model folder and the test, train and val splits under ``root``."""
     train_texts, train_labels = synthetic_texts(300, seed=1)
     test_texts, test_labels = synthetic_texts(120, seed=2)
+    val_texts, val_labels = synthetic_texts(120, seed=3)
     vocab = build_vocab([POOL, *(list(t) for t in train_texts)], min_freq=1, max_size=4000)
     tokenizer = Tokenizer(TokenizerConfig(max_len=64), vocab)
     tokenizer.save(root / "tokenizer")
@@ -119,7 +121,12 @@ def make_inputs(root: Path, arch: str) -> tuple[nn.Module, Tokenizer, list[str]]
     cfg = tiny_config(arch, len(vocab))
     model = train_a_little(build_model(cfg), tokenizer.encode(train_texts), train_labels)
     save_model(root / "model", model, cfg, LABELS, root / "tokenizer")
-    for name, texts, labels in (("test", test_texts, test_labels), ("train", train_texts, train_labels)):
+    splits = (
+        ("test", test_texts, test_labels),
+        ("train", train_texts, train_labels),
+        ("val", val_texts, val_labels),
+    )
+    for name, texts, labels in splits:
         keys = [f"{name}{i}" for i in range(len(texts))]
         pd.DataFrame({"text": texts, "label": labels, "key": keys}).to_parquet(root / f"{name}.parquet")
     return model, tokenizer, test_texts
@@ -139,6 +146,7 @@ def run_compress(root: Path, changes: dict | None = None, out: str = "") -> Comp
     params = params_with(TINY_STUDENT | (changes or {}))
     return compress(
         params.compress,
+        params.calibrate,
         root / "model",
         root,
         root / f"variants{out}",
@@ -542,7 +550,8 @@ def test_the_student_learns_the_teacher_logits_not_the_labels(setup: Setup) -> N
     shuffled.mkdir()
     for name in ("model", "tokenizer"):
         shutil.copytree(setup.root / name, shuffled / name)
-    shutil.copy(setup.root / "test.parquet", shuffled / "test.parquet")
+    for split in ("test", "val"):
+        shutil.copy(setup.root / f"{split}.parquet", shuffled / f"{split}.parquet")
     labels = train["label"].sample(frac=1.0, random_state=3).to_numpy()
     assert (labels != train["label"].to_numpy()).mean() > 0.3
     train.assign(label=labels).to_parquet(shuffled / "train.parquet")
@@ -573,6 +582,49 @@ def test_table_and_plot_are_written(setup: Setup) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_chosen_variant_alone_stores_the_calibration_fitted_on_val(setup: Setup) -> None:
+    """The stored entry is what fitting ``calibrate:`` on the validation split gives; calibration.json's "after"
+    is that entry scored on the test split, "before" the plain softmax; the other folders stay uncalibrated."""
+    chosen, reports = setup.result.chosen, setup.root / "reports"
+    report = json.loads((reports / "calibration.json").read_text())
+    stored = json.loads((setup.variant(chosen) / "model.json").read_text())["calibration"]
+    assert (
+        report["variant"] == chosen
+        and report["calibration"] == stored == setup.result.calibration["calibration"]
+    )
+    others = [n for n in setup.result.variants if n != chosen]
+    assert all("calibration" not in json.loads((setup.variant(n) / "model.json").read_text()) for n in others)
+    params = shipped_params()
+    classifier = OnnxClassifier(setup.variant(chosen))
+    index = {label: i for i, label in enumerate(classifier.labels)}
+    val = pd.read_parquet(setup.root / "val.parquet")
+    refit = fit_calibration(
+        classifier.text_logits(val["text"].tolist()),
+        val["label"].map(index).to_numpy(),
+        params.calibrate,
+        params.seed,
+    )
+    assert refit.calibration.to_dict() == stored
+    test = pd.read_parquet(setup.root / "test.parquet")
+    y = test["label"].map(index).to_numpy()
+    served = classifier.predict_proba(test["text"].tolist())  # what the service answers
+    assert calibration_metrics(served, y, params.calibrate.bins) == report["models"][chosen]["after"]
+    plain = softmax(classifier.text_logits(test["text"].tolist()).astype(np.float64))
+    assert calibration_metrics(plain, y, params.calibrate.bins) == report["models"][chosen]["before"]
+    assert set(report["models"]) == {"fp32", chosen}
+    rows = json.loads((reports / "calibration_reliability.json").read_text())
+    assert len(rows) == params.calibrate.bins
+    assert set(rows[0]) == {
+        "confidence",
+        "perfect",
+        "fp32_before",
+        "fp32_after",
+        "shipped_before",
+        "shipped_after",
+    }
+    assert (reports / "plots" / "calibration_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_trained_model_beats_chance(setup: Setup) -> None:
     # the fixtures are learnable: agreement tests above compare real predictions, not coin tosses
     assert setup.result.variants["fp32"]["accuracy"] > 1 / len(LABELS) + 0.1
@@ -586,7 +638,9 @@ def test_rerun_elsewhere_gives_relative_paths_and_same_bytes(
     monkeypatch.chdir(setup.root)
     only = params_with({"compress.variants": ["fp32", "int8-dynamic", "int8-static"]})
     reports = CompressionReports.under(Path("again-reports"))
-    result = compress(only.compress, Path("model"), Path("."), Path("again"), reports, only.seed)
+    result = compress(
+        only.compress, only.calibrate, Path("model"), Path("."), Path("again"), reports, only.seed
+    )
     report = json.loads(reports.report.read_text())
     assert set(report["variants"]) == {"fp32", "int8-dynamic", "int8-static"}
     assert report["variants"]["int8-static"]["path"] == "again/int8-static/model.onnx"
@@ -614,6 +668,7 @@ def test_missing_test_split_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="test split not found"):
         compress(
             shipped_params().compress,
+            shipped_params().calibrate,
             untrained_model(tmp_path),
             tmp_path / "nope",
             tmp_path / "v",
@@ -628,6 +683,7 @@ def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing column\(s\) \['label'\]"):
         compress(
             shipped_params().compress,
+            shipped_params().calibrate,
             untrained_model(tmp_path),
             tmp_path,
             tmp_path / "v",
@@ -638,10 +694,12 @@ def test_test_split_without_labels_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_training_split_is_a_clear_error(tmp_path: Path) -> None:
-    pd.DataFrame({"text": ["你好"], "label": ["体育"]}).to_parquet(tmp_path / "test.parquet")
+    for name in ("test", "val"):
+        pd.DataFrame({"text": ["你好"], "label": ["体育"]}).to_parquet(tmp_path / f"{name}.parquet")
     with pytest.raises(DataError, match=r"train\.parquet: train split not found"):
         compress(
             shipped_params().compress,
+            shipped_params().calibrate,
             untrained_model(tmp_path),
             tmp_path,
             tmp_path / "v",

@@ -135,6 +135,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     test_path = root / "split" / "test.parquet"
     compressed = compress(
         params.compress,
+        params.calibrate,
         root / "model",
         root / "split",
         root / "variants",

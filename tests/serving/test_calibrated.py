@@ -1,15 +1,17 @@
 """A model folder's calibration entry reaches every way of asking the model: OnnxClassifier, the service's
-/predict and /explain (the ASGI app in process), ``quantflow predict`` and the MLflow pyfunc. A folder
-without the entry answers exactly as before."""
+/predict and /explain (the ASGI app in process, and ``quantflow serve`` as a subprocess on a real registry),
+``quantflow predict`` and the MLflow pyfunc. A folder without the entry answers exactly as before."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import pandas as pd
@@ -18,10 +20,11 @@ from typer.testing import CliRunner
 
 from quantflow.cli import app as cli
 from quantflow.core.bundle import ARTIFACT_KEY, MANIFEST, set_calibration
-from quantflow.core.calibration import CalibrationParams
 from quantflow.core.onnx_model import MODEL_FILE, OnnxClassifier, calibrate_folder
 from quantflow.registry.model_code import PYFUNC_FILE
 from serving.model import ServedModel
+from tests.params_helpers import params_with
+from tests.serving.conftest import launch, register_version, shutdown, wait_ready
 from tests.serving.test_light import local_service, post
 
 TEMPERATURE = 3.0
@@ -97,6 +100,35 @@ def test_the_service_predicts_and_explains_with_calibrated_probabilities(
     assert explained["tokens"] != plain["tokens"]  # contributions are drops in the calibrated probability
 
 
+@pytest.mark.slow
+def test_quantflow_serve_answers_the_registered_folders_calibrated_probabilities(
+    registry: mlflow.MlflowClient, variant: Path, tmp_path: Path
+) -> None:
+    """A version whose folder says temperature 2 is registered and put behind @staging; ``quantflow serve`` (a
+    subprocess, over HTTP) answers softmax(logits / 2), not the plain softmax the same graph gives."""
+    folder = tmp_path / "temperature-2"
+    shutil.copytree(variant, folder)
+    set_calibration(folder, {"method": "temperature", "temperature": 2.0})
+    name = "quantflow-test-serve-calibrated"
+    version = register_version(registry.tracking_uri, folder, name=name)
+    registry.set_registered_model_alias(name, "staging", version)
+    serve = {"model_name": name, "poll_interval_s": 0, "cache_dir": str(tmp_path / "cache")}
+    running = launch(tmp_path, serve, {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri})
+    try:
+        wait_ready(running)
+        answer = httpx.post(f"{running.url}/predict", json={"texts": TEXTS}, timeout=10)
+        card = httpx.get(f"{running.url}/model", timeout=10).json()
+    finally:
+        shutdown(running)
+    assert answer.status_code == 200, answer.text
+    labels = OnnxClassifier(variant).labels
+    served = answer_proba(answer.json()["predictions"], labels)
+    logits = raw_logits(variant, TEXTS)
+    np.testing.assert_allclose(served, softmax(logits / 2.0), atol=1e-6)
+    assert np.abs(served - softmax(logits)).max() > 1e-3  # the entry changed what is served
+    assert card["calibration"] == {"method": "temperature", "temperature": 2.0}
+
+
 def test_batch_predict_and_the_pyfunc_apply_it_too(variant: Path, calibrated: Path, tmp_path: Path) -> None:
     expected = softmax(raw_logits(variant, TEXTS) / TEMPERATURE)
     labels = OnnxClassifier(variant).labels
@@ -129,7 +161,7 @@ def test_calibrate_folder_fits_on_held_out_texts_and_stores_the_entry(
         folder,
         texts["text"].tolist(),
         texts["label"].tolist(),
-        CalibrationParams(method="temperature"),
+        params_with({"calibrate.method": "temperature"}).calibrate,
         seed=0,
     )
     stored = json.loads((folder / MANIFEST).read_text())["calibration"]

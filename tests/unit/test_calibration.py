@@ -12,7 +12,6 @@ import pytest
 from quantflow.core.bundle import MANIFEST, Manifest, set_calibration
 from quantflow.core.calibration import (
     Calibration,
-    CalibrationParams,
     brier_score,
     cross_fitted,
     expected_calibration_error,
@@ -24,6 +23,7 @@ from quantflow.core.calibration import (
     softmax,
     validation_folds,
 )
+from tests.params_helpers import shipped_params
 
 # max probabilities 0.95 (right) and 0.97 (wrong) share bin 14 of 15; 0.72 (right) sits in bin 10, 0.55 (wrong) in 8
 HAND_PROBA = np.array([[0.95, 0.05], [0.03, 0.97], [0.72, 0.28], [0.45, 0.55]])
@@ -76,9 +76,9 @@ def test_an_alternative_is_chosen_only_when_it_measures_better_out_of_fold() -> 
     logits that only need a temperature → temperature, although isotonic scores better on the rows it was
     fitted on."""
     true, y = sampled(3000, 2, scale=2.0, seed=2)
-    shifted = fit_calibration(true + np.array([0.0, 1.5]), y, CalibrationParams(), seed=0)
+    shifted = fit_calibration(true + np.array([0.0, 1.5]), y, shipped_params().calibrate, seed=0)
     assert shifted.calibration.method in ("platt", "isotonic")
-    plain = fit_calibration(true * 2.0, y, CalibrationParams(), seed=0)
+    plain = fit_calibration(true * 2.0, y, shipped_params().calibrate, seed=0)
     assert plain.calibration.method == "temperature"
     isotonic = fit_isotonic(true * 2.0, y)
     in_sample = expected_calibration_error(isotonic.apply(true * 2.0), y)

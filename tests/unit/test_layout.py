@@ -28,6 +28,9 @@ STAGE_OUTPUTS = {
         "compression_report",
         "compression_plot",
         "compress_headline",
+        "calibration_report",
+        "calibration_reliability",
+        "calibration_plot",
     ),
 }
 # the metrics DVC shows and compares: the headline files only, cached (an experiment's commit holds them)
@@ -101,13 +104,13 @@ def test_the_metrics_are_the_cached_headline_files(project_root: Path, tmp_path:
 
 
 @pytest.mark.parametrize("changes", [{}, MOVED], ids=["shipped", "moved"])
-def test_the_scale_plots_are_the_table_the_study_writes(
+def test_the_top_level_plots_are_the_tables_the_steps_write(
     project_root: Path, tmp_path: Path, changes: dict
 ) -> None:
     repo = rendered_project(project_root, tmp_path, changes)
     layout = Layout.of(load_params(tmp_path / "params.yaml"), tmp_path)
     sources = {Path(p) for p in repo.index._plot_sources}  # DVC's own resolution of the top-level plots
-    assert sources == {layout.relative(layout.scale_table)}
+    assert sources == {layout.relative(layout.scale_table), layout.relative(layout.calibration_reliability)}
 
 
 def test_the_committed_scale_table_holds_every_plotted_column(project_root: Path) -> None:
@@ -120,6 +123,7 @@ def test_the_committed_scale_table_holds_every_plotted_column(project_root: Path
         column
         for plot in plots
         for props in plot.values()
+        if any("scale.csv" in table for table in props["y"])
         for column in [props["x"], *(c for cols in props["y"].values() for c in cols)]
     }
     assert plotted <= set(header), plotted - set(header)
