@@ -3,7 +3,8 @@
 For each built-in dataset, built with the pipeline's own steps (ingest → split, params.yaml values) in a temp
 folder: 5 % of the training labels are flipped (seeded) and the audit (quantflow.core.label_audit) runs on the
 clean and on the flipped training split; precision and recall of its flags against the known flips. Then the
-default model (params.yaml ``train``; the preprocess and train step functions) is trained four times, on the
+default model (params.yaml ``train``: the preprocess and train step functions, so every listed candidate is
+trained and the one train ships is tested, whatever its family) is trained four times, on the
 clean and the flipped training split, with every row (``report``) and without the flagged rows (``drop``);
 validation and test stay as split. ``drop`` vs ``report`` is compared on the same test texts (exact McNemar and
 a paired bootstrap interval, quantflow.core.stats). The tables go to BENCHMARKS.md with the command and the load.
@@ -29,8 +30,8 @@ import pandas as pd
 import yaml
 
 from quantflow.core.benchmarks import write_section
-from quantflow.core.candidates import train_neural
-from quantflow.core.features import load_features
+from quantflow.core.candidates import predict_scores
+from quantflow.core.features import load_features, load_labels
 from quantflow.core.label_audit import (
     drop_flagged,
     encode_labels,
@@ -38,13 +39,13 @@ from quantflow.core.label_audit import (
     issues_from_proba,
     out_of_fold_proba,
 )
-from quantflow.core.models import load_model
+from quantflow.core.layout import TrainOutputs
 from quantflow.core.params import FilterBy, LabelAuditParams, Params, load_params
 from quantflow.core.stats import PairedComparison, compare_paired
-from quantflow.core.training import predict_logits
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 from tasks.split import split
+from tasks.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-labels:start -->", "<!-- bench-labels:end -->"
@@ -67,6 +68,7 @@ class Audit:
 
 @dataclass(frozen=True)
 class Trained:
+    model: str  # the candidate train shipped
     accuracy: float
     train_rows: int
     epochs: int
@@ -128,19 +130,24 @@ def train_and_test(
         shutil.copy2(split_dir / f"{name}.parquet", run_split / f"{name}.parquet")
     started = time.perf_counter()
     preprocess(params.preprocess, run_split, out / "features", out / "tokenizer", params.labels)
-    result = train_neural(
-        params.train, out / "features", out / "tokenizer", out / "model", out / "history.json", params.seed
-    )
+    outputs = TrainOutputs(out / "model", out / "candidates", out / "candidates.json", out / "history.json")
+    selection = train(params.train, out / "features", out / "tokenizer", outputs, params.seed)
     seconds = time.perf_counter() - started
-    model, _, manifest = load_model(out / "model")
+    labels = load_labels(out / "features")
     ids, _ = load_features(out / "features", "test")
-    predicted = [manifest.labels[i] for i in predict_logits(model, ids).argmax(axis=1)]
+    predicted = [labels[i] for i in predict_scores(out / "model", ids).argmax(axis=1)]
     truth = pd.read_parquet(run_split / "test.parquet")["label"].astype(str).tolist()
     accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
     logger.info(
-        "%s: test accuracy %.4f (%d train rows, %.0f s)", out.name, accuracy, len(train_frame), seconds
+        "%s: %s, test accuracy %.4f (%d train rows, %.0f s)",
+        out.name,
+        selection.winner.name,
+        accuracy,
+        len(train_frame),
+        seconds,
     )
-    return Trained(accuracy, len(train_frame), len(result.history), seconds), predicted
+    trained = Trained(selection.winner.name, accuracy, len(train_frame), len(selection.history), seconds)
+    return trained, predicted
 
 
 def run_dataset(params: Params, work: Path, flip: float, audit: LabelAuditParams, audit_only: bool) -> dict:
@@ -232,13 +239,13 @@ def audit_table(results: dict[str, dict], default: str) -> list[str]:
 
 def accuracy_table(results: dict[str, dict]) -> list[str]:
     lines = [
-        "| dataset | training split | action | train rows | epochs | test accuracy | train s |",
-        "|---|---|---|---|---|---|---|",
+        "| dataset | training split | action | model shipped | train rows | epochs | test accuracy | train s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dataset, result in results.items():
         for (data, action), t in result["trained"].items():
             lines.append(
-                f"| {dataset} | {data} | {action} | {t.train_rows:,} | {t.epochs} | {t.accuracy:.4f} | {t.seconds:.0f} |"
+                f"| {dataset} | {data} | {action} | {t.model} | {t.train_rows:,} | {t.epochs} | {t.accuracy:.4f} | {t.seconds:.0f} |"
             )
     return lines
 
