@@ -61,7 +61,11 @@ def out_of_fold_proba(texts: list[str], y: np.ndarray, params: LabelAuditParams,
         sublinear_tf=True,
         preprocessor=text_key,
     ).fit_transform(texts)  # (N, F) sparse
-    candidate = LogisticRegression(solver="liblinear", C=params.inverse_regularization, random_state=seed)
+    # liblinear is the fastest here but fits two classes only; three or more take lbfgs's multinomial fit
+    solver = "liblinear" if len(np.unique(y)) == 2 else "lbfgs"
+    candidate = LogisticRegression(
+        solver=solver, C=params.inverse_regularization, max_iter=1000, random_state=seed
+    )
     folds = StratifiedKFold(n_splits=params.folds, shuffle=True, random_state=seed)
     return cross_val_predict(candidate, features, y, cv=folds, method="predict_proba")
 

@@ -26,11 +26,11 @@ OWN = {"news": "政府经济发展国家会议人民改革建设", "comment": "�
 SHARED = "的了是在我有和就"
 
 
-def corpus(per_class: int = 150, seed: int = 0) -> pd.DataFrame:
-    """Texts of 8-14 chars: mostly their class's own chars, a third shared by both classes."""
+def corpus(per_class: int = 150, seed: int = 0, classes: dict[str, str] = OWN) -> pd.DataFrame:
+    """Texts of 8-14 chars: mostly their class's own chars, a third shared by every class."""
     rng = random.Random(seed)
     rows = []
-    for label, own in OWN.items():
+    for label, own in classes.items():
         for _ in range(per_class):
             chars = [
                 rng.choice(own) if rng.random() < 0.67 else rng.choice(SHARED)
@@ -55,6 +55,15 @@ def test_flipped_rows_are_ranked_first(flipped: tuple[pd.DataFrame, pd.Series, p
     assert len(top) >= 0.8 * k and mask[top].mean() >= 0.9, f"precision@{k}: {mask[top].mean():.2f}"
     assert mask[issues["row"]].sum() / k >= 0.8, "recall: flipped rows among the flagged ones"
     assert issues["score"].is_monotonic_increasing  # self-confidence: lowest (most suspicious) first
+
+
+def test_three_classes_are_audited_too() -> None:
+    """User data may have more than two labels (liblinear fits two only: the audit must still run)."""
+    classes = OWN | {"sports": "比赛球队冠军进球联赛教练队员"}
+    noisy, mask = inject_label_noise(corpus(classes=classes), 0.05, seed=1)
+    issues = audit_labels(noisy, shipped_params().split.label_audit, seed=0)
+    k = int(mask.sum())
+    assert set(issues["given_label"]) <= set(classes) and mask[issues["row"].head(k)].mean() >= 0.9
 
 
 def test_issues_name_the_given_and_the_suggested_label(
