@@ -31,6 +31,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from quantflow.core.failpoints import failpoint
 from quantflow.core.params import Params, RegisterParams
+from quantflow.core.shipped_calibration import describe
 from quantflow.registry.candidate import Inputs, candidate_tags
 from quantflow.registry.card import model_card
 from quantflow.registry.gate import Check, gate_tags, run_gate
@@ -172,10 +173,12 @@ def new_version(
 
 
 def version_tags(params: Params, inputs: Inputs) -> dict[str, str]:
-    """What every run and version carries beside the caller's tags: params digest, variant, the candidate."""
+    """What every run and version carries beside the caller's tags: params digest, variant, its calibration
+    (``temperature T=0.573``; the figures are the ``calibration_*`` metrics), the candidate."""
     return {
         "params_digest": params.digest(),
         "quantflow.variant": inputs.variant,
+        "quantflow.calibration": describe(inputs.calibration["calibration"]),
         **candidate_tags(inputs.metrics),
     }
 
