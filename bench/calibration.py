@@ -6,18 +6,26 @@ choice of quantflow.core.calibration); ECE (15 equal-width bins of the max proba
 on test before and after. Optionally a reliability diagram per variant.
 
     python bench/calibration.py --variants-dir artifacts/variants --split-dir data/split [--plots reports/calibration]
+        [--write NAME [--made-by "quantflow run ..."]]   # also into BENCHMARKS.md, with the commands and the load
+
+The variants are the last ``quantflow run``'s (``quantflow run --set ingest.dataset=review_sentiment`` for the
+other built-in dataset); ``chosen`` in the table is the variant that run ships, whose folder stores its map.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from quantflow.core.benchmarks import write_section
 from quantflow.core.calibration import (
     Calibration,
     calibration_metrics,
@@ -78,24 +86,65 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+HEADING = "## Calibration (issue #15: scores users can trust)"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def record(
+    dataset: str, made_by: str, text: str, load: tuple[str, str], variants_dir: Path, benchmarks: Path
+) -> None:
+    """One table into ``benchmarks`` between markers of its own name, with the commands and the load."""
+    shipped = variants_dir.parent.parent / "reports" / "compression.json"
+    chosen = json.loads(shipped.read_text())["chosen"] if shipped.exists() else "unknown"
+    start, end = f"<!-- bench-calibration-{dataset}:start -->", f"<!-- bench-calibration-{dataset}:end -->"
+    section = "\n".join(
+        [
+            start,
+            f"### {dataset} (shipped variant: {chosen})",
+            "",
+            f"Command: `{made_by}`, then `python {shlex.join(sys.argv)}`.",
+            f"Load: `{load[0]}` before, `{load[1]}` after.",
+            "",
+            text,
+            end,
+        ]
+    )
+    current = benchmarks.read_text(encoding="utf-8")
+    write_section(section, benchmarks, start, end, None if HEADING in current else HEADING)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--variants-dir", type=Path, default=Path("artifacts/variants"))
     parser.add_argument("--split-dir", type=Path, default=Path("data/split"))
     parser.add_argument("--plots", type=Path, default=None, help="folder for one reliability PNG per variant")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its calibrate: section")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=None, help="default: params.yaml seed")
+    parser.add_argument("--write", metavar="NAME", help="also write the table to BENCHMARKS.md under NAME")
+    parser.add_argument(
+        "--made-by", help="the run that built the variants (default: quantflow run --set ingest.dataset=NAME)"
+    )
     args = parser.parse_args()
+    load_before = uptime()
     logging.basicConfig(level=logging.WARNING)
-    calibrate = load_params(args.params).calibrate
+    params = load_params(args.params)
+    calibrate, seed = params.calibrate, params.seed if args.seed is None else args.seed
     folders = sorted(p.parent for p in args.variants_dir.glob("*/model.onnx"))
     if not folders:
         sys.exit(f"{args.variants_dir}: no variant folders (*/model.onnx); run the compress step first")
-    rows = [
-        row for folder in folders for row in measure(folder, args.split_dir, calibrate, args.seed, args.plots)
-    ]
-    print(f"variants: {args.variants_dir}; fitted on {args.split_dir}/val.parquet, scored on test.parquet\n")
-    print(table(rows))
+    rows = [row for folder in folders for row in measure(folder, args.split_dir, calibrate, seed, args.plots)]
+    text = (
+        f"variants: {args.variants_dir}; fitted on {args.split_dir}/val.parquet, scored on test.parquet\n\n"
+    )
+    text += table(rows)
+    print(text)
+    if args.write:
+        benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+        made_by = args.made_by or f"quantflow run --set ingest.dataset={args.write}"
+        record(args.write, made_by, text, (load_before, uptime()), args.variants_dir, benchmarks)
 
 
 if __name__ == "__main__":
