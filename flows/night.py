@@ -192,7 +192,15 @@ def finish_night(
             if wanted:
                 names = [b["name"] for b in night.accepted]
                 night.git_commit = (
-                    timed("git commit", commit_night_task, root, params, names, night.params_file)
+                    timed(
+                        "git commit",
+                        commit_night_task,
+                        root,
+                        params,
+                        names,
+                        night.params_file,
+                        night.overrides if night.params_before is not None else None,
+                    )
                     or night.git_commit
                 )
             record(root, night, "committed", night.git_commit or "no git commit")

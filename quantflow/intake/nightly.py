@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -116,10 +117,15 @@ def git_ready(root: Path) -> str | None:
 
 
 def commit_night(
-    root: Path, params: Params, batches: list[str], params_file: str = "params.yaml"
+    root: Path,
+    params: Params,
+    batches: list[str],
+    params_file: str = "params.yaml",
+    overrides: dict[str, Any] | None = None,
 ) -> str | None:
     """Commit ``dvc.lock``, the params file it was built with (holding a night's ``--set`` overrides) and the
-    accepted batches' ``.dvc`` files (only those paths); the new commit id.
+    accepted batches' ``.dvc`` files (only those paths); the new commit id. The message names the batches and
+    the overrides: ``nightly data: no new batches; params: train.candidates=['neural']``.
 
     Skipped (None, logged) outside a git repository, without a committer, or when nothing changed (a run that
     finishes a killed night whose commit was made already).
@@ -136,6 +142,8 @@ def commit_night(
         logger.info("git commit skipped: %s are unchanged", ", ".join(paths))
         return None
     names = ", ".join(batches) or "no new batches"
+    if overrides:
+        names += "; params: " + ", ".join(f"{key}={value}" for key, value in overrides.items())
     run_tool(["git", "commit", "-q", "-m", f"nightly data: {names}", "--", *paths], root)
     commit = run_tool(["git", "rev-parse", "HEAD"], root).strip()
     logger.info("committed the night's data version: %s (%s)", commit[:12], names)

@@ -164,6 +164,10 @@ def test_an_override_night_without_batches_commits_its_params(
     assert night2.git_commit and night2.git_commit == sh(["git", "rev-parse", "HEAD"], project).strip()
     committed = yaml.safe_load(sh(["git", "show", f"{night2.git_commit}:params.yaml"], project))
     assert committed["ingest"]["dataset"] == "review_sentiment"
+    message = sh(["git", "log", "-1", "--format=%s", night2.git_commit], project).strip()
+    assert message == (
+        f"nightly data: no new batches; params: ingest.dataset=review_sentiment, register.model_name={REVIEW}"
+    )  # the commit says why a night without batches committed
     tags = registry.get_model_version(REVIEW, night2.registered.version).tags
     assert (tags["git_commit"], tags["git_dirty"]) == (night2.git_commit, "false")
 
