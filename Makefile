@@ -10,7 +10,7 @@ export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-infra test-sim test-faults test-fast lint ui repro metrics plots clean bench-compress bench-serve bench-serve-log simulate-feedback scale bench-scale \
+.PHONY: help install run test test-infra test-sim test-long test-faults test-fast lint ui repro metrics plots clean bench-compress bench-serve bench-serve-log simulate-feedback scale bench-scale \
 	simulate-nights bench-data quality bench-labels
 
 help: ## list the targets
@@ -36,6 +36,9 @@ test-infra: install ## the tests marked infra: PostgreSQL-backed MLflow, a Prefe
 
 test-sim: install ## the tests marked sim: quantflow simulate-nights with served traffic, as a user runs it (~1 min)
 	$(BIN)/pytest -m sim
+
+test-long: install ## the tests marked long: quantflow reproduce rebuilds a version, quantflow scale on Dask (~2.5 min)
+	$(BIN)/pytest -m long
 
 test-faults: install ## the fault suite: real `quantflow run` killed at every phase, outages, two runs at once (~8 min)
 	$(BIN)/pytest -m faults tests/faults

@@ -100,6 +100,7 @@ def test_the_versions_lineage_records_that_commit_and_lock(
     assert tags["params_digest"] == load_params(project / "params.yaml").digest()
 
 
+@pytest.mark.long  # make test-long: a rebuild of the whole pipeline
 def test_reproduce_of_the_override_version_matches(
     night1: RunSummary,
     project: Path,

@@ -23,7 +23,7 @@ from flows.reproduce import ReproduceError, reproduce
 from quantflow.core.params import load_params
 from tests.mlflow_server import mlflow_server, mlflow_server_process  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make test-long: a rebuild of the whole pipeline
 NAME = "quantflow-test-reproduce"
 
 

@@ -18,7 +18,7 @@ from flows.scale import ScaleResult, drain_api_workers, run_scale, start_prefect
 from tests.integration.test_pipeline import dvc, make_project
 from tests.mlflow_server import ServerProcess, mlflow_server_process, wait_until_healthy  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make test-long: a sweep on Dask
 
 SWEEP = {
     "scale.grid.embed_dim": [8, 24],
