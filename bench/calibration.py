@@ -18,14 +18,13 @@ import argparse
 import json
 import logging
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from quantflow.core.benchmarks import write_section
+from quantflow.core.benchmarks import uptime, write_section
 from quantflow.core.calibration import (
     Calibration,
     calibration_metrics,
@@ -33,14 +32,15 @@ from quantflow.core.calibration import (
     plot_reliability,
     reliability,
 )
+from quantflow.core.layout import Layout
 from quantflow.core.onnx_model import OnnxClassifier
 from quantflow.core.params import CalibrationParams, load_params
+from quantflow.core.shipped_calibration import label_index
 
 
 def logits_and_labels(classifier: OnnxClassifier, split: Path) -> tuple[np.ndarray, np.ndarray]:
     frame = pd.read_parquet(split)
-    index = {label: i for i, label in enumerate(classifier.labels)}
-    y = frame["label"].astype(str).map(index).to_numpy(dtype=np.int64)
+    y = label_index(classifier, frame["label"].astype(str).tolist(), split)
     return classifier.text_logits(frame["text"].astype(str).tolist()), y
 
 
@@ -89,16 +89,12 @@ def table(rows: list[dict]) -> str:
 HEADING = "## Calibration (issue #15: scores users can trust)"
 
 
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-
-
 def record(
-    dataset: str, made_by: str, text: str, load: tuple[str, str], variants_dir: Path, benchmarks: Path
+    dataset: str, made_by: str, text: str, load: tuple[str, str], compression: Path, benchmarks: Path
 ) -> None:
-    """One table into ``benchmarks`` between markers of its own name, with the commands and the load."""
-    shipped = variants_dir.parent.parent / "reports" / "compression.json"
-    chosen = json.loads(shipped.read_text())["chosen"] if shipped.exists() else "unknown"
+    """One table into ``benchmarks`` between markers of its own name, with the commands and the load;
+    ``compression``: the run's compression.json, which names the variant it ships."""
+    chosen = json.loads(compression.read_text())["chosen"] if compression.exists() else "unknown"
     start, end = f"<!-- bench-calibration-{dataset}:start -->", f"<!-- bench-calibration-{dataset}:end -->"
     section = "\n".join(
         [
@@ -144,7 +140,8 @@ def main() -> None:
     if args.write:
         benchmarks = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
         made_by = args.made_by or f"quantflow run --set ingest.dataset={args.write}"
-        record(args.write, made_by, text, (load_before, uptime()), args.variants_dir, benchmarks)
+        compression = Layout.of(params, Path.cwd()).compression_report
+        record(args.write, made_by, text, (load_before, uptime()), compression, benchmarks)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import json
 import logging
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from quantflow.core.benchmarks import write_section
+from quantflow.core.benchmarks import uptime, write_section
 from quantflow.core.candidates import predict_scores
 from quantflow.core.features import load_features, load_labels
 from quantflow.core.label_audit import (
@@ -73,10 +72,6 @@ class Trained:
     train_rows: int
     epochs: int
     seconds: float
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def prepare(params: Params, work: Path) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from flows.scale import ScaleResult, run_scale, scale_layout
-from quantflow.core.benchmarks import write_section
+from quantflow.core.benchmarks import uptime, write_section
 from quantflow.core.candidates import train_neural
 from quantflow.core.layout import Layout
 from quantflow.core.params import load_params
@@ -28,10 +27,6 @@ from quantflow.core.training import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-scale:start -->", "<!-- bench-scale:end -->"
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def table(result: ScaleResult) -> str:

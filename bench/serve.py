@@ -47,7 +47,7 @@ import serve_goals as goals
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from quantflow.core.benchmarks import write_section  # noqa: E402
+from quantflow.core.benchmarks import uptime, write_section  # noqa: E402
 
 START, END = "<!-- bench-serve:begin -->", "<!-- bench-serve:end -->"
 LOG_START, LOG_END = "<!-- bench-serve-log:begin -->", "<!-- bench-serve-log:end -->"
@@ -522,7 +522,7 @@ def log_overhead(args: argparse.Namespace, folder: Path, work: Path, script: Pat
     finally:
         for server in servers:
             stop(server)
-    after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    after = uptime()
     in_process = goals.log_costs(folder, work)
     disk = sum(p.stat().st_size for p in (work / "served").rglob("*.jsonl"))
     for logged in ("served", "served-in-process"):  # ~130 MB a run: counted, not kept
@@ -701,7 +701,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
     for key, value in QUIET.items():
         os.environ.setdefault(key, value)
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = uptime()
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)

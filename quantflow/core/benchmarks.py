@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+
+def uptime() -> str:
+    """The machine's load as `uptime` prints it: each section records it before and after its run."""
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def write_section(text: str, path: Path, start: str, end: str, heading: str | None = None) -> None:

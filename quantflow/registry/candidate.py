@@ -23,9 +23,8 @@ class Inputs:
     variant_dir: Path
     texts: list[str]
     labels: list[str]
-    calibration: dict[
-        str, Any
-    ]  # calibration.json: the chosen variant's calibration, fp32's, before and after
+    # calibration.json: the chosen variant's stored calibration, and its and fp32's figures before and after
+    calibration: dict[str, Any]
 
     @property
     def scores(self) -> dict[str, Any]:

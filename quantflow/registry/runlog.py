@@ -171,7 +171,7 @@ def experiment_description(params: Params) -> str:
         "time>-<params digest>` once a model is registered (`<dataset>-night-...` for a night that trained "
         "nothing). Params: the run's params.yaml (overrides "
         "included); metrics: a short named list (`test_*`, `baseline_*`, `shipped_*`, `onnx_fp32_*`, "
-        "`compress_*`, `gate_*`, `label_issues_*`) and every candidate's learning curve by epoch "
+        "`compress_*`, `calibration_*`, `gate_*`, `label_issues_*`) and every candidate's learning curve by epoch "
         "(`<candidate>/<key>`, drawn live); artifacts: `reports/` (every variant's figures, plots, Data Docs, "
         "the label audit's label_issues.csv), `run_summary.md`, `gate.json`, `lineage/dvc.lock` (what "
         "`quantflow reproduce` rebuilds) and the model."
